@@ -1,0 +1,312 @@
+"""A dlt source for Gaia LLM nodes: GaiaNet nodes (<= 0.4 rag-api-server and >= 0.5 gaia-nexus) and AMD GAIA servers.
+
+Six resources, one table each (plus ``retrieve__points`` and ``failed_requests``):
+
+==========================  =======================  ===================================================
+resource                    request                  table
+==========================  =======================  ===================================================
+``models``                  GET /v1/models           one row per model, merged by (node_url, id)
+``info``                    GET /v1/info             one snapshot per run, appended (a history)
+``chat_completions``        POST /v1/chat/completions  one row per prompt, merged by request id
+``chat_completions_stream`` POST … ``stream: true``  one row per prompt, with time to first token
+``embeddings``              POST /v1/embeddings      one row per text, the vector in one column
+``retrieve``                POST /v1/retrieve        one row per query; points in ``retrieve__points``
+==========================  =======================  ===================================================
+
+Usage::
+
+    import dlt
+    from gaia_source import gaia_source
+
+    pipeline = dlt.pipeline("gaia_pipeline", destination="duckdb", dataset_name="gaia_data")
+    pipeline.run(gaia_source(base_url="http://localhost:8080/v1", prompts=["What is the capital of France?"]))
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import dlt
+from dlt.common.typing import TSecretStrValue
+from dlt.sources import DltResource
+
+from .client import GaiaClient, resolve_base_url
+from .errors import (
+    EndpointNotAvailable,
+    GaiaAuthError,
+    GaiaConfigError,
+    GaiaError,
+    GaiaRequestError,
+    GaiaResponseError,
+)
+from .inputs import ChatInput, QueryInput, TextInput, iter_prompts, iter_queries, iter_texts, validate
+from .payloads import PreparedRequest, chat_request, embeddings_request, normalize_chat_params, retrieve_request
+from .rows import (
+    CHAT_NONSTREAM_COLUMNS,
+    CHAT_STREAM_COLUMNS,
+    EMBEDDING_COLUMNS,
+    INFO_COLUMNS,
+    MODEL_COLUMNS,
+    RETRIEVE_COLUMNS,
+    Row,
+    chat_completion_row,
+    chat_stream_row,
+    embedding_rows,
+    info_row,
+    model_rows,
+    retrieve_row,
+    utc_now,
+)
+from .runner import run_requests
+from .settings import (
+    CHAT_PATH,
+    DEFAULT_EMBEDDING_BATCH_SIZE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_TIMEOUT,
+    EMBEDDINGS_PATH,
+    INFO_PATH,
+    MODELS_PATH,
+    RESOURCE_NAMES,
+    RETRIEVE_PATH,
+)
+
+__all__ = [
+    "gaia_source",
+    "GaiaClient",
+    "resolve_base_url",
+    "GaiaError",
+    "GaiaConfigError",
+    "GaiaRequestError",
+    "GaiaAuthError",
+    "EndpointNotAvailable",
+    "GaiaResponseError",
+    "RESOURCE_NAMES",
+]
+
+
+def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def models_rows(client: GaiaClient) -> Iterator[Any]:
+    """Yield one row per model listed by GET /v1/models, stamped with ``last_seen_at``."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        body, fetched_at, _ = client.metadata(MODELS_PATH)
+        return model_rows(body, client.base_url, fetched_at, client.url(MODELS_PATH))
+
+    yield from run_requests("models", client, [PreparedRequest(MODELS_PATH, {})], execute)
+
+
+def info_rows(client: GaiaClient) -> Iterator[Any]:
+    """Yield one snapshot of GET /v1/info (any server generation's shape; the whole body is kept)."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        body, fetched_at, latency = client.metadata(INFO_PATH)
+        return [info_row(body, client.base_url, fetched_at, latency, client.url(INFO_PATH))]
+
+    yield from run_requests("info", client, [PreparedRequest(INFO_PATH, {})], execute)
+
+
+def _chat_requests(
+    inputs: Callable[[], Iterator[ChatInput]],
+    client: GaiaClient,
+    chat_model: Optional[str],
+    params: Dict[str, Any],
+    stream: bool,
+) -> Iterator[PreparedRequest]:
+    items = inputs()
+    first = next(items, None)
+    if first is None:
+        return
+    model = chat_model or client.discover_models()[0]
+    for item in itertools.chain([first], items):
+        merged = {**params, **normalize_chat_params(item.params)}
+        yield chat_request(item.messages, item.model or model, merged, stream, item.custom_id, item.source)
+
+
+def chat_completion_rows(
+    client: GaiaClient, inputs: Callable[[], Iterator[ChatInput]], chat_model: Optional[str], params: Dict[str, Any]
+) -> Iterator[Any]:
+    """Yield one ``chat_completions`` row per prompt (non-streaming POST /v1/chat/completions)."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        requested_at = utc_now()
+        body, latency = client.post_json(CHAT_PATH, request.body)
+        return [chat_completion_row(request, body, latency, client.base_url, requested_at)]
+
+    yield from run_requests("chat_completions", client, _chat_requests(inputs, client, chat_model, params, False), execute)
+
+
+def chat_stream_rows(
+    client: GaiaClient, inputs: Callable[[], Iterator[ChatInput]], chat_model: Optional[str], params: Dict[str, Any]
+) -> Iterator[Any]:
+    """Yield one ``chat_completions_stream`` row per prompt: the folded SSE answer, status, TTFT and timings."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        requested_at = utc_now()
+        result, attempts = client.stream_chat(CHAT_PATH, request.body)
+        return [chat_stream_row(request, result, client.base_url, requested_at, attempts)]
+
+    yield from run_requests(
+        "chat_completions_stream", client, _chat_requests(inputs, client, chat_model, params, True), execute
+    )
+
+
+def embedding_rows_of(
+    client: GaiaClient, inputs: Callable[[], Iterator[TextInput]], embedding_model: Optional[str], batch_size: int
+) -> Iterator[Any]:
+    """Yield ``embeddings`` rows: texts are sent ``batch_size`` at a time, one row comes back per text."""
+
+    def requests() -> Iterator[PreparedRequest]:
+        items = inputs()
+        first = next(items, None)
+        if first is None:
+            return
+        model = embedding_model or client.discover_models()[1]
+        for batch in _batched(itertools.chain([first], items), batch_size):
+            yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        embedded_at = utc_now()
+        body, _ = client.post_json(EMBEDDINGS_PATH, request.body)
+        return embedding_rows(request, body, client.base_url, embedded_at)
+
+    yield from run_requests("embeddings", client, requests(), execute)
+
+
+def retrieve_rows(client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]]) -> Iterator[Any]:
+    """Yield one ``retrieve`` row per query with its ranked points (POST /v1/retrieve, Gaia <= 0.4 RAG nodes)."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        retrieved_at = utc_now()
+        body, latency = client.post_json(RETRIEVE_PATH, request.body)
+        return [retrieve_row(request, body, latency, client.base_url, retrieved_at)]
+
+    queries = (retrieve_request(q.query, q.custom_id, q.source) for q in inputs())
+    yield from run_requests("retrieve", client, queries, execute)
+
+
+@dlt.source(name="gaia_source")
+def gaia_source(
+    node_id: Optional[str] = dlt.config.value,
+    base_url: Optional[str] = dlt.config.value,
+    api_key: Optional[TSecretStrValue] = dlt.secrets.value,
+    chat_model: Optional[str] = None,
+    embedding_model: Optional[str] = None,
+    prompts: Optional[List[Any]] = None,
+    prompts_file: Optional[str] = None,
+    system_prompt: Optional[str] = None,
+    texts: Optional[List[Any]] = None,
+    texts_file: Optional[str] = None,
+    queries: Optional[List[Any]] = None,
+    queries_file: Optional[str] = None,
+    temperature: Optional[float] = None,
+    top_p: Optional[float] = None,
+    max_tokens: Optional[int] = None,
+    stop: Optional[Any] = None,
+    presence_penalty: Optional[float] = None,
+    frequency_penalty: Optional[float] = None,
+    seed: Optional[int] = None,
+    chat_params: Optional[Dict[str, Any]] = None,
+    embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+) -> Sequence[DltResource]:
+    """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
+
+    Every argument is also a dlt config key under ``[sources.gaia_source]`` (env ``SOURCES__GAIA_SOURCE__<KEY>``);
+    ``api_key`` is a secret (``.dlt/secrets.toml``). Inputs are validated here, before any request is sent.
+
+    Args:
+        node_id: A hosted node's id: requests go to ``https://{node_id}.gaia.domains/v1``.
+        base_url: The node URL, with or without ``/v1`` (e.g. ``http://localhost:8080/v1``); overrides ``node_id``.
+        api_key: Bearer key. Optional: local nodes need none.
+        chat_model: Model for chat requests; discovered from /v1/info or /v1/models when absent.
+        embedding_model: Model for embeddings; discovered when absent.
+        prompts: Prompt strings, message lists, or ``{"messages"|"prompt"|"body", "custom_id"?}`` objects.
+        prompts_file: A .jsonl (OpenAI Batch input, ``{"messages"}`` or ``{"prompt"}`` lines), .csv (``prompt``
+            column) or plain-text (one prompt per line) file.
+        system_prompt: A system message put first in every prompt that has none.
+        texts: Texts to embed (strings or ``{"text", "id"?, "metadata"?}``).
+        texts_file: A plain-text, .jsonl or .csv (``text`` column) file of texts to embed.
+        queries: Retrieval queries.
+        queries_file: A plain-text, .jsonl (``{"query"}``/``{"messages"}``) or .csv (``query`` column) file.
+        temperature: Chat sampling temperature.
+        top_p: Chat nucleus sampling.
+        max_tokens: Chat output limit.
+        stop: Stop sequence(s); a single string is sent as a one-element list (nodes require a list).
+        presence_penalty: Chat presence penalty.
+        frequency_penalty: Chat frequency penalty.
+        seed: Chat sampling seed.
+        chat_params: Any other chat request fields, passed through as they are.
+        embedding_batch_size: Texts per embeddings request.
+        timeout: Seconds to wait for a response (a stream: between chunks).
+        max_concurrency: Requests in flight to the node at once.
+        max_attempts: Sends per request; 429, 5xx, timeouts, connection errors and cut streams are retried.
+        retry_backoff: Seconds before the first retry (exponential with jitter after that).
+
+    Returns:
+        The six resources: models, info, chat_completions, chat_completions_stream, embeddings, retrieve.
+    """
+    if embedding_batch_size < 1:
+        raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
+    url = resolve_base_url(node_id, base_url)
+    client = GaiaClient(url, api_key, timeout, max_concurrency, max_attempts, retry_backoff)
+    params = normalize_chat_params(
+        {
+            **(chat_params or {}),
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_tokens,
+            "stop": stop,
+            "presence_penalty": presence_penalty,
+            "frequency_penalty": frequency_penalty,
+            "seed": seed,
+        }
+    )
+
+    def prompt_inputs() -> Iterator[ChatInput]:
+        return iter_prompts(prompts, prompts_file, system_prompt)
+
+    def text_inputs() -> Iterator[TextInput]:
+        return iter_texts(texts, texts_file)
+
+    def query_inputs() -> Iterator[QueryInput]:
+        return iter_queries(queries, queries_file)
+
+    # Read every input once now: a malformed line stops the run before the first request.
+    for inputs in (prompt_inputs, text_inputs, query_inputs):
+        validate(inputs())
+
+    return (
+        dlt.resource(
+            models_rows(client), name="models", write_disposition="merge", primary_key=("node_url", "id"),
+            columns=copy.deepcopy(MODEL_COLUMNS),
+        ),
+        dlt.resource(info_rows(client), name="info", write_disposition="append", columns=copy.deepcopy(INFO_COLUMNS)),
+        dlt.resource(
+            chat_completion_rows(client, prompt_inputs, chat_model, params), name="chat_completions",
+            write_disposition="merge", primary_key="request_id", columns=copy.deepcopy(CHAT_NONSTREAM_COLUMNS),
+        ),
+        dlt.resource(
+            chat_stream_rows(client, prompt_inputs, chat_model, params), name="chat_completions_stream",
+            write_disposition="merge", primary_key="request_id", columns=copy.deepcopy(CHAT_STREAM_COLUMNS),
+        ),
+        dlt.resource(
+            embedding_rows_of(client, text_inputs, embedding_model, embedding_batch_size), name="embeddings",
+            write_disposition="merge", primary_key="embedding_id", columns=copy.deepcopy(EMBEDDING_COLUMNS),
+        ),
+        dlt.resource(
+            retrieve_rows(client, query_inputs), name="retrieve", write_disposition="merge",
+            primary_key="request_id", columns=copy.deepcopy(RETRIEVE_COLUMNS),
+        ),
+    )

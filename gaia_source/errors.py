@@ -1,0 +1,185 @@
+"""One exception hierarchy for everything that can go wrong, with messages a user can act on.
+
+Every message says what failed and where (method, endpoint, node URL) and what to do; none contains the API key.
+Node error bodies come in three dialects (plain text from LlamaEdge servers, OpenAI-style JSON from gaia-nexus,
+FastAPI ``{"detail": …}`` from AMD GAIA) and sometimes as an HTML gateway page: :func:`describe_body` turns any of
+them into one readable line.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Iterable, Optional
+
+import orjson
+
+from .settings import API_KEY_LOCATION, MAX_ERROR_DETAIL_CHARS
+
+
+class GaiaError(Exception):
+    """Base class of every error raised by ``gaia_source``."""
+
+
+class GaiaConfigError(GaiaError, ValueError):
+    """The configuration or the user's input is wrong; raised before any request is sent."""
+
+
+class GaiaRequestError(GaiaError):
+    """A request to the node failed.
+
+    Attributes:
+        method: HTTP method.
+        url: Full URL of the endpoint (never contains the key).
+        status_code: HTTP status, or None when no response arrived.
+        detail: Readable, truncated error text from the node (or the transport error).
+        attempts: How many times the request was sent.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        detail: str,
+        status_code: Optional[int] = None,
+        attempts: int = 1,
+        retry_after: Optional[float] = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.detail = detail
+        self.status_code = status_code
+        self.attempts = attempts
+        self.retry_after = retry_after
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        status = f"HTTP {self.status_code}" if self.status_code is not None else "no response"
+        return f"{self.method} {self.url} failed ({status}): {self.detail}"
+
+    def __reduce__(self) -> Any:  # keep pickling (dlt may move exceptions between threads/processes) working
+        return (self.__class__, (self.method, self.url, self.detail, self.status_code, self.attempts, self.retry_after))
+
+
+class GaiaAuthError(GaiaRequestError):
+    """401/403: the node (or the hosted gateway in front of it) refused the API key. Stops the whole run."""
+
+    def _message(self) -> str:
+        return (
+            f"{self.method} {self.url} was refused with HTTP {self.status_code}: {self.detail}. "
+            f"The node did not accept the API key. Set a valid key in {API_KEY_LOCATION} "
+            "(local nodes and AMD GAIA servers without GAIA_API_KEY need none)."
+        )
+
+
+class EndpointNotAvailable(GaiaRequestError):
+    """404/405 on an endpoint's route: this node's server generation does not have the endpoint."""
+
+    def _message(self) -> str:
+        node, _, endpoint = self.url.rpartition("/v1/")
+        hint = _MISSING_HINTS.get(endpoint, "This server generation does not have it.")
+        return (
+            f"the node at {node}/v1 has no {self.method} /v1/{endpoint} "
+            f"(HTTP {self.status_code}: {self.detail}). {hint}"
+        )
+
+
+_MISSING_HINTS = {
+    "retrieve": "Only Gaia nodes <= 0.4 (rag-api-server) serve /v1/retrieve; gaia-nexus (>= 0.5) and AMD GAIA do not.",
+    "embeddings": "AMD GAIA servers have no embeddings; use a GaiaNet node for them.",
+    "info": "AMD GAIA servers have no /v1/info; the models table still describes the server.",
+}
+
+
+class GaiaResponseError(GaiaError):
+    """The node answered 200 with a body that is not what the protocol promises (bad JSON, missing fields…)."""
+
+    def __init__(self, method: str, url: str, detail: str) -> None:
+        self.method = method
+        self.url = url
+        self.detail = detail
+        super().__init__(f"{method} {url} returned an unexpected body: {detail}")
+
+    def __reduce__(self) -> Any:
+        return (self.__class__, (self.method, self.url, self.detail))
+
+
+_TAG_RE = re.compile(r"<[^>]+>")
+_SPACE_RE = re.compile(r"\s+")
+_TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_DROP_BLOCKS_RE = re.compile(r"<(script|style|head)[^>]*>.*?</\1>", re.IGNORECASE | re.DOTALL)
+
+
+def _truncate(text: str, limit: int = MAX_ERROR_DETAIL_CHARS) -> str:
+    text = _SPACE_RE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_error_text(data: Any) -> Optional[str]:
+    """Pull the human text out of the JSON error dialects nodes speak."""
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str) and err:
+            return err
+        detail = data.get("detail")
+        if isinstance(detail, str) and detail:
+            return detail
+        if isinstance(detail, list) and detail:  # FastAPI validation errors
+            parts = []
+            for d in detail:
+                if isinstance(d, dict):
+                    loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                    parts.append(f"{loc}: {d.get('msg', d)}" if loc else str(d.get("msg", d)))
+            return "; ".join(parts) or None
+        if data.get("message"):
+            return str(data["message"])
+    return None
+
+
+def describe_body(content: bytes, content_type: Optional[str] = None) -> str:
+    """Turn an error body of any dialect into one readable line.
+
+    JSON errors give their message; HTML pages (gateway 502s, a node's web UI 404) give their title and text;
+    plain text is kept, minus the request echo LlamaEdge appends to 400 bodies. Invalid UTF-8 is replaced,
+    never raised.
+
+    Args:
+        content: The raw response body.
+        content_type: The response's Content-Type header, if any (nodes often send none, or a wrong one).
+
+    Returns:
+        A single line of at most ``MAX_ERROR_DETAIL_CHARS`` characters.
+    """
+    if not content or not content.strip():
+        return "empty response body"
+    text = content.decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        try:
+            message = _json_error_text(orjson.loads(content))
+        except orjson.JSONDecodeError:
+            message = None
+        if message:
+            return _truncate(message)
+    ctype = (content_type or "").lower()
+    if "html" in ctype or stripped[:1] == "<":
+        title_match = _TITLE_RE.search(text)
+        title = html.unescape(title_match.group(1)).strip() if title_match else ""
+        body = html.unescape(_TAG_RE.sub(" ", _DROP_BLOCKS_RE.sub(" ", text)))
+        body = _truncate(body)
+        if title and not body.startswith(title):
+            body = f"{title} — {body}" if body else title
+        return _truncate(f"HTML page: {body}" if body else "HTML page with no text")
+    # LlamaEdge 400 bodies end with "\njson_value: <the whole request>" — not worth showing, may be huge.
+    text = text.split("\njson_value:", 1)[0]
+    return _truncate(text)
+
+
+def redact(text: str, secrets: Iterable[Optional[str]]) -> str:
+    """Replace every occurrence of each secret (of 4+ characters) in ``text`` with ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text

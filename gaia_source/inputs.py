@@ -1,0 +1,336 @@
+"""Inputs: prompts, texts and queries from config lists or files, read lazily and validated with file:line messages.
+
+Prompt files, by extension:
+
+* ``.jsonl`` / ``.json`` — one JSON value per line, any of:
+  an OpenAI Batch input line ``{"custom_id", "method", "url", "body": {"messages": […], …}}``;
+  ``{"messages": […], "custom_id"?: …, <chat params>?}``; ``{"prompt": "…", "custom_id"?: …}``; or a JSON string.
+* ``.csv`` — a header row with a ``prompt`` column (optional ``custom_id`` and ``system`` columns).
+* anything else — one plain prompt per non-empty line.
+
+Text files (embeddings) follow the same rule with ``text`` (JSONL ``{"text", "id"?, "metadata"?}``, CSV ``text``
+column with optional ``id``); query files (retrieve) with ``query`` (JSONL may also give ``messages``).
+
+Files are streamed, never loaded whole. :func:`validate` reads an input once without sending anything, so that a
+malformed line stops the run before the first request.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import orjson
+
+from .errors import GaiaConfigError
+from .payloads import CHAT_PARAM_NAMES, Message
+
+PromptLike = Union[str, Sequence[Message], Dict[str, Any]]
+_ROLES = {"system", "user", "assistant", "tool", "developer"}
+_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    """One chat request to make: its messages, the caller's id, and per-input parameter overrides."""
+
+    messages: List[Message]
+    custom_id: Optional[str] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    model: Optional[str] = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """One text to embed, with the caller's id and metadata carried into its row."""
+
+    text: str
+    id: Optional[str] = None
+    metadata: Optional[Dict[str, Any]] = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class QueryInput:
+    """One retrieval query."""
+
+    query: str
+    custom_id: Optional[str] = None
+    source: str = ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# line readers
+
+
+def _file_kind(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(_JSON_SUFFIXES):
+        return "jsonl"
+    if lower.endswith(".csv"):
+        return "csv"
+    return "text"
+
+
+def _open(path: str, setting: str) -> Any:
+    if not os.path.isfile(path):
+        raise GaiaConfigError(f"{setting}: file not found: {path}")
+    return open(path, "r", encoding="utf-8", errors="strict", newline="")
+
+
+def _iter_lines(path: str, setting: str) -> Iterator[tuple]:
+    """Yield (line_number, text) of non-empty lines; undecodable bytes are a clear error."""
+    with _open(path, setting) as fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+        except UnicodeDecodeError as exc:
+            raise GaiaConfigError(f"{path}:{lineno + 1}: not valid UTF-8 ({exc.reason})") from None
+
+
+def _iter_json_lines(path: str, setting: str) -> Iterator[tuple]:
+    for lineno, line in _iter_lines(path, setting):
+        try:
+            yield lineno, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise GaiaConfigError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+
+
+def _iter_csv_rows(path: str, setting: str, column: str) -> Iterator[tuple]:
+    with _open(path, setting) as fh:
+        try:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or column not in reader.fieldnames:
+                found = ", ".join(reader.fieldnames or []) or "no header"
+                raise GaiaConfigError(f"{path}: CSV has no '{column}' column (columns: {found})")
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise GaiaConfigError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+        except csv.Error as exc:
+            raise GaiaConfigError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# prompts
+
+
+def _check_messages(messages: Any, where: str) -> List[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise GaiaConfigError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise GaiaConfigError(f"{where}: messages[{i}] is not an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise GaiaConfigError(f"{where}: messages[{i}] has role {role!r}; expected one of {sorted(_ROLES)}")
+        content = message.get("content")
+        if content is None and not message.get("tool_calls"):
+            raise GaiaConfigError(f"{where}: messages[{i}] ({role}) has no content")
+        if isinstance(content, str) and not content.strip() and role == "user":
+            raise GaiaConfigError(f"{where}: messages[{i}] is an empty user prompt")
+    return messages
+
+
+def _prompt_text(text: Any, where: str) -> List[Message]:
+    if not isinstance(text, str) or not text.strip():
+        raise GaiaConfigError(f"{where}: empty prompt")
+    return [{"role": "user", "content": text}]
+
+
+def _custom_id(value: Any, where: str) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value)
+    raise GaiaConfigError(f"{where}: custom_id must be a non-empty string, got {value!r}")
+
+
+def _chat_input_from_object(obj: Any, where: str) -> ChatInput:
+    """Interpret one JSON value / config item as a chat input."""
+    if isinstance(obj, str):
+        return ChatInput(_prompt_text(obj, where), source=where)
+    if isinstance(obj, list):
+        return ChatInput(_check_messages(obj, where), source=where)
+    if not isinstance(obj, dict):
+        raise GaiaConfigError(f"{where}: expected a prompt string, a message list or an object, got {type(obj).__name__}")
+    custom_id = _custom_id(obj.get("custom_id"), where)
+    if "body" in obj:  # OpenAI Batch input line
+        url = obj.get("url", "/v1/chat/completions")
+        if not str(url).rstrip("/").endswith("chat/completions"):
+            raise GaiaConfigError(f"{where}: batch line is for {url!r}; only /v1/chat/completions lines are prompts")
+        method = str(obj.get("method", "POST")).upper()
+        if method != "POST":
+            raise GaiaConfigError(f"{where}: batch line method is {method}; expected POST")
+        body = obj["body"]
+        if not isinstance(body, dict):
+            raise GaiaConfigError(f"{where}: batch line 'body' must be an object")
+        params = {k: v for k, v in body.items() if k not in ("messages", "model", "stream", "stream_options")}
+        model = body.get("model")
+        return ChatInput(_check_messages(body.get("messages"), where), custom_id, params, model, where)
+    if "messages" in obj:
+        params = {k: obj[k] for k in CHAT_PARAM_NAMES if k in obj}
+        return ChatInput(_check_messages(obj["messages"], where), custom_id, params, obj.get("model"), where)
+    if "prompt" in obj:
+        return ChatInput(_prompt_text(obj["prompt"], where), custom_id, source=where)
+    raise GaiaConfigError(f"{where}: object has none of 'body', 'messages' or 'prompt' (keys: {sorted(obj)})")
+
+
+def _with_system(item: ChatInput, system_prompt: Optional[str]) -> ChatInput:
+    if not system_prompt or any(m.get("role") == "system" for m in item.messages):
+        return item
+    messages = [{"role": "system", "content": system_prompt}, *item.messages]
+    return ChatInput(messages, item.custom_id, item.params, item.model, item.source)
+
+
+def iter_prompts(
+    prompts: Optional[Iterable[PromptLike]] = None,
+    prompts_file: Optional[str] = None,
+    system_prompt: Optional[str] = None,
+    prompt_column: str = "prompt",
+) -> Iterator[ChatInput]:
+    """Yield chat inputs from a config list and/or a file (see the module docstring for formats).
+
+    Args:
+        prompts: Prompt strings, message lists, or objects shaped like JSONL lines.
+        prompts_file: Path of a .jsonl, .csv or plain-text prompt file.
+        system_prompt: A system message put first in every input that has none.
+        prompt_column: The CSV column holding the prompt.
+
+    Raises:
+        GaiaConfigError: naming the item or file:line that is malformed.
+    """
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    for i, obj in enumerate(prompts or []):
+        yield _with_system(_chat_input_from_object(obj, f"prompts[{i}]"), system_prompt)
+    if not prompts_file:
+        return
+    kind = _file_kind(prompts_file)
+    if kind == "jsonl":
+        for lineno, obj in _iter_json_lines(prompts_file, "prompts_file"):
+            yield _with_system(_chat_input_from_object(obj, f"{prompts_file}:{lineno}"), system_prompt)
+    elif kind == "csv":
+        for lineno, row in _iter_csv_rows(prompts_file, "prompts_file", prompt_column):
+            where = f"{prompts_file}:{lineno}"
+            messages = _prompt_text(row.get(prompt_column), where)
+            if row.get("system"):
+                messages = [{"role": "system", "content": row["system"]}, *messages]
+            item = ChatInput(messages, _custom_id(row.get("custom_id") or None, where), source=where)
+            yield _with_system(item, system_prompt)
+    else:
+        for lineno, line in _iter_lines(prompts_file, "prompts_file"):
+            where = f"{prompts_file}:{lineno}"
+            yield _with_system(ChatInput(_prompt_text(line, where), source=where), system_prompt)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# texts
+
+
+def _text_input_from_object(obj: Any, where: str) -> TextInput:
+    if isinstance(obj, str):
+        if not obj.strip():
+            raise GaiaConfigError(f"{where}: empty text")
+        return TextInput(obj, source=where)
+    if isinstance(obj, dict):
+        text = obj.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise GaiaConfigError(f"{where}: object needs a non-empty 'text' string (keys: {sorted(obj)})")
+        metadata = obj.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise GaiaConfigError(f"{where}: 'metadata' must be an object")
+        return TextInput(text, _custom_id(obj.get("id"), where), metadata, where)
+    raise GaiaConfigError(f"{where}: expected a text string or {{text, id?, metadata?}}, got {type(obj).__name__}")
+
+
+def iter_texts(
+    texts: Optional[Iterable[Any]] = None, texts_file: Optional[str] = None, text_column: str = "text"
+) -> Iterator[TextInput]:
+    """Yield texts to embed from a config list and/or a file (plain lines, JSONL, or CSV with a text column).
+
+    Raises:
+        GaiaConfigError: naming the item or file:line that is malformed.
+    """
+    if isinstance(texts, (str, dict)):
+        texts = [texts]
+    for i, obj in enumerate(texts or []):
+        yield _text_input_from_object(obj, f"texts[{i}]")
+    if not texts_file:
+        return
+    kind = _file_kind(texts_file)
+    if kind == "jsonl":
+        for lineno, obj in _iter_json_lines(texts_file, "texts_file"):
+            yield _text_input_from_object(obj, f"{texts_file}:{lineno}")
+    elif kind == "csv":
+        for lineno, row in _iter_csv_rows(texts_file, "texts_file", text_column):
+            where = f"{texts_file}:{lineno}"
+            item = _text_input_from_object({"text": row.get(text_column), "id": row.get("id") or None}, where)
+            yield item
+    else:
+        for lineno, line in _iter_lines(texts_file, "texts_file"):
+            yield TextInput(line, source=f"{texts_file}:{lineno}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# queries
+
+
+def _query_from_object(obj: Any, where: str) -> QueryInput:
+    if isinstance(obj, str):
+        if not obj.strip():
+            raise GaiaConfigError(f"{where}: empty query")
+        return QueryInput(obj, source=where)
+    if isinstance(obj, dict):
+        custom_id = _custom_id(obj.get("custom_id"), where)
+        if "query" in obj:
+            return QueryInput(_query_from_object(obj["query"], where).query, custom_id, where)
+        if "messages" in obj:
+            messages = _check_messages(obj["messages"], where)
+            users = [m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+            if not users:
+                raise GaiaConfigError(f"{where}: no user message with text content to retrieve for")
+            return QueryInput(users[-1], custom_id, where)
+    raise GaiaConfigError(f"{where}: expected a query string, {{query}} or {{messages}}")
+
+
+def iter_queries(queries: Optional[Iterable[Any]] = None, queries_file: Optional[str] = None) -> Iterator[QueryInput]:
+    """Yield retrieval queries from a config list and/or a file (plain lines, JSONL, or CSV with a query column).
+
+    Raises:
+        GaiaConfigError: naming the item or file:line that is malformed.
+    """
+    if isinstance(queries, (str, dict)):
+        queries = [queries]
+    for i, obj in enumerate(queries or []):
+        yield _query_from_object(obj, f"queries[{i}]")
+    if not queries_file:
+        return
+    kind = _file_kind(queries_file)
+    if kind == "jsonl":
+        for lineno, obj in _iter_json_lines(queries_file, "queries_file"):
+            yield _query_from_object(obj, f"{queries_file}:{lineno}")
+    elif kind == "csv":
+        for lineno, row in _iter_csv_rows(queries_file, "queries_file", "query"):
+            where = f"{queries_file}:{lineno}"
+            yield _query_from_object({"query": row.get("query"), "custom_id": row.get("custom_id") or None}, where)
+    else:
+        for lineno, line in _iter_lines(queries_file, "queries_file"):
+            yield QueryInput(line, source=f"{queries_file}:{lineno}")
+
+
+def validate(items: Iterable[Any]) -> int:
+    """Read an input iterator to the end without keeping it; return how many items it has.
+
+    Any malformed item raises :class:`GaiaConfigError` here, before a request is sent.
+    """
+    count = 0
+    for _ in items:
+        count += 1
+    return count

@@ -1,0 +1,399 @@
+"""Responses → table rows, and the column hints of every table.
+
+Each function takes what the node returned (already parsed) plus the request that produced it, checks the shape the
+protocol promises, and returns flat rows a user can query: ids and models, content, token usage, timings. Nested
+request/response parts that users query less often (messages, params, all choices, tool calls, node info bodies) are
+kept whole in JSON columns, so nothing the node said is lost. A body of the wrong shape raises
+:class:`~gaia_source.errors.GaiaResponseError` naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional
+
+from dlt.common.schema.typing import TTableSchemaColumns
+
+from .client import models_from_info
+from .errors import GaiaResponseError
+from .payloads import PreparedRequest, chat_params_of, content_hash, embedding_id
+from .streaming import STATUS_COMPLETED, StreamResult
+
+Row = Dict[str, Any]
+
+
+
+def _json() -> Dict[str, Any]:  # a fresh dict per column: dlt writes the column name into hint dicts
+    return {"data_type": "json"}
+
+
+def _ts() -> Dict[str, Any]:
+    return {"data_type": "timestamp", "timezone": True}
+
+
+CHAT_COLUMNS: TTableSchemaColumns = {
+    "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "custom_id": {"data_type": "text"},
+    "status": {"data_type": "text"},
+    "error": {"data_type": "text"},
+    "node_url": {"data_type": "text"},
+    "model_requested": {"data_type": "text"},
+    "model": {"data_type": "text"},
+    "response_id": {"data_type": "text"},
+    "created_at": _ts(),
+    "requested_at": _ts(),
+    "content": {"data_type": "text"},
+    "role": {"data_type": "text"},
+    "finish_reason": {"data_type": "text"},
+    "prompt_tokens": {"data_type": "bigint"},
+    "completion_tokens": {"data_type": "bigint"},
+    "total_tokens": {"data_type": "bigint"},
+    "usage_reported": {"data_type": "bool"},
+    "output_tokens_per_s": {"data_type": "double"},
+    "attempts": {"data_type": "bigint"},
+    "messages": _json(),
+    "params": _json(),
+    "tool_calls": _json(),
+    "choices": _json(),
+    "usage": _json(),
+}
+CHAT_NONSTREAM_COLUMNS: TTableSchemaColumns = {**CHAT_COLUMNS, "latency_ms": {"data_type": "double"}}
+CHAT_STREAM_COLUMNS: TTableSchemaColumns = {
+    **CHAT_COLUMNS,
+    "ttft_ms": {"data_type": "double"},
+    "duration_ms": {"data_type": "double"},
+    "chunk_count": {"data_type": "bigint"},
+}
+EMBEDDING_COLUMNS: TTableSchemaColumns = {
+    "embedding_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "text_id": {"data_type": "text"},
+    "text": {"data_type": "text"},
+    "node_url": {"data_type": "text"},
+    "model_requested": {"data_type": "text"},
+    "model": {"data_type": "text"},
+    "input_index": {"data_type": "bigint"},
+    "dim": {"data_type": "bigint"},
+    "embedding": _json(),  # ONE column per vector, never a child table with a row per float
+    "metadata": _json(),
+    "request_id": {"data_type": "text"},
+    "embedded_at": _ts(),
+}
+RETRIEVE_COLUMNS: TTableSchemaColumns = {
+    "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "custom_id": {"data_type": "text"},
+    "query": {"data_type": "text"},
+    "node_url": {"data_type": "text"},
+    "response_shape": {"data_type": "text"},
+    "point_count": {"data_type": "bigint"},
+    "collection_count": {"data_type": "bigint"},
+    "limit": {"data_type": "bigint"},
+    "score_threshold": {"data_type": "double"},
+    "latency_ms": {"data_type": "double"},
+    "retrieved_at": _ts(),
+    "messages": _json(),
+}
+MODEL_COLUMNS: TTableSchemaColumns = {
+    "node_url": {"data_type": "text", "nullable": False, "primary_key": True},
+    "id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "object": {"data_type": "text"},
+    "owned_by": {"data_type": "text"},
+    "created_at": _ts(),
+    "last_seen_at": _ts(),
+}
+INFO_COLUMNS: TTableSchemaColumns = {
+    "node_url": {"data_type": "text"},
+    "fetched_at": _ts(),
+    "latency_ms": {"data_type": "double"},
+    "server_type": {"data_type": "text"},
+    "node_version": {"data_type": "text"},
+    "server_version": {"data_type": "text"},
+    "chat_model": {"data_type": "text"},
+    "embedding_model": {"data_type": "text"},
+    "info_hash": {"data_type": "text"},
+    "body": _json(),
+}
+FAILED_REQUEST_COLUMNS: TTableSchemaColumns = {
+    "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "resource": {"data_type": "text"},
+    "endpoint": {"data_type": "text"},
+    "node_url": {"data_type": "text"},
+    "custom_id": {"data_type": "text"},
+    "http_status": {"data_type": "bigint"},
+    "error_type": {"data_type": "text"},
+    "error_message": {"data_type": "text"},
+    "attempts": {"data_type": "bigint"},
+    "failed_at": _ts(),
+    "request_body": _json(),
+}
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def _epoch(value: Any) -> Optional[datetime]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _usage_columns(usage: Any, seconds: Optional[float]) -> Row:
+    """Token columns from a usage object (None when the node sent none), and output tokens per second."""
+    if not isinstance(usage, dict):
+        return {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None, "usage_reported": False,
+                "usage": None, "output_tokens_per_s": None}
+    completion = _int_or_none(usage.get("completion_tokens"))
+    rate = completion / seconds if completion is not None and seconds and seconds > 0 else None
+    return {
+        "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
+        "completion_tokens": completion,
+        "total_tokens": _int_or_none(usage.get("total_tokens")),
+        "usage_reported": True,
+        "usage": usage,
+        "output_tokens_per_s": rate,
+    }
+
+
+def _request_columns(request: PreparedRequest, node_url: str, requested_at: datetime) -> Row:
+    return {
+        "request_id": request.request_id,
+        "custom_id": request.custom_id,
+        "node_url": node_url,
+        "model_requested": request.body.get("model"),
+        "requested_at": requested_at,
+        "messages": request.body.get("messages"),
+        "params": chat_params_of(request.body) or None,
+    }
+
+
+def _fail(request: PreparedRequest, node_url: str, detail: str) -> GaiaResponseError:
+    return GaiaResponseError("POST", f"{node_url}/{request.endpoint}", detail)
+
+
+def chat_completion_row(
+    request: PreparedRequest, body: Any, latency_s: float, node_url: str, requested_at: datetime, attempts: int = 1
+) -> Row:
+    """One ``chat_completions`` row from a non-streaming response.
+
+    The first choice fills content/finish_reason/tool_calls; every choice is kept in ``choices``.
+    """
+    if not isinstance(body, dict):
+        raise _fail(request, node_url, f"expected a JSON object, got {type(body).__name__}")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _fail(request, node_url, f"'choices' is {choices!r:.80}; expected a non-empty list")
+    first = choices[0]
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        raise _fail(request, node_url, "choices[0].message is missing or not an object")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _fail(request, node_url, f"choices[0].message.content is a {type(content).__name__}, not text")
+    return {
+        **_request_columns(request, node_url, requested_at),
+        "status": STATUS_COMPLETED,
+        "error": None,
+        "model": _str_or_none(body.get("model")),
+        "response_id": _str_or_none(body.get("id")),
+        "created_at": _epoch(body.get("created")),
+        "content": content,
+        "role": _str_or_none(message.get("role")),
+        "finish_reason": _str_or_none(first.get("finish_reason")),
+        "tool_calls": message.get("tool_calls") or None,
+        "choices": choices,
+        **_usage_columns(body.get("usage"), latency_s),
+        "latency_ms": latency_s * 1000.0,
+        "attempts": attempts,
+    }
+
+
+def chat_stream_row(
+    request: PreparedRequest, result: StreamResult, node_url: str, requested_at: datetime, attempts: int = 1
+) -> Row:
+    """One ``chat_completions_stream`` row: the assembled answer, how the stream ended, and its timings."""
+    generation_s = result.duration_s - result.ttft_s if result.ttft_s is not None else None
+    usage = _usage_columns(result.usage, generation_s if generation_s and generation_s > 0 else result.duration_s)
+    return {
+        **_request_columns(request, node_url, requested_at),
+        "status": result.status,
+        "error": result.error,
+        "model": result.model,
+        "response_id": result.response_id,
+        "created_at": _epoch(result.created),
+        "content": result.content,
+        "role": result.role,
+        "finish_reason": result.finish_reason,
+        "tool_calls": result.tool_calls or None,
+        "choices": None,
+        **usage,
+        "ttft_ms": None if result.ttft_s is None else result.ttft_s * 1000.0,
+        "duration_ms": result.duration_s * 1000.0,
+        "chunk_count": result.chunk_count,
+        "attempts": attempts,
+    }
+
+
+def embedding_rows(request: PreparedRequest, body: Any, node_url: str, embedded_at: datetime) -> List[Row]:
+    """``embeddings`` rows, one per input text, each with its vector in one column.
+
+    ``request.extra["inputs"]`` carries the batch's :class:`~gaia_source.inputs.TextInput` items in request order.
+    """
+    inputs = request.extra["inputs"]
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise _fail(request, node_url, "expected an object with a 'data' list of embeddings")
+    data = body["data"]
+    if len(data) != len(inputs):
+        raise _fail(request, node_url, f"{len(data)} embeddings for {len(inputs)} inputs")
+    model = _str_or_none(body.get("model"))
+    requested_model = request.body.get("model")
+    rows: List[Row] = []
+    for position, item in enumerate(data):
+        index = item.get("index", position) if isinstance(item, dict) else None
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(inputs):
+            raise _fail(request, node_url, f"data[{position}].index is {index!r}; expected 0..{len(inputs) - 1}")
+        if not isinstance(vector, list) or not vector or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector
+        ):
+            raise _fail(request, node_url, f"data[{position}].embedding is not a non-empty list of numbers")
+        text_input = inputs[index]
+        rows.append(
+            {
+                "embedding_id": embedding_id(requested_model or model, text_input.text),
+                "text_id": text_input.id,
+                "text": text_input.text,
+                "node_url": node_url,
+                "model_requested": requested_model,
+                "model": model,
+                "input_index": index,
+                "dim": len(vector),
+                "embedding": vector,
+                "metadata": text_input.metadata,
+                "request_id": request.request_id,
+                "embedded_at": embedded_at,
+            }
+        )
+    return rows
+
+
+def retrieve_row(request: PreparedRequest, body: Any, latency_s: float, node_url: str, retrieved_at: datetime) -> Row:
+    """One ``retrieve`` row with its ranked points in the ``retrieve__points`` child table.
+
+    Accepts the list shape (rag-api-server >= 0.10: one object per collection, ``[]`` when nothing matched) and the
+    single-object shape (older servers and the public docs).
+    """
+    if isinstance(body, list):
+        shape, objects = "list", body
+    elif isinstance(body, dict):
+        shape, objects = "object", [body]
+    else:
+        raise _fail(request, node_url, f"expected a list or an object, got {type(body).__name__}")
+    points: List[Row] = []
+    for c_index, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            raise _fail(request, node_url, f"element {c_index} is a {type(obj).__name__}, not an object")
+        raw_points = obj.get("points") or []
+        if not isinstance(raw_points, list):
+            raise _fail(request, node_url, f"element {c_index}: 'points' is not a list")
+        for p in raw_points:
+            if not isinstance(p, dict) or not isinstance(p.get("source"), str):
+                raise _fail(request, node_url, f"element {c_index}: a point has no 'source' text")
+            points.append({"source": p["source"], "score": p.get("score"), "collection_index": c_index})
+    points.sort(key=lambda p: -(p["score"] if isinstance(p["score"], (int, float)) else float("-inf")))
+    for rank, point in enumerate(points, start=1):
+        point["rank"] = rank
+        point["source_hash"] = content_hash(point["source"])
+    first = objects[0] if objects and isinstance(objects[0], dict) else {}
+    return {
+        "request_id": request.request_id,
+        "custom_id": request.custom_id,
+        "query": request.extra.get("query"),
+        "node_url": node_url,
+        "response_shape": shape,
+        "point_count": len(points),
+        "collection_count": len(objects),
+        "limit": _int_or_none(first.get("limit")),
+        "score_threshold": first.get("score_threshold") if isinstance(first.get("score_threshold"), (int, float)) else None,
+        "latency_ms": latency_s * 1000.0,
+        "retrieved_at": retrieved_at,
+        "messages": request.body.get("messages"),
+        "points": points,
+    }
+
+
+def model_rows(body: Any, node_url: str, seen_at: datetime, url: str) -> List[Row]:
+    """``models`` rows, one per model listed by GET /v1/models; extra fields (AMD's description, limits) are kept."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise GaiaResponseError("GET", url, "expected an object with a 'data' list of models")
+    rows: List[Row] = []
+    for i, model in enumerate(data):
+        if not isinstance(model, dict) or not isinstance(model.get("id"), str):
+            raise GaiaResponseError("GET", url, f"data[{i}] has no 'id' string")
+        row = {k: v for k, v in model.items() if k != "created"}
+        row.update(node_url=node_url, created_at=_epoch(model.get("created")), last_seen_at=seen_at)
+        rows.append(row)
+    return rows
+
+
+def _server_type(info: Dict[str, Any]) -> Optional[str]:
+    api_server = info.get("api_server")
+    if isinstance(api_server, dict) and isinstance(api_server.get("type"), str):
+        return api_server["type"]  # "rag" (rag-api-server) or "llama" (llama-api-server) on Gaia <= 0.4
+    if isinstance(info.get("models"), dict):
+        return "nexus"
+    if isinstance(info.get("servers"), dict):
+        return "nexus"
+    return None
+
+
+def info_row(body: Any, node_url: str, fetched_at: datetime, latency_s: float, url: str) -> Row:
+    """One ``info`` snapshot row: a few columns pulled out for convenience, the whole body kept in ``body``."""
+    if not isinstance(body, dict):
+        raise GaiaResponseError("GET", url, f"expected a JSON object, got {type(body).__name__}")
+    chat, embedding = models_from_info(body)
+    api_server = body.get("api_server") if isinstance(body.get("api_server"), dict) else {}
+    version = body.get("node_version") or body.get("version")
+    return {
+        "node_url": node_url,
+        "fetched_at": fetched_at,
+        "latency_ms": latency_s * 1000.0,
+        "server_type": _server_type(body),
+        "node_version": str(version) if version is not None else None,
+        "server_version": _str_or_none(api_server.get("version")),
+        "chat_model": chat,
+        "embedding_model": embedding,
+        "info_hash": content_hash(body),
+        "body": body,
+    }
+
+
+def failed_request_row(
+    resource: str, request: PreparedRequest, error: BaseException, node_url: str, attempts: int
+) -> Row:
+    """A ``failed_requests`` row: what could not be fetched, and why (no secrets: messages are redacted)."""
+    return {
+        "request_id": request.request_id,
+        "resource": resource,
+        "endpoint": request.endpoint,
+        "node_url": node_url,
+        "custom_id": request.custom_id,
+        "http_status": getattr(error, "status_code", None),
+        "error_type": type(error).__name__,
+        "error_message": str(error),
+        "attempts": attempts,
+        "failed_at": utc_now(),
+        "request_body": request.body,
+    }

@@ -1,0 +1,144 @@
+"""Runs one resource's requests against the node and turns their outcomes into items for dlt.
+
+The first request goes alone, as a probe: if the node lacks the endpoint (404/405) the resource is skipped with one
+warning and nothing else is sent; if the key is refused (401/403) the run stops. The rest fan out over a thread pool
+with a bounded window, so inputs are pulled lazily from their files and rows flow to dlt as answers arrive.
+
+A request that still fails after its retries is not lost and does not stop the others: it becomes a row in the
+``failed_requests`` table (merged by request id). When it later succeeds, its failure row is deleted (a dlt
+``hard_delete`` tombstone), so ``failed_requests`` always lists what is failing now.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, TypeVar
+
+import dlt
+
+from .client import GaiaClient
+from .errors import EndpointNotAvailable, GaiaAuthError, GaiaRequestError, GaiaResponseError
+from .payloads import PreparedRequest
+from .rows import FAILED_REQUEST_COLUMNS, Row, failed_request_row
+from .settings import FAILED_REQUESTS_TABLE
+
+logger = logging.getLogger("gaia_source")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_FAILED_HINTS = dlt.mark.make_hints(
+    table_name=FAILED_REQUESTS_TABLE,
+    primary_key="request_id",
+    write_disposition="merge",
+    columns=[{"name": "resolved", "data_type": "bool", "hard_delete": True}, *(
+        {"name": name, **spec} for name, spec in FAILED_REQUEST_COLUMNS.items()
+    )],
+)
+
+
+def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Iterator[R]:
+    """Apply ``fn`` to ``items`` with up to ``max_workers`` calls in flight; yield results as they complete.
+
+    Items are pulled lazily (at most ``2 * max_workers`` ahead), so a 100,000-line input file is never held in
+    memory. An exception raised by ``fn`` cancels what has not started and propagates.
+    """
+    iterator = iter(items)
+    if max_workers <= 1:
+        for item in iterator:
+            yield fn(item)
+        return
+    window = 2 * max_workers
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gaia-request") as pool:
+        pending: Set[Future] = set()
+
+        def refill() -> None:
+            while len(pending) < window:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                pending.add(pool.submit(fn, item))
+
+        try:
+            refill()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                refill()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+@dataclass
+class _Outcome:
+    request: PreparedRequest
+    rows: List[Row] = field(default_factory=list)
+    failure: Optional[Row] = None
+
+
+def _failed_state() -> Dict[str, str]:
+    """Request ids failing since an earlier run (kept in the source's dlt state; only failures, so it stays small)."""
+    try:
+        return dlt.current.source_state().setdefault("failed_requests", {})  # type: ignore[no-any-return]
+    except Exception:  # outside a pipeline (e.g. iterating a resource directly): nothing to reconcile
+        return {}
+
+
+def run_requests(
+    resource: str,
+    client: GaiaClient,
+    requests: Iterable[PreparedRequest],
+    execute: Callable[[PreparedRequest], List[Row]],
+) -> Iterator[Any]:
+    """Send ``requests`` through ``execute`` (probe first, then concurrently) and yield rows for dlt.
+
+    Args:
+        resource: Resource name, for messages and ``failed_requests.resource``.
+        client: The node client (its ``max_concurrency`` bounds the fan-out).
+        requests: Requests to send, consumed lazily.
+        execute: Sends one request and returns its rows; raises a ``GaiaError`` on failure.
+
+    Yields:
+        Lists of rows for the resource's table, and ``failed_requests`` rows/tombstones.
+    """
+
+    def attempt(request: PreparedRequest) -> _Outcome:
+        try:
+            return _Outcome(request, execute(request))
+        except (GaiaAuthError, EndpointNotAvailable):
+            raise
+        except (GaiaRequestError, GaiaResponseError) as exc:
+            where = f" ({request.source})" if request.source else ""
+            logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, exc)
+            attempts = getattr(exc, "attempts", 1)
+            return _Outcome(request, failure=failed_request_row(resource, request, exc, client.base_url, attempts))
+
+    failed = _failed_state()
+    iterator = iter(requests)
+    first = next(iterator, None)
+    if first is None:
+        return
+    try:
+        probe = attempt(first)
+        outcomes = fan_out(attempt, iterator, client.max_concurrency)
+        for outcome in _chain_one(probe, outcomes):
+            request_id = outcome.request.request_id
+            if outcome.rows:
+                yield outcome.rows
+            if outcome.failure is not None:
+                failed[request_id] = resource
+                yield dlt.mark.with_hints({**outcome.failure, "resolved": False}, _FAILED_HINTS, create_table_variant=True)
+            elif failed.pop(request_id, None) is not None:
+                yield dlt.mark.with_hints({"request_id": request_id, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
+    except EndpointNotAvailable as exc:
+        logger.warning("Skipping resource '%s': %s", resource, exc)
+
+
+def _chain_one(first: R, rest: Iterator[R]) -> Iterator[R]:
+    yield first
+    yield from rest

@@ -1,0 +1,69 @@
+"""Constants of the Gaia source: domains, endpoint paths, defaults and limits.
+
+Everything a user may want to tune is also a source argument (and so a dlt config key); the values here are the
+defaults those arguments fall back to.
+"""
+
+from typing import Final, Tuple
+
+# --- where nodes live -------------------------------------------------------------------------------------------
+GAIA_DOMAIN: Final = "gaia.domains"
+"""Hosted GaiaNet nodes answer at ``https://{node_id}.gaia.domains/v1``."""
+API_PREFIX: Final = "/v1"
+
+# --- endpoints (relative to the /v1 base URL; exact paths: a trailing slash is a 404 on real nodes) --------------
+CHAT_PATH: Final = "chat/completions"
+EMBEDDINGS_PATH: Final = "embeddings"
+RETRIEVE_PATH: Final = "retrieve"
+MODELS_PATH: Final = "models"
+INFO_PATH: Final = "info"
+
+# --- resources / tables -----------------------------------------------------------------------------------------
+RESOURCE_NAMES: Final[Tuple[str, ...]] = (
+    "models",
+    "info",
+    "chat_completions",
+    "chat_completions_stream",
+    "embeddings",
+    "retrieve",
+)
+FAILED_REQUESTS_TABLE: Final = "failed_requests"
+
+PIPELINE_NAME: Final = "gaia_pipeline"
+DATASET_NAME: Final = "gaia_data"
+SOURCE_SECTION: Final = "gaia_source"
+
+# --- client defaults --------------------------------------------------------------------------------------------
+DEFAULT_TIMEOUT: Final = 60.0
+"""Seconds to wait for a response (AMD GAIA agents can take minutes: raise it for them)."""
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+DEFAULT_MAX_CONCURRENCY: Final = 8
+"""Requests in flight per node. An old (<=0.4) Gaia node answers one at a time; gaia-nexus answers concurrently."""
+DEFAULT_MAX_ATTEMPTS: Final = 4
+"""Attempts per request (1 = no retries) on 429, 5xx, timeouts, connection errors and cut streams."""
+DEFAULT_RETRY_BACKOFF: Final = 0.5
+"""Seconds before the first retry; doubles each attempt, with jitter."""
+MAX_RETRY_WAIT: Final = 30.0
+"""Cap on one wait between attempts, also for a server's ``Retry-After``."""
+DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
+"""Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
+
+RETRYABLE_STATUS: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+AUTH_STATUS: Final = frozenset({401, 403})
+MISSING_ENDPOINT_STATUS: Final = frozenset({404, 405})
+
+# --- protocol details -------------------------------------------------------------------------------------------
+CONTEXT_FULL_MARKER: Final = "<|WASMEDGE-GGML-CONTEXT-FULL|>"
+"""llama-core ends a stream whose context window filled with this text and ``finish_reason: "length"``."""
+SSE_DONE: Final = "[DONE]"
+MAX_ERROR_DETAIL_CHARS: Final = 400
+"""Error bodies are shown up to this many characters (nodes echo whole requests in 400 bodies)."""
+
+API_KEY_LOCATION: Final = (
+    "[sources.gaia_source] api_key in .dlt/secrets.toml, or the SOURCES__GAIA_SOURCE__API_KEY environment variable"
+)
+NODE_LOCATION: Final = (
+    "[sources.gaia_source] node_id or base_url in .dlt/config.toml, or the SOURCES__GAIA_SOURCE__NODE_ID / "
+    "SOURCES__GAIA_SOURCE__BASE_URL environment variables"
+)
+USER_AGENT: Final = "gaia-dlt/0.1"

@@ -1,0 +1,210 @@
+"""The one place that folds chat-completion SSE chunks into a completion.
+
+It reads every stream shape real Gaia servers send (see shared gaia-node-protocol §9, §13):
+
+* llama-core (Gaia <= 0.4, llama-api-server): ``role`` on every chunk, no ``finish_reason: "stop"`` chunk on a normal
+  end, a usage chunk with ``choices: []``; ``<|WASMEDGE-GGML-CONTEXT-FULL|>`` with ``finish_reason: "length"``;
+  tool-call deltas.
+* gaia-nexus (Gaia >= 0.5): ``choices[0].index`` counts chunks (0, 1, 2, …) — it is *not* a choice index, so all
+  deltas are folded into one answer; usage and ``finish_reason`` ride on the last content chunk; an empty answer is
+  only ``data: [DONE]``.
+* AMD GAIA: no usage; an in-band ``{"error": …}`` chunk with HTTP 200 before ``[DONE]``.
+
+A stream that reaches ``[DONE]`` without any ``finish_reason`` (llama-core's normal end) is reported as ``stop``
+(``tool_calls`` when it carried tool calls), as the same request's non-streaming response would say.
+
+Usage is the *last* usage object seen, never a sum (some servers repeat cumulative usage on every chunk).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import orjson
+
+from .settings import CONTEXT_FULL_MARKER, SSE_DONE
+
+STATUS_COMPLETED = "completed"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_ERROR = "error"
+
+
+@dataclass
+class StreamResult:
+    """A stream folded into one completion, with its timings and how it ended."""
+
+    status: str
+    content: str
+    role: Optional[str]
+    finish_reason: Optional[str]
+    tool_calls: List[Dict[str, Any]]
+    usage: Optional[Dict[str, Any]]
+    response_id: Optional[str]
+    model: Optional[str]
+    created: Optional[int]
+    system_fingerprint: Optional[str]
+    chunk_count: int
+    ttft_s: Optional[float]
+    """Seconds from sending the request to the first chunk carrying content or a tool call."""
+    duration_s: float
+    """Seconds from sending the request to the end of the stream."""
+    error: Optional[str] = None
+    done_received: bool = False
+
+
+@dataclass
+class ChatStreamAccumulator:
+    """Folds ``data:`` payloads of a chat-completion stream into a :class:`StreamResult`.
+
+    Feed each SSE ``data`` string to :meth:`add`; call :meth:`finish` when the stream ends (normally or not).
+
+    Args:
+        started_at: ``time.perf_counter()`` when the request was sent.
+    """
+
+    started_at: float = field(default_factory=time.perf_counter)
+    _parts: List[str] = field(default_factory=list)
+    _tool_calls: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    role: Optional[str] = None
+    finish_reason: Optional[str] = None
+    usage: Optional[Dict[str, Any]] = None
+    response_id: Optional[str] = None
+    model: Optional[str] = None
+    created: Optional[int] = None
+    system_fingerprint: Optional[str] = None
+    chunk_count: int = 0
+    first_token_at: Optional[float] = None
+    error: Optional[str] = None
+    done: bool = False
+
+    def add(self, data: str) -> bool:
+        """Fold one SSE ``data`` payload. Returns False once ``[DONE]`` arrived.
+
+        Raises:
+            ValueError: the payload is not JSON or not a JSON object (the caller records the stream as an error).
+        """
+        if data.strip() == SSE_DONE:
+            self.done = True
+            return False
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"chunk {self.chunk_count + 1} is not JSON ({exc}): {data[:120]!r}") from None
+        if not isinstance(chunk, dict):
+            raise ValueError(f"chunk {self.chunk_count + 1} is not a JSON object: {data[:120]!r}")
+        self.add_chunk(chunk)
+        return True
+
+    def add_chunk(self, chunk: Dict[str, Any]) -> None:
+        """Fold one parsed chunk."""
+        self.chunk_count += 1
+        if "error" in chunk and not chunk.get("choices"):  # AMD GAIA in-band error, HTTP status still 200
+            err = chunk["error"]
+            self.error = str(err.get("message", err)) if isinstance(err, dict) else str(err)
+            return
+        self.response_id = self.response_id or _str_or_none(chunk.get("id"))
+        self.model = self.model or _str_or_none(chunk.get("model"))
+        if self.created is None and isinstance(chunk.get("created"), (int, float)):
+            self.created = int(chunk["created"])
+        self.system_fingerprint = self.system_fingerprint or _str_or_none(chunk.get("system_fingerprint"))
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]  # last one wins: never sum
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise ValueError(f"chunk {self.chunk_count} has 'choices' of type {type(choices).__name__}")
+        for choice in choices:  # index ignored on purpose: gaia-nexus uses it as a chunk counter
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise ValueError(f"chunk {self.chunk_count} has a 'delta' of type {type(delta).__name__}")
+            if delta.get("role"):
+                self.role = str(delta["role"])
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                if CONTEXT_FULL_MARKER in content:
+                    content = content.replace(CONTEXT_FULL_MARKER, "")
+                    self.finish_reason = self.finish_reason or "length"
+                if content:
+                    self._parts.append(content)
+                    self._mark_first_token()
+            if delta.get("tool_calls"):
+                self._add_tool_calls(delta["tool_calls"])
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+
+    def _mark_first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def _add_tool_calls(self, deltas: Any) -> None:
+        if not isinstance(deltas, list):
+            return
+        for position, delta in enumerate(deltas):
+            if not isinstance(delta, dict):
+                continue
+            index = delta.get("index", position)
+            call = self._tool_calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+            if delta.get("id"):
+                call["id"] = delta["id"]
+            if delta.get("type"):
+                call["type"] = delta["type"]
+            function = delta.get("function") or {}
+            if function.get("name"):
+                call["function"]["name"] += function["name"]
+            if function.get("arguments"):
+                args = function["arguments"]
+                call["function"]["arguments"] += args if isinstance(args, str) else orjson.dumps(args).decode()
+        self._mark_first_token()
+
+    @property
+    def content(self) -> str:
+        """The text assembled so far."""
+        return "".join(self._parts)
+
+    def finish(self, interruption: Optional[str] = None) -> StreamResult:
+        """Close the stream and say how it ended.
+
+        Args:
+            interruption: Why the stream stopped early (transport error, invalid chunk…), if it did.
+
+        Returns:
+            The folded completion. Status is ``error`` for an in-band error or an unreadable chunk, ``interrupted`` when
+            the body ended before ``[DONE]`` (and no finish_reason came), ``completed`` otherwise.
+        """
+        if self.error is not None:
+            status, error = STATUS_ERROR, self.error
+        elif interruption is not None:
+            status, error = STATUS_INTERRUPTED, interruption
+        elif not self.done and self.finish_reason is None:
+            status, error = STATUS_INTERRUPTED, "stream ended before [DONE]"
+        else:
+            status, error = STATUS_COMPLETED, None
+        finish_reason = self.finish_reason
+        if status == STATUS_COMPLETED and finish_reason is None and self.done:
+            # llama-core ends a normal stream with no finish_reason chunk: [DONE] after content means "stop".
+            finish_reason = "tool_calls" if self._tool_calls else "stop"
+        end = time.perf_counter()
+        return StreamResult(
+            status=status,
+            content=self.content,
+            role=self.role,
+            finish_reason=finish_reason,
+            tool_calls=[self._tool_calls[k] for k in sorted(self._tool_calls)],
+            usage=self.usage,
+            response_id=self.response_id,
+            model=self.model,
+            created=self.created,
+            system_fingerprint=self.system_fingerprint,
+            chunk_count=self.chunk_count,
+            ttft_s=None if self.first_token_at is None else self.first_token_at - self.started_at,
+            duration_s=end - self.started_at,
+            error=error,
+            done_received=self.done,
+        )
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
