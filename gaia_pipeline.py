@@ -1,0 +1,224 @@
+"""Load a Gaia node's models, info, chat completions, embeddings and retrieval results with dlt.
+
+Examples::
+
+    python gaia_pipeline.py --demo                                  # no account: a local emulated node
+    python gaia_pipeline.py                                         # the node in .dlt/config.toml
+    python gaia_pipeline.py --base-url http://localhost:8080/v1 --prompts-file prompts.jsonl
+    python gaia_pipeline.py --resources models,info                 # a monitoring snapshot only
+    dlt pipeline gaia_pipeline show                                 # browse what was loaded
+
+The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
+Exit codes: 0 loaded; 1 the load failed or requests are failing (see the failed_requests table);
+2 bad configuration or input; 3 the node refused the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import dlt
+from dlt.common.pipeline import LoadInfo
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+from gaia_source import RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
+from gaia_source.emulator import FLAVORS, NodeEmulator
+from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXTS
+from gaia_source.settings import DATASET_NAME, FAILED_REQUESTS_TABLE, PIPELINE_NAME
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
+
+# --- the steps, as functions you can copy -------------------------------------------------------------------------
+
+
+def load_all(pipeline: dlt.Pipeline, **source_args: Any) -> LoadInfo:
+    """Load all six resources from the node configured in .dlt/ (or given in ``source_args``)."""
+    return pipeline.run(gaia_source(**source_args))
+
+
+def load_node_snapshot(pipeline: dlt.Pipeline, **source_args: Any) -> LoadInfo:
+    """Load only ``models`` and ``info``: a cheap snapshot to schedule for monitoring a node over time."""
+    return pipeline.run(gaia_source(**source_args).with_resources("models", "info"))
+
+
+def load_prompt_set(pipeline: dlt.Pipeline, prompts_file: str, **source_args: Any) -> LoadInfo:
+    """Run a prompt file (OpenAI Batch JSONL, messages JSONL, CSV or plain lines) through chat, plain and streamed."""
+    source = gaia_source(prompts_file=prompts_file, **source_args)
+    return pipeline.run(source.with_resources("chat_completions", "chat_completions_stream"))
+
+
+def load_embeddings(pipeline: dlt.Pipeline, texts_file: str, **source_args: Any) -> LoadInfo:
+    """Embed a text file (plain lines, JSONL with id/text/metadata, or CSV with a text column)."""
+    return pipeline.run(gaia_source(texts_file=texts_file, **source_args).with_resources("embeddings"))
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
+        "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
+        ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
+        epilog="Exit codes: 0 loaded; 1 load failed or requests failing; 2 bad configuration/input; 3 key refused.",
+    )
+    node = parser.add_argument_group("node")
+    node.add_argument("--demo", action="store_true", help="start a local emulated node and load built-in sample data")
+    node.add_argument("--demo-flavor", choices=FLAVORS, default="rag",
+                      help="server generation the demo emulates: rag (Gaia <= 0.4, all six endpoints; default), "
+                      "nexus (Gaia >= 0.5), amd (AMD GAIA)")
+    node.add_argument("--base-url", help="node URL, e.g. http://localhost:8080/v1 (overrides config)")
+    node.add_argument("--node-id", help="hosted node id: https://{node_id}.gaia.domains/v1")
+    node.add_argument("--chat-model", help="chat model (default: discovered from the node)")
+    node.add_argument("--embedding-model", help="embedding model (default: discovered from the node)")
+    node.add_argument("--timeout", type=float, help="seconds to wait for a response")
+    node.add_argument("--max-concurrency", type=int, help="requests in flight at once")
+    data = parser.add_argument_group("inputs")
+    data.add_argument("--prompts-file", help="prompts: .jsonl (Batch or messages lines), .csv (prompt column) or text")
+    data.add_argument("--texts-file", help="texts to embed: text lines, .jsonl (text/id/metadata) or .csv (text column)")
+    data.add_argument("--queries-file", help="retrieval queries: text lines, .jsonl or .csv (query column)")
+    data.add_argument("--system-prompt", help="system message for every prompt that has none")
+    load = parser.add_argument_group("load")
+    load.add_argument("--resources", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
+    load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb)")
+    load.add_argument("--dataset-name", default=DATASET_NAME, help=f"dataset / schema name (default {DATASET_NAME})")
+    load.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"dlt pipeline name (default {PIPELINE_NAME})")
+    load.add_argument("--progress", choices=("log", "tqdm", "enlighten", "alive_progress", "none"),
+                      help="dlt progress display (default: log when run in a terminal, else none)")
+    load.add_argument("--allow-failed-requests", action="store_true",
+                      help="exit 0 even when some requests are in the failed_requests table")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: retries and requests; -vv: debug")
+    return parser
+
+
+def _configured(key: str) -> bool:
+    """Whether ``[sources.gaia_source] <key>`` is set in config/env (so the CLI does not fall back to samples)."""
+    for name in (f"sources.gaia_source.{key}", f"sources.gaia_source.gaia_source.{key}"):
+        with contextlib.suppress(Exception):
+            if dlt.config.get(name) is not None:
+                return True
+    return False
+
+
+def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str, Any]:
+    """Only what the command line sets: everything else keeps coming from dlt config."""
+    given = {
+        "base_url": base_url or args.base_url,
+        "node_id": args.node_id,
+        "chat_model": args.chat_model,
+        "embedding_model": args.embedding_model,
+        "timeout": args.timeout,
+        "max_concurrency": args.max_concurrency,
+        "prompts_file": args.prompts_file,
+        "texts_file": args.texts_file,
+        "queries_file": args.queries_file,
+        "system_prompt": args.system_prompt,
+    }
+    source_args = {k: v for k, v in given.items() if v is not None}
+    samples = {"prompts": ("prompts_file", SAMPLE_PROMPTS), "texts": ("texts_file", SAMPLE_TEXTS),
+               "queries": ("queries_file", SAMPLE_QUERIES)}
+    for key, (file_key, sample) in samples.items():
+        if file_key in source_args or (not args.demo and (_configured(key) or _configured(file_key))):
+            continue
+        source_args[key] = sample
+        if not args.demo:
+            print(f"note: no {key} configured; sending the {len(sample)} built-in sample {key} "
+                  f"(set {key} / {file_key} in [sources.gaia_source], or --{file_key.replace('_', '-')})")
+    return source_args
+
+
+def _resources(spec: Optional[str]) -> List[str]:
+    if not spec:
+        return list(RESOURCE_NAMES)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RESOURCE_NAMES]
+    if unknown or not names:
+        raise GaiaConfigError(f"--resources: unknown resource(s) {unknown or spec!r}; choose from {', '.join(RESOURCE_NAMES)}")
+    return names
+
+
+def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
+    """The GaiaError inside dlt's wrappers (PipelineStepFailed → ResourceExtractionError → …), if any."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, GaiaError):
+            return current
+        stack.extend([getattr(current, "exception", None), current.__cause__, current.__context__])
+    return None
+
+
+def _print_counts(pipeline: dlt.Pipeline) -> int:
+    """Print rows loaded now and rows in each table; return how many requests are failing."""
+    loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
+    tables = sorted(t for t in pipeline.default_schema.data_table_names() if not t.startswith("_dlt"))
+    totals: Dict[str, int] = {}
+    with contextlib.suppress(Exception):
+        totals = dict(pipeline.dataset().row_counts(table_names=tables).fetchall())
+    print(f"\n{'table':<34}{'this run':>10}{'in dataset':>12}")
+    for table in tables:
+        total = totals.get(table)
+        print(f"{table:<34}{loaded.get(table, 0):>10}{'' if total is None else total:>12}")
+    return int(totals.get(FAILED_REQUESTS_TABLE, 0) or 0)
+
+
+@contextlib.contextmanager
+def _demo_node(enabled: bool, flavor: str) -> Iterator[Optional[NodeEmulator]]:
+    if not enabled:
+        yield None
+        return
+    with NodeEmulator(flavor=flavor) as emulator:
+        print(f"demo: emulated Gaia node ({flavor}) at {emulator.base_url}")
+        yield emulator
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the pipeline from the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gaia_source").setLevel(level)
+    os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
+    progress = args.progress or ("log" if sys.stderr.isatty() else "none")
+    try:
+        resources = _resources(args.resources)
+        with _demo_node(args.demo, args.demo_flavor) as emulator:
+            source_args = _source_args(args, emulator.base_url if emulator else None)
+            source = gaia_source(**source_args).with_resources(*resources)
+            pipeline = dlt.pipeline(
+                pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
+                progress=None if progress == "none" else progress,
+            )
+            load_info = pipeline.run(source)
+    except GaiaConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PipelineStepFailed as exc:
+        cause = _gaia_cause(exc)
+        print(f"error: {cause if cause is not None else exc}", file=sys.stderr)
+        if isinstance(cause, GaiaAuthError):
+            return EXIT_AUTH
+        return EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED
+    print(load_info)
+    failing = _print_counts(pipeline)
+    if load_info.has_failed_jobs:
+        print("error: some load jobs failed; see the load info above", file=sys.stderr)
+        return EXIT_FAILED
+    if failing:
+        print(f"\n{failing} request(s) are failing: SELECT * FROM {args.dataset_name}.{FAILED_REQUESTS_TABLE}; "
+              "a re-run retries them.", file=sys.stderr)
+        return EXIT_OK if args.allow_failed_requests else EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
