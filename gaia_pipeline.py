@@ -160,7 +160,7 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
 def _print_counts(pipeline: dlt.Pipeline) -> int:
     """Print rows loaded now and rows in each table; return how many requests are failing."""
     loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
-    tables = sorted(t for t in pipeline.default_schema.data_table_names() if not t.startswith("_dlt"))
+    tables = sorted(t for t in pipeline.default_schema.data_table_names(seen_data_only=True) if not t.startswith("_dlt"))
     totals: Dict[str, int] = {}
     with contextlib.suppress(Exception):
         totals = dict(pipeline.dataset().row_counts(table_names=tables).fetchall())

@@ -24,7 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -44,15 +43,10 @@ from .errors import (
 from .inputs import ChatInput, QueryInput, TextInput, iter_prompts, iter_queries, iter_texts, validate
 from .payloads import PreparedRequest, chat_request, embeddings_request, normalize_chat_params, retrieve_request
 from .rows import (
-    CHAT_NONSTREAM_COLUMNS,
-    CHAT_STREAM_COLUMNS,
-    EMBEDDING_COLUMNS,
-    INFO_COLUMNS,
-    MODEL_COLUMNS,
-    RETRIEVE_COLUMNS,
     Row,
     chat_completion_row,
     chat_stream_row,
+    declare_tables,
     embedding_rows,
     info_row,
     model_rows,
@@ -283,30 +277,25 @@ def gaia_source(
     def query_inputs() -> Iterator[QueryInput]:
         return iter_queries(queries, queries_file)
 
+    declare_tables(dlt.current.source_schema())
     # Read every input once now: a malformed line stops the run before the first request.
     for inputs in (prompt_inputs, text_inputs, query_inputs):
         validate(inputs())
 
     return (
+        dlt.resource(models_rows(client), name="models", write_disposition="merge", primary_key=("node_url", "id")),
+        dlt.resource(info_rows(client), name="info", write_disposition="append"),
         dlt.resource(
-            models_rows(client), name="models", write_disposition="merge", primary_key=("node_url", "id"),
-            columns=copy.deepcopy(MODEL_COLUMNS),
-        ),
-        dlt.resource(info_rows(client), name="info", write_disposition="append", columns=copy.deepcopy(INFO_COLUMNS)),
-        dlt.resource(
-            chat_completion_rows(client, prompt_inputs, chat_model, params), name="chat_completions",
-            write_disposition="merge", primary_key="request_id", columns=copy.deepcopy(CHAT_NONSTREAM_COLUMNS),
+            chat_completion_rows(client, prompt_inputs, chat_model, params),
+            name="chat_completions", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            chat_stream_rows(client, prompt_inputs, chat_model, params), name="chat_completions_stream",
-            write_disposition="merge", primary_key="request_id", columns=copy.deepcopy(CHAT_STREAM_COLUMNS),
+            chat_stream_rows(client, prompt_inputs, chat_model, params),
+            name="chat_completions_stream", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            embedding_rows_of(client, text_inputs, embedding_model, embedding_batch_size), name="embeddings",
-            write_disposition="merge", primary_key="embedding_id", columns=copy.deepcopy(EMBEDDING_COLUMNS),
+            embedding_rows_of(client, text_inputs, embedding_model, embedding_batch_size),
+            name="embeddings", write_disposition="merge", primary_key="embedding_id",
         ),
-        dlt.resource(
-            retrieve_rows(client, query_inputs), name="retrieve", write_disposition="merge",
-            primary_key="request_id", columns=copy.deepcopy(RETRIEVE_COLUMNS),
-        ),
+        dlt.resource(retrieve_rows(client, query_inputs), name="retrieve", write_disposition="merge", primary_key="request_id"),
     )

@@ -33,6 +33,7 @@ Run one: ``python -m gaia_source.emulator --flavor rag|nexus|amd --port 8080 [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -219,7 +220,11 @@ class NodeEmulator:
     retrieve_shape: str = "list"
     retrieve_limit: int = 3
     score_threshold: float = 0.2
+    outage: Optional[int] = None
+    """When set, every /v1 request is answered with this HTTP status in the flavour's dialect (a failing node)."""
     stats: Counter = field(default_factory=Counter, init=False)
+    max_in_flight: int = field(default=0, init=False)
+    """The most requests this node was handling at the same moment (1 for the rag flavour, by design)."""
     started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def __post_init__(self) -> None:
@@ -230,6 +235,7 @@ class NodeEmulator:
         self.spec = SPECS[self.flavor]
         self._stats_lock = threading.Lock()
         self._serial = threading.Lock()  # the rag flavour answers one request at a time
+        self._in_flight = 0
         self._kb_matrix = np.stack([embed_text(p, self.dim) for p in KNOWLEDGE_BASE])
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -286,9 +292,19 @@ class NodeEmulator:
             return sum(n for key, n in self.stats.items() if not key.endswith("/_emulator/stats"))
 
     def reset_stats(self) -> None:
-        """Forget the request counts."""
+        """Forget the request counts and the in-flight high-water mark."""
         with self._stats_lock:
             self.stats.clear()
+            self.max_in_flight = 0
+
+    def _enter(self) -> None:
+        with self._stats_lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._stats_lock:
+            self._in_flight -= 1
 
     # --- behaviour -----------------------------------------------------------------------------------------------
 
@@ -445,11 +461,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         emu.count(method, path)
         try:
-            if emu.flavor == "rag":
-                with emu._serial:
+            with emu._serial if emu.flavor == "rag" else contextlib.nullcontext():
+                emu._enter()
+                try:
                     self._route(method, path, body)
-            else:
-                self._route(method, path, body)
+                finally:
+                    emu._leave()
         except _ClientError as exc:
             self._error(exc.status, exc.message, exc.kind)
         except (BrokenPipeError, ConnectionResetError):
@@ -478,6 +495,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorized(path):
             return
+        if self.emu.outage is not None and path.startswith("/v1/"):
+            raise _ClientError(self.emu.outage, "emulated outage: the node is unavailable", "internal_error")
         routes = {
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/embeddings": ("POST", self._embeddings),

@@ -12,7 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
+from dlt.common.schema import Schema
 from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.common.schema.utils import new_table
 
 from .client import models_from_info
 from .errors import GaiaResponseError
@@ -113,6 +115,7 @@ INFO_COLUMNS: TTableSchemaColumns = {
     "body": _json(),
 }
 FAILED_REQUEST_COLUMNS: TTableSchemaColumns = {
+    "resolved": {"data_type": "bool", "hard_delete": True},  # a tombstone (True) deletes the row on merge
     "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
     "resource": {"data_type": "text"},
     "endpoint": {"data_type": "text"},
@@ -125,6 +128,27 @@ FAILED_REQUEST_COLUMNS: TTableSchemaColumns = {
     "failed_at": _ts(),
     "request_body": _json(),
 }
+
+
+TABLE_COLUMNS: Dict[str, TTableSchemaColumns] = {
+    "models": MODEL_COLUMNS,
+    "info": INFO_COLUMNS,
+    "chat_completions": CHAT_NONSTREAM_COLUMNS,
+    "chat_completions_stream": CHAT_STREAM_COLUMNS,
+    "embeddings": EMBEDDING_COLUMNS,
+    "retrieve": RETRIEVE_COLUMNS,
+    "failed_requests": FAILED_REQUEST_COLUMNS,
+}
+
+
+def declare_tables(schema: Schema) -> None:
+    """Put every table's columns in the source schema, so each table has the same shape whatever a load carried.
+
+    Column types live here and not in resource hints: dlt builds a table variant (``failed_requests``) from a copy of
+    its resource's hints, and resource columns would leak into it.
+    """
+    for table, columns in TABLE_COLUMNS.items():
+        schema.update_table(new_table(table, columns=[{"name": name, **spec} for name, spec in columns.items()]))
 
 
 def utc_now() -> datetime:

@@ -21,7 +21,7 @@ import dlt
 from .client import GaiaClient
 from .errors import EndpointNotAvailable, GaiaAuthError, GaiaRequestError, GaiaResponseError
 from .payloads import PreparedRequest
-from .rows import FAILED_REQUEST_COLUMNS, Row, failed_request_row
+from .rows import Row, failed_request_row
 from .settings import FAILED_REQUESTS_TABLE
 
 logger = logging.getLogger("gaia_source")
@@ -29,14 +29,8 @@ logger = logging.getLogger("gaia_source")
 T = TypeVar("T")
 R = TypeVar("R")
 
-_FAILED_HINTS = dlt.mark.make_hints(
-    table_name=FAILED_REQUESTS_TABLE,
-    primary_key="request_id",
-    write_disposition="merge",
-    columns=[{"name": "resolved", "data_type": "bool", "hard_delete": True}, *(
-        {"name": name, **spec} for name, spec in FAILED_REQUEST_COLUMNS.items()
-    )],
-)
+# columns are declared in the source schema (rows.declare_tables); the variant only routes rows and sets the key
+_FAILED_HINTS = dlt.mark.make_hints(table_name=FAILED_REQUESTS_TABLE, primary_key="request_id", write_disposition="merge")
 
 
 def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Iterator[R]:

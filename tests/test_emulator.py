@@ -1,0 +1,105 @@
+"""The emulator speaks each flavour's protocol as the reference describes it (methods, error dialects, shapes)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from gaia_source.emulator import KNOWLEDGE_BASE, embed_text
+
+
+def test_models_and_info_methods_differ_by_generation(make_node) -> None:
+    rag, nexus, amd = make_node("rag"), make_node("nexus"), make_node("amd")
+    # rag-api-server routes on the path alone: POST /v1/models works, as the seed docs show
+    assert httpx.post(f"{rag.base_url}/models").json()["data"][0]["id"] == "Llama-3.2-3B-Instruct"
+    # gaia-nexus is GET-only for models and info: POST is a bare 405
+    post = httpx.post(f"{nexus.base_url}/models")
+    assert (post.status_code, post.content) == (405, b"")
+    assert httpx.post(f"{nexus.base_url}/info").status_code == 405
+    assert httpx.get(f"{nexus.base_url}/info").json()["models"]["chat"][0]["name"] == "Qwen3-4B"
+    # AMD GAIA: FastAPI's 405 and 404 bodies
+    assert httpx.post(f"{amd.base_url}/models").json() == {"detail": "Method Not Allowed"}
+    assert httpx.get(f"{amd.base_url}/info").json() == {"detail": "Not Found"}
+    models = httpx.get(f"{amd.base_url}/models").json()["data"]
+    assert [m["id"] for m in models] == ["gaia-code", "gaia-chat"]
+    assert models[0]["owned_by"] == "amd-gaia" and models[0]["max_input_tokens"] == 32768
+
+
+def test_error_dialects(make_node) -> None:
+    rag, nexus, amd = make_node("rag"), make_node("nexus"), make_node("amd")
+    r = httpx.post(f"{rag.base_url}/chat/completions", content=b'{"model": "x"}')
+    assert r.status_code == 400 and "content-type" not in r.headers
+    assert r.text.startswith("400 Bad Request: Fail to deserialize chat completion request: missing field `messages`")
+    assert "\njson_value:" in r.text
+    r = httpx.get(f"{rag.base_url}/nope")
+    assert (r.status_code, r.text) == (404, "404 Not Found: The requested service endpoint is not found: /v1/nope")
+    r = httpx.post(f"{nexus.base_url}/chat/completions", content=b'{"model": "x"}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/plain")
+    r = httpx.post(f"{nexus.base_url}/chat/completions", content=b"{}")
+    assert r.status_code == 415
+    r = httpx.post(f"{nexus.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "[[fail]]"}]})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+    r = httpx.post(f"{amd.base_url}/chat/completions", json={"model": "gaia-nope", "messages": [{"role": "user", "content": "hi"}]})
+    assert (r.status_code, r.json()) == (404, {"detail": "Model 'gaia-nope' not found"})
+
+
+def test_retrieve_shapes(make_node) -> None:
+    body = {"messages": [{"role": "user", "content": "Where is Paris located?"}]}
+    listed = httpx.post(f"{make_node('rag').base_url}/retrieve", json=body).json()
+    assert isinstance(listed, list) and len(listed) == 1
+    points = listed[0]["points"]
+    assert points[0]["source"] == KNOWLEDGE_BASE[0]
+    assert [p["score"] for p in points] == sorted((p["score"] for p in points), reverse=True)
+    assert listed[0]["limit"] == 3 and listed[0]["score_threshold"] == 0.2
+    single = httpx.post(f"{make_node('rag', retrieve_shape='object').base_url}/retrieve", json=body).json()
+    assert single["points"] == points
+    nothing = {"messages": [{"role": "user", "content": "zebra quantum xylophone"}]}
+    assert httpx.post(f"{make_node('rag').base_url}/retrieve", json=nothing).json() == []
+
+
+def test_embeddings_are_deterministic_unit_vectors(make_node) -> None:
+    node = make_node("nexus", dim=64)
+    data = httpx.post(f"{node.base_url}/embeddings", json={"input": ["a cat", "a cat", "DuckDB arrays"]}).json()["data"]
+    vectors = np.array([d["embedding"] for d in data])
+    assert vectors.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[1])
+    np.testing.assert_allclose(vectors[2], embed_text("DuckDB arrays", 64), rtol=1e-6)
+
+
+def test_auth_when_a_key_is_set(make_node) -> None:
+    node = make_node("rag", api_key="s3cret-key")
+    assert httpx.get(f"{node.base_url}/models").status_code == 401
+    wrong = httpx.get(f"{node.base_url}/models", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.text) == (401, "401 Unauthorized: Invalid API key.")
+    ok = httpx.get(f"{node.base_url}/models", headers={"Authorization": "Bearer s3cret-key"})
+    assert ok.status_code == 200
+    amd = make_node("amd", api_key="k3y-k3y")
+    assert httpx.get(f"{amd.root_url}/health").json()["status"] == "ok"
+    assert "Missing API key" in httpx.get(f"{amd.base_url}/models").json()["detail"]
+
+
+@pytest.mark.parametrize("flavor,serial", [("rag", True), ("nexus", False), ("amd", False)])
+def test_rag_answers_one_request_at_a_time(make_node, flavor: str, serial: bool) -> None:
+    node = make_node(flavor, latency_ms=50)
+    body = {"model": node.default_chat_model, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: client.post(f"{node.base_url}/chat/completions", json=body).status_code, range(16)))
+    assert statuses == [200] * 16
+    assert node.requests_to("/v1/chat/completions") == 16
+    assert (node.max_in_flight == 1) is serial
+    if not serial:
+        assert node.max_in_flight > 1
+
+
+def test_many_concurrent_clients_are_accepted(make_node) -> None:
+    node = make_node("nexus")
+
+    def one(_: int) -> int:
+        return httpx.get(f"{node.base_url}/models", timeout=10).status_code
+
+    with ThreadPoolExecutor(64) as pool:
+        assert set(pool.map(one, range(200))) == {200}
