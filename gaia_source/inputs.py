@@ -78,20 +78,21 @@ def _file_kind(path: str) -> str:
 def _open(path: str, setting: str) -> Any:
     if not os.path.isfile(path):
         raise GaiaConfigError(f"{setting}: file not found: {path}")
-    return open(path, "r", encoding="utf-8", errors="strict", newline="")
+    return open(path, "r", encoding="utf-8-sig", errors="strict", newline="")
 
 
 def _iter_lines(path: str, setting: str) -> Iterator[tuple]:
-    """Yield (line_number, text) of non-empty lines; undecodable bytes are a clear error."""
-    with _open(path, setting) as fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield lineno, line
-        except UnicodeDecodeError as exc:
-            raise GaiaConfigError(f"{path}:{lineno + 1}: not valid UTF-8 ({exc.reason})") from None
+    """Yield (line_number, text) of non-empty lines; undecodable bytes are a clear error naming the line."""
+    if not os.path.isfile(path):
+        raise GaiaConfigError(f"{setting}: file not found: {path}")
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise GaiaConfigError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if line.strip():
+                yield lineno, line
 
 
 def _iter_json_lines(path: str, setting: str) -> Iterator[tuple]:

@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import dlt
 import pytest
+from dlt.common.configuration.container import Container
+from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
 
 from gaia_source.emulator import NodeEmulator
 
@@ -26,6 +28,8 @@ def isolated_dlt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RUNTIME__DLTHUB_TELEMETRY", "false")
     monkeypatch.setenv("DATA_WRITER__DISABLE_COMPRESSION", "true")
     monkeypatch.chdir(tmp_path)
+    # dlt builds its config providers once per process: point them at this test's project dir (and its .dlt/)
+    Container()[PluggableRunContext].reload(str(tmp_path))
     return tmp_path
 
 
@@ -65,6 +69,11 @@ def make_pipeline(tmp_path: Path) -> Callable[..., dlt.Pipeline]:
         )
 
     return factory
+
+
+def reload_dlt_config() -> None:
+    """Re-read .dlt/*.toml (dlt reads them when its providers are created)."""
+    Container()[PluggableRunContext].reload_providers()
 
 
 def query(pipeline: dlt.Pipeline, sql: str, *params: Any) -> List[tuple]:

@@ -1,0 +1,110 @@
+"""gaia_pipeline.py as a user runs it: a subprocess, a node on 127.0.0.1, a DuckDB file in the working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import duckdb
+import pytest
+from conftest import REPO_ROOT
+
+SCRIPT = str(REPO_ROOT / "gaia_pipeline.py")
+KEY = "gaia-CLI-SECRET-0a1b2c3d"
+
+
+def run_cli(cwd: Path, *args: str, env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=240)
+
+
+def counts(db: Path) -> Dict[str, int]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data' "
+            "AND table_name NOT LIKE '_dlt%'").fetchall()]
+        return {t: con.execute(f"SELECT count(*) FROM gaia_data.{t}").fetchone()[0] for t in tables}
+
+
+def test_demo_loads_all_six_tables(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--demo")
+    assert result.returncode == 0, result.stderr
+    assert "demo: emulated Gaia node (rag)" in result.stdout and "is LOADED and contains no failed jobs" in result.stdout
+    loaded = counts(tmp_path / "gaia_pipeline.duckdb")
+    assert loaded == {"models": 2, "info": 1, "chat_completions": 3, "chat_completions_stream": 3, "embeddings": 6,
+                      "retrieve": 3, "retrieve__points": loaded["retrieve__points"]}
+    assert loaded["retrieve__points"] >= 3
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT content FROM gaia_data.chat_completions WHERE content LIKE 'Paris%'").fetchall() == [
+            ("Paris is the capital of France.",)]
+    for table in ("chat_completions_stream", "embeddings", "retrieve"):  # the per-table counts are printed
+        assert any(line.startswith(table) for line in result.stdout.splitlines())
+
+
+EXPECTED = {
+    "rag": ({"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "retrieve__points"}, []),
+    "nexus": ({"models", "info", "chat_completions", "chat_completions_stream", "embeddings"}, ["/v1/retrieve"]),
+    "amd": ({"models", "chat_completions", "chat_completions_stream"}, ["/v1/info", "/v1/embeddings", "/v1/retrieve"]),
+}
+
+
+@pytest.mark.parametrize("flavor", ["rag", "nexus", "amd"])
+def test_base_url_against_each_flavour(make_node, tmp_path: Path, flavor: str) -> None:
+    node = make_node(flavor)
+    result = run_cli(tmp_path, "--base-url", node.base_url)
+    assert result.returncode == 0, result.stderr
+    assert "no prompts configured; sending the 3 built-in sample prompts" in result.stdout
+    tables, missing = EXPECTED[flavor]
+    loaded = counts(tmp_path / "gaia_pipeline.duckdb")
+    assert set(loaded) == tables and all(n > 0 for n in loaded.values())
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING gaia_source")]
+    assert len(warnings) == len(missing)
+    for path in missing:
+        assert sum(path in w and node.base_url in w for w in warnings) == 1
+
+
+def test_no_node_configured_explains_what_to_do(tmp_path: Path) -> None:
+    result = run_cli(tmp_path)
+    assert result.returncode == 2
+    assert "No Gaia node configured" in result.stderr and "--demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_key_is_a_clear_error_after_one_request(make_node, tmp_path: Path) -> None:
+    node = make_node("rag", api_key="right-key-right-key")
+    result = run_cli(tmp_path, "--base-url", node.base_url, env={"SOURCES__GAIA_SOURCE__API_KEY": KEY})
+    assert result.returncode == 3
+    assert "HTTP 401" in result.stderr and node.base_url in result.stderr
+    assert "SOURCES__GAIA_SOURCE__API_KEY" in result.stderr and "Traceback" not in result.stderr
+    assert KEY not in result.stdout + result.stderr
+    assert node.total_requests() == 1
+
+
+def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_path: Path) -> None:
+    node = make_node("nexus", outage=502)
+    env = {"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1", "SOURCES__GAIA_SOURCE__CHAT_MODEL": "Qwen3-4B"}
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 request(s) are failing: SELECT * FROM gaia_data.failed_requests" in result.stderr
+    assert counts(tmp_path / "gaia_pipeline.duckdb") == {"failed_requests": 3}
+    allowed = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
+                      "--allow-failed-requests", env=env)
+    assert allowed.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--resources", "chat,models"], "--resources: unknown resource(s) ['chat']"),
+        (["--prompts-file", "missing.jsonl"], "prompts_file: file not found: missing.jsonl"),
+    ],
+)
+def test_bad_arguments(make_node, tmp_path: Path, args: List[str], message: str) -> None:
+    node = make_node("rag")
+    result = run_cli(tmp_path, "--base-url", node.base_url, *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert node.total_requests() == 0
