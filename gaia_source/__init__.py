@@ -125,32 +125,25 @@ def _chat_requests(
         yield chat_request(item.messages, item.model or model, merged, stream, item.custom_id, item.source)
 
 
-def chat_completion_rows(
-    client: GaiaClient, inputs: Callable[[], Iterator[ChatInput]], chat_model: Optional[str], params: Dict[str, Any]
+def chat_rows(
+    client: GaiaClient,
+    inputs: Callable[[], Iterator[ChatInput]],
+    chat_model: Optional[str],
+    params: Dict[str, Any],
+    stream: bool,
 ) -> Iterator[Any]:
-    """Yield one ``chat_completions`` row per prompt (non-streaming POST /v1/chat/completions)."""
+    """Yield one row per prompt: ``chat_completions`` rows, or with ``stream`` the folded SSE answer with its TTFT."""
 
     def execute(request: PreparedRequest) -> List[Row]:
         requested_at = utc_now()
+        if stream:
+            result, attempts = client.stream_chat(CHAT_PATH, request.body)
+            return [chat_stream_row(request, result, client.base_url, requested_at, attempts)]
         body, latency = client.post_json(CHAT_PATH, request.body)
         return [chat_completion_row(request, body, latency, client.base_url, requested_at)]
 
-    yield from run_requests("chat_completions", client, _chat_requests(inputs, client, chat_model, params, False), execute)
-
-
-def chat_stream_rows(
-    client: GaiaClient, inputs: Callable[[], Iterator[ChatInput]], chat_model: Optional[str], params: Dict[str, Any]
-) -> Iterator[Any]:
-    """Yield one ``chat_completions_stream`` row per prompt: the folded SSE answer, status, TTFT and timings."""
-
-    def execute(request: PreparedRequest) -> List[Row]:
-        requested_at = utc_now()
-        result, attempts = client.stream_chat(CHAT_PATH, request.body)
-        return [chat_stream_row(request, result, client.base_url, requested_at, attempts)]
-
-    yield from run_requests(
-        "chat_completions_stream", client, _chat_requests(inputs, client, chat_model, params, True), execute
-    )
+    name = "chat_completions_stream" if stream else "chat_completions"
+    yield from run_requests(name, client, _chat_requests(inputs, client, chat_model, params, stream), execute)
 
 
 def embedding_rows_of(
@@ -286,11 +279,11 @@ def gaia_source(
         dlt.resource(models_rows(client), name="models", write_disposition="merge", primary_key=("node_url", "id")),
         dlt.resource(info_rows(client), name="info", write_disposition="append"),
         dlt.resource(
-            chat_completion_rows(client, prompt_inputs, chat_model, params),
+            chat_rows(client, prompt_inputs, chat_model, params, stream=False),
             name="chat_completions", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            chat_stream_rows(client, prompt_inputs, chat_model, params),
+            chat_rows(client, prompt_inputs, chat_model, params, stream=True),
             name="chat_completions_stream", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(

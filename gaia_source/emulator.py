@@ -475,6 +475,8 @@ class _Handler(BaseHTTPRequestHandler):
                     emu._leave()
         except _ClientError as exc:
             self._error(exc.status, exc.message, exc.kind)
+        except _Handled:
+            pass
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -540,7 +542,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- request bodies --------------------------------------------------------------------------------------------
 
     def _parse(self, body: bytes, what: str, required: str) -> Dict[str, Any]:
-        """Parse a JSON body, rejecting it the way this flavour does."""
+        """Parse a JSON body, rejecting it the way this flavour does (raises ``_Handled`` once it has answered)."""
         flavor = self.emu.flavor
         if flavor == "nexus":
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -572,6 +574,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Handled
         return data
 
+    def _messages(self, request: Dict[str, Any]) -> List[Dict[str, Any]]:
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _ClientError(400, "messages is required" if self.emu.flavor == "amd" else "Messages should not be empty.")
+        return messages
+
     def _delay(self, ms: float) -> None:
         if ms > 0:
             time.sleep(ms / 1000.0)
@@ -579,14 +587,9 @@ class _Handler(BaseHTTPRequestHandler):
     # --- chat ------------------------------------------------------------------------------------------------------
 
     def _chat(self, method: str, body: bytes) -> None:
-        try:
-            request = self._parse(body, "chat completion", "messages")
-        except _Handled:
-            return
+        request = self._parse(body, "chat completion", "messages")
         emu = self.emu
-        messages = request.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _ClientError(400, "messages is required" if emu.flavor == "amd" else "Messages should not be empty.")
+        messages = self._messages(request)
         if emu.flavor == "amd" and messages[-1].get("role") != "user":
             raise _ClientError(400, "The last message must be a user message.")
         model = emu.resolve_chat_model(request.get("model"))
@@ -743,10 +746,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- embeddings and retrieval ----------------------------------------------------------------------------------
 
     def _embeddings(self, method: str, body: bytes) -> None:
-        try:
-            request = self._parse(body, "embedding", "input")
-        except _Handled:
-            return
+        request = self._parse(body, "embedding", "input")
         emu = self.emu
         raw = request["input"]
         if isinstance(raw, str):
@@ -774,14 +774,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY), "application/json")
 
     def _retrieve(self, method: str, body: bytes) -> None:
-        try:
-            request = self._parse(body, "chat completion", "messages")
-        except _Handled:
-            return
+        request = self._parse(body, "chat completion", "messages")
         emu = self.emu
-        messages = request.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _ClientError(400, "Messages should not be empty.")
+        messages = self._messages(request)
         query = _last_user_text(messages)
         if not query:
             raise _ClientError(400, "No user messages found.")

@@ -20,13 +20,14 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar, Union
 
 import orjson
 
 from .errors import GaiaConfigError
 from .payloads import CHAT_PARAM_NAMES, Message
 
+T = TypeVar("T")
 PromptLike = Union[str, Sequence[Message], Dict[str, Any]]
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -190,6 +191,34 @@ def _with_system(item: ChatInput, system_prompt: Optional[str]) -> ChatInput:
     return ChatInput(messages, item.custom_id, item.params, item.model, item.source)
 
 
+def _iter_inputs(
+    name: str,
+    items: Optional[Iterable[Any]],
+    path: Optional[str],
+    from_object: Callable[[Any, str], T],
+    csv_column: str,
+    from_csv_row: Callable[[Dict[str, Any], str], T],
+) -> Iterator[T]:
+    """Config list items first, then the file's lines; each parsed with its ``list[i]`` or ``file:line`` label."""
+    if isinstance(items, (str, dict)):
+        items = [items]
+    for i, obj in enumerate(items or []):
+        yield from_object(obj, f"{name}[{i}]")
+    if not path:
+        return
+    setting = f"{name}_file"
+    kind = _file_kind(path)
+    if kind == "jsonl":
+        for lineno, obj in _iter_json_lines(path, setting):
+            yield from_object(obj, f"{path}:{lineno}")
+    elif kind == "csv":
+        for lineno, row in _iter_csv_rows(path, setting, csv_column):
+            yield from_csv_row(row, f"{path}:{lineno}")
+    else:  # one input per non-empty line, taken literally
+        for lineno, line in _iter_lines(path, setting):
+            yield from_object(line, f"{path}:{lineno}")
+
+
 def iter_prompts(
     prompts: Optional[Iterable[PromptLike]] = None,
     prompts_file: Optional[str] = None,
@@ -207,28 +236,16 @@ def iter_prompts(
     Raises:
         GaiaConfigError: naming the item or file:line that is malformed.
     """
-    if isinstance(prompts, (str, dict)):
-        prompts = [prompts]
-    for i, obj in enumerate(prompts or []):
-        yield _with_system(_chat_input_from_object(obj, f"prompts[{i}]"), system_prompt)
-    if not prompts_file:
-        return
-    kind = _file_kind(prompts_file)
-    if kind == "jsonl":
-        for lineno, obj in _iter_json_lines(prompts_file, "prompts_file"):
-            yield _with_system(_chat_input_from_object(obj, f"{prompts_file}:{lineno}"), system_prompt)
-    elif kind == "csv":
-        for lineno, row in _iter_csv_rows(prompts_file, "prompts_file", prompt_column):
-            where = f"{prompts_file}:{lineno}"
-            messages = _prompt_text(row.get(prompt_column), where)
-            if row.get("system"):
-                messages = [{"role": "system", "content": row["system"]}, *messages]
-            item = ChatInput(messages, _custom_id(row.get("custom_id") or None, where), source=where)
-            yield _with_system(item, system_prompt)
-    else:
-        for lineno, line in _iter_lines(prompts_file, "prompts_file"):
-            where = f"{prompts_file}:{lineno}"
-            yield _with_system(ChatInput(_prompt_text(line, where), source=where), system_prompt)
+
+    def from_csv_row(row: Dict[str, Any], where: str) -> ChatInput:
+        messages = _prompt_text(row.get(prompt_column), where)
+        if row.get("system"):
+            messages = [{"role": "system", "content": row["system"]}, *messages]
+        return ChatInput(messages, _custom_id(row.get("custom_id") or None, where), source=where)
+
+    items = _iter_inputs("prompts", prompts, prompts_file, _chat_input_from_object, prompt_column, from_csv_row)
+    for item in items:
+        yield _with_system(item, system_prompt)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -259,24 +276,11 @@ def iter_texts(
     Raises:
         GaiaConfigError: naming the item or file:line that is malformed.
     """
-    if isinstance(texts, (str, dict)):
-        texts = [texts]
-    for i, obj in enumerate(texts or []):
-        yield _text_input_from_object(obj, f"texts[{i}]")
-    if not texts_file:
-        return
-    kind = _file_kind(texts_file)
-    if kind == "jsonl":
-        for lineno, obj in _iter_json_lines(texts_file, "texts_file"):
-            yield _text_input_from_object(obj, f"{texts_file}:{lineno}")
-    elif kind == "csv":
-        for lineno, row in _iter_csv_rows(texts_file, "texts_file", text_column):
-            where = f"{texts_file}:{lineno}"
-            item = _text_input_from_object({"text": row.get(text_column), "id": row.get("id") or None}, where)
-            yield item
-    else:
-        for lineno, line in _iter_lines(texts_file, "texts_file"):
-            yield TextInput(line, source=f"{texts_file}:{lineno}")
+
+    def from_csv_row(row: Dict[str, Any], where: str) -> TextInput:
+        return _text_input_from_object({"text": row.get(text_column), "id": row.get("id") or None}, where)
+
+    return _iter_inputs("texts", texts, texts_file, _text_input_from_object, text_column, from_csv_row)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,23 +311,11 @@ def iter_queries(queries: Optional[Iterable[Any]] = None, queries_file: Optional
     Raises:
         GaiaConfigError: naming the item or file:line that is malformed.
     """
-    if isinstance(queries, (str, dict)):
-        queries = [queries]
-    for i, obj in enumerate(queries or []):
-        yield _query_from_object(obj, f"queries[{i}]")
-    if not queries_file:
-        return
-    kind = _file_kind(queries_file)
-    if kind == "jsonl":
-        for lineno, obj in _iter_json_lines(queries_file, "queries_file"):
-            yield _query_from_object(obj, f"{queries_file}:{lineno}")
-    elif kind == "csv":
-        for lineno, row in _iter_csv_rows(queries_file, "queries_file", "query"):
-            where = f"{queries_file}:{lineno}"
-            yield _query_from_object({"query": row.get("query"), "custom_id": row.get("custom_id") or None}, where)
-    else:
-        for lineno, line in _iter_lines(queries_file, "queries_file"):
-            yield QueryInput(line, source=f"{queries_file}:{lineno}")
+
+    def from_csv_row(row: Dict[str, Any], where: str) -> QueryInput:
+        return _query_from_object({"query": row.get("query"), "custom_id": row.get("custom_id") or None}, where)
+
+    return _iter_inputs("queries", queries, queries_file, _query_from_object, "query", from_csv_row)
 
 
 def validate(items: Iterable[Any]) -> int:
