@@ -6,6 +6,7 @@ Examples::
     python gaia_pipeline.py                                         # the node in .dlt/config.toml
     python gaia_pipeline.py --base-url http://localhost:8080/v1 --prompts-file prompts.jsonl
     python gaia_pipeline.py --resources models,info                 # a monitoring snapshot only
+    python gaia_pipeline.py --prompts-file batch.jsonl --export-batch-output results.jsonl
     dlt pipeline gaia_pipeline show                                 # browse what was loaded
 
 The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
@@ -27,6 +28,7 @@ from dlt.common.pipeline import LoadInfo
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from gaia_source import RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
+from gaia_source.batch import CHAT_TABLES, export_batch_output
 from gaia_source.emulator import FLAVORS, NodeEmulator
 from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXTS
 from gaia_source.settings import DATASET_NAME, FAILED_REQUESTS_TABLE, PIPELINE_NAME
@@ -92,7 +94,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="dlt progress display (default: log when run in a terminal, else none)")
     load.add_argument("--allow-failed-requests", action="store_true",
                       help="exit 0 even when some requests are in the failed_requests table")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: retries and requests; -vv: debug")
+    load.add_argument("--refresh", action="store_true",
+                      help="send every prompt and embed every text again, even those already loaded")
+    out = parser.add_argument_group("output")
+    out.add_argument("--export-batch-output", metavar="PATH",
+                     help="after loading, write the completions as OpenAI Batch output JSONL (joined by custom_id)")
+    out.add_argument("--export-table", choices=CHAT_TABLES, default="chat_completions",
+                     help="table to export with --export-batch-output (default chat_completions)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: log every HTTP request; -vv: debug logs of every library")
     return parser
 
 
@@ -118,6 +128,7 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "texts_file": args.texts_file,
         "queries_file": args.queries_file,
         "system_prompt": args.system_prompt,
+        "refresh": True if args.refresh else None,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
     samples = {"prompts": ("prompts_file", SAMPLE_PROMPTS), "texts": ("texts_file", SAMPLE_TEXTS),
@@ -184,9 +195,11 @@ def _demo_node(enabled: bool, flavor: str) -> Iterator[Optional[NodeEmulator]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the pipeline from the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("gaia_source").setLevel(level)
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("gaia_source").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose == 1:
+        logging.getLogger("httpx").setLevel(logging.INFO)
     os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
     progress = args.progress or ("log" if sys.stderr.isatty() else "none")
     try:
@@ -210,6 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED
     print(load_info)
     failing = _print_counts(pipeline)
+    if args.export_batch_output:
+        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table)
+        print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
     if load_info.has_failed_jobs:
         print("error: some load jobs failed; see the load info above", file=sys.stderr)
         return EXIT_FAILED

@@ -24,8 +24,7 @@ Usage::
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import dlt
 from dlt.common.typing import TSecretStrValue
@@ -41,31 +40,16 @@ from .errors import (
     GaiaResponseError,
 )
 from .inputs import ChatInput, QueryInput, TextInput, iter_prompts, iter_queries, iter_texts, validate
-from .payloads import PreparedRequest, chat_request, embeddings_request, normalize_chat_params, retrieve_request
-from .rows import (
-    Row,
-    chat_completion_row,
-    chat_stream_row,
-    declare_tables,
-    embedding_rows,
-    info_row,
-    model_rows,
-    retrieve_row,
-    utc_now,
-)
-from .runner import run_requests
+from .payloads import normalize_chat_params
+from .resources import chat_rows, embeddings_rows, info_rows, models_rows, retrieve_rows
+from .rows import declare_tables
 from .settings import (
-    CHAT_PATH,
     DEFAULT_EMBEDDING_BATCH_SIZE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_TIMEOUT,
-    EMBEDDINGS_PATH,
-    INFO_PATH,
-    MODELS_PATH,
     RESOURCE_NAMES,
-    RETRIEVE_PATH,
 )
 
 __all__ = [
@@ -80,104 +64,6 @@ __all__ = [
     "GaiaResponseError",
     "RESOURCE_NAMES",
 ]
-
-
-def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
-
-
-def models_rows(client: GaiaClient) -> Iterator[Any]:
-    """Yield one row per model listed by GET /v1/models, stamped with ``last_seen_at``."""
-
-    def execute(request: PreparedRequest) -> List[Row]:
-        body, fetched_at, _ = client.metadata(MODELS_PATH)
-        return model_rows(body, client.base_url, fetched_at, client.url(MODELS_PATH))
-
-    yield from run_requests("models", client, [PreparedRequest(MODELS_PATH, {})], execute)
-
-
-def info_rows(client: GaiaClient) -> Iterator[Any]:
-    """Yield one snapshot of GET /v1/info (any server generation's shape; the whole body is kept)."""
-
-    def execute(request: PreparedRequest) -> List[Row]:
-        body, fetched_at, latency = client.metadata(INFO_PATH)
-        return [info_row(body, client.base_url, fetched_at, latency, client.url(INFO_PATH))]
-
-    yield from run_requests("info", client, [PreparedRequest(INFO_PATH, {})], execute)
-
-
-def _chat_requests(
-    inputs: Callable[[], Iterator[ChatInput]],
-    client: GaiaClient,
-    chat_model: Optional[str],
-    params: Dict[str, Any],
-    stream: bool,
-) -> Iterator[PreparedRequest]:
-    items = inputs()
-    first = next(items, None)
-    if first is None:
-        return
-    model = chat_model or client.discover_models()[0]
-    for item in itertools.chain([first], items):
-        merged = {**params, **normalize_chat_params(item.params)}
-        yield chat_request(item.messages, item.model or model, merged, stream, item.custom_id, item.source)
-
-
-def chat_rows(
-    client: GaiaClient,
-    inputs: Callable[[], Iterator[ChatInput]],
-    chat_model: Optional[str],
-    params: Dict[str, Any],
-    stream: bool,
-) -> Iterator[Any]:
-    """Yield one row per prompt: ``chat_completions`` rows, or with ``stream`` the folded SSE answer with its TTFT."""
-
-    def execute(request: PreparedRequest) -> List[Row]:
-        requested_at = utc_now()
-        if stream:
-            result, attempts = client.stream_chat(CHAT_PATH, request.body)
-            return [chat_stream_row(request, result, client.base_url, requested_at, attempts)]
-        body, latency = client.post_json(CHAT_PATH, request.body)
-        return [chat_completion_row(request, body, latency, client.base_url, requested_at)]
-
-    name = "chat_completions_stream" if stream else "chat_completions"
-    yield from run_requests(name, client, _chat_requests(inputs, client, chat_model, params, stream), execute)
-
-
-def embedding_rows_of(
-    client: GaiaClient, inputs: Callable[[], Iterator[TextInput]], embedding_model: Optional[str], batch_size: int
-) -> Iterator[Any]:
-    """Yield ``embeddings`` rows: texts are sent ``batch_size`` at a time, one row comes back per text."""
-
-    def requests() -> Iterator[PreparedRequest]:
-        items = inputs()
-        first = next(items, None)
-        if first is None:
-            return
-        model = embedding_model or client.discover_models()[1]
-        for batch in _batched(itertools.chain([first], items), batch_size):
-            yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
-
-    def execute(request: PreparedRequest) -> List[Row]:
-        embedded_at = utc_now()
-        body, _ = client.post_json(EMBEDDINGS_PATH, request.body)
-        return embedding_rows(request, body, client.base_url, embedded_at)
-
-    yield from run_requests("embeddings", client, requests(), execute)
-
-
-def retrieve_rows(client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]]) -> Iterator[Any]:
-    """Yield one ``retrieve`` row per query with its ranked points (POST /v1/retrieve, Gaia <= 0.4 RAG nodes)."""
-
-    def execute(request: PreparedRequest) -> List[Row]:
-        retrieved_at = utc_now()
-        body, latency = client.post_json(RETRIEVE_PATH, request.body)
-        return [retrieve_row(request, body, latency, client.base_url, retrieved_at)]
-
-    queries = (retrieve_request(q.query, q.custom_id, q.source) for q in inputs())
-    yield from run_requests("retrieve", client, queries, execute)
 
 
 @dlt.source(name="gaia_source")
@@ -207,6 +93,7 @@ def gaia_source(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+    refresh: bool = False,
 ) -> Sequence[DltResource]:
     """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
 
@@ -240,6 +127,7 @@ def gaia_source(
         max_concurrency: Requests in flight to the node at once.
         max_attempts: Sends per request; 429, 5xx, timeouts, connection errors and cut streams are retried.
         retry_backoff: Seconds before the first retry (exponential with jitter after that).
+        refresh: Send every prompt and embed every text again, even those already loaded.
 
     Returns:
         The six resources: models, info, chat_completions, chat_completions_stream, embeddings, retrieve.
@@ -279,15 +167,15 @@ def gaia_source(
         dlt.resource(models_rows(client), name="models", write_disposition="merge", primary_key=("node_url", "id")),
         dlt.resource(info_rows(client), name="info", write_disposition="append"),
         dlt.resource(
-            chat_rows(client, prompt_inputs, chat_model, params, stream=False),
+            chat_rows(client, prompt_inputs, chat_model, params, stream=False, refresh=refresh),
             name="chat_completions", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            chat_rows(client, prompt_inputs, chat_model, params, stream=True),
+            chat_rows(client, prompt_inputs, chat_model, params, stream=True, refresh=refresh),
             name="chat_completions_stream", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            embedding_rows_of(client, text_inputs, embedding_model, embedding_batch_size),
+            embeddings_rows(client, text_inputs, embedding_model, embedding_batch_size, refresh),
             name="embeddings", write_disposition="merge", primary_key="embedding_id",
         ),
         dlt.resource(retrieve_rows(client, query_inputs), name="retrieve", write_disposition="merge", primary_key="request_id"),

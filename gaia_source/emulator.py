@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import re
 import signal
 import socket
@@ -55,6 +56,11 @@ import orjson
 from .settings import CONTEXT_FULL_MARKER
 
 FLAVORS = ("rag", "nexus", "amd")
+FAULT_KINDS = ("429", "502", "503", "reset", "truncate", "slow")
+GATEWAY_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 SYSTEM_FINGERPRINT = "fp_44709d6fcb"
 
 KNOWLEDGE_BASE: Tuple[str, ...] = (
@@ -221,6 +227,16 @@ class NodeEmulator:
     retrieve_shape: str = "list"
     retrieve_limit: int = 3
     score_threshold: float = 0.2
+    fault_rate: float = 0.0
+    """Share of /v1 requests that meet a fault (drawn from ``fault_kinds`` with a seeded RNG: reproducible)."""
+    fault_seed: int = 0
+    fault_kinds: Tuple[str, ...] = FAULT_KINDS
+    retry_after: Optional[str] = "0"
+    """``Retry-After`` sent with a 429 fault (None: no header)."""
+    slow_ms: float = 2000.0
+    """How long a ``slow`` fault stalls before answering (set it above the client's timeout)."""
+    cumulative_usage: bool = False
+    """rag flavour: repeat the usage-so-far on every stream chunk, as some backends do (a client must never sum it)."""
     outage: Optional[int] = None
     """When set, every /v1 request is answered with this HTTP status in the flavour's dialect (a failing node)."""
     stats: Counter = field(default_factory=Counter, init=False)
@@ -233,6 +249,10 @@ class NodeEmulator:
             raise ValueError(f"unknown flavor {self.flavor!r}; expected one of {FLAVORS}")
         if self.retrieve_shape not in ("list", "object"):
             raise ValueError("retrieve_shape must be 'list' or 'object'")
+        unknown = set(self.fault_kinds) - set(FAULT_KINDS)
+        if unknown or not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault kinds must be among {FAULT_KINDS} and fault_rate in [0, 1]")
+        self._fault_rng = random.Random(self.fault_seed)
         self.spec = SPECS[self.flavor]
         self._stats_lock = threading.Lock()
         self._serial = threading.Lock()  # the rag flavour answers one request at a time
@@ -290,13 +310,29 @@ class NodeEmulator:
     def total_requests(self) -> int:
         """Requests received on any route except the stats route."""
         with self._stats_lock:
-            return sum(n for key, n in self.stats.items() if not key.endswith("/_emulator/stats"))
+            return sum(n for key, n in self.stats.items() if not key.startswith("fault "))
 
     def reset_stats(self) -> None:
         """Forget the request counts and the in-flight high-water mark."""
         with self._stats_lock:
             self.stats.clear()
             self.max_in_flight = 0
+
+    def draw_fault(self) -> Optional[str]:
+        """The fault this request meets, if any (thread-safe, reproducible for a given seed and request order)."""
+        if self.fault_rate <= 0:
+            return None
+        with self._stats_lock:
+            if self._fault_rng.random() >= self.fault_rate:
+                return None
+            kind = self._fault_rng.choice(self.fault_kinds)
+            self.stats[f"fault {kind}"] += 1
+            return kind
+
+    def faults(self) -> int:
+        """How many faults were injected so far."""
+        with self._stats_lock:
+            return sum(n for key, n in self.stats.items() if key.startswith("fault "))
 
     def _enter(self) -> None:
         with self._stats_lock:
@@ -382,6 +418,7 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Met
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _fault: Optional[str] = None
 
     # --- plumbing ------------------------------------------------------------------------------------------------
 
@@ -413,14 +450,17 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, body: bytes, content_type: Optional[str], headers: Iterable[Tuple[str, str]] = ()) -> None:
+    def _send_head(self, status: int, length: int, content_type: Optional[str], headers: Iterable[Tuple[str, str]] = ()) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
+
+    def _send(self, status: int, body: bytes, content_type: Optional[str], headers: Iterable[Tuple[str, str]] = ()) -> None:
+        self._send_head(status, len(body), content_type, headers)
         self.wfile.write(body)
 
     def _json(self, status: int, obj: Any, spaced: bool = False) -> None:
@@ -447,6 +487,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _html_404(self) -> None:
         page = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
         self._send(404, page, "text/html")
+
+    def _inject(self, kind: str) -> None:
+        """Answer as a flaky gateway would (``truncate`` is applied by the handlers, mid-body)."""
+        if kind == "429":
+            headers = [("Retry-After", self.emu.retry_after)] if self.emu.retry_after is not None else []
+            self._send(429, b'{"error":{"message":"Too many requests","type":"rate_limit_error"}}', "application/json", headers)
+        elif kind == "502":
+            self._send(502, GATEWAY_502, "text/html")
+        elif kind == "503":
+            self._send(503, b'{"error":{"message":"Service temporarily unavailable","type":"server_error"}}', "application/json")
+        elif kind == "reset":
+            self._cut()
+        elif kind == "slow":
+            self._delay(self.emu.slow_ms)
 
     def _cut(self, partial: bytes = b"") -> None:
         """Close the connection mid-body: what a reset or a crashed node looks like to a client."""
@@ -505,6 +559,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.emu.outage is not None and path.startswith("/v1/"):
             raise _ClientError(self.emu.outage, "emulated outage: the node is unavailable", "internal_error")
+        self._fault = self.emu.draw_fault() if path.startswith("/v1/") else None
+        if self._fault in ("429", "502", "503", "reset", "slow"):
+            self._inject(self._fault)
+            if self._fault != "slow":
+                return
         routes = {
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/embeddings": ("POST", self._embeddings),
@@ -623,12 +682,9 @@ class _Handler(BaseHTTPRequestHandler):
                             "finish_reason": finish, "logprobs": None})
         response = {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
                     "choices": choices, "usage": usage}
-        if "[[cut]]" in question:
+        if "[[cut]]" in question or self._fault == "truncate":
             raw = orjson.dumps(response)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
+            self._send_head(200, len(raw), "application/json")
             self._cut(raw[: len(raw) // 2])
             return
         self._json(200, response, spaced=emu.flavor == "amd")
@@ -681,7 +737,7 @@ class _Handler(BaseHTTPRequestHandler):
             events = self._nexus_events(cid, created, model, answer, usage)
         else:
             events = self._amd_events(cid, created, model, answer, finish, question)
-        cut_at = len(events) // 2 if "[[cut]]" in question else None
+        cut_at = max(1, len(events) // 2) if "[[cut]]" in question or self._fault == "truncate" else None
         for i, event in enumerate(events):
             if cut_at is not None and i == cut_at:
                 self._cut()
@@ -706,7 +762,15 @@ class _Handler(BaseHTTPRequestHandler):
         if "[[tool]]" in question:
             call = {**self._tool_calls()[0], "index": 0}
             return [chunk({"tool_calls": [call], "role": "assistant"}), usage_chunk]
-        events: List[Any] = [chunk({"content": piece, "role": "assistant"}) for piece in _pieces(answer)]
+        events: List[Any] = []
+        sent = 0
+        for piece in _pieces(answer):
+            event = chunk({"content": piece, "role": "assistant"})
+            if self.emu.cumulative_usage:
+                sent += _count_tokens(piece)
+                prompt = usage["prompt_tokens"]
+                event["usage"] = {"prompt_tokens": prompt, "completion_tokens": sent, "total_tokens": prompt + sent}
+            events.append(event)
         if "[[inband-error]]" in question:  # llama-core aborts the HTTP body on a backend error
             return events[: max(1, len(events) // 2)] + [_ABORT]
         if finish == "length":
@@ -771,7 +835,12 @@ class _Handler(BaseHTTPRequestHandler):
             "model": model,
             "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
         }
-        self._send(200, orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY), "application/json")
+        raw = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+        if self._fault == "truncate":
+            self._send_head(200, len(raw), "application/json")
+            self._cut(raw[: len(raw) // 2])
+            return
+        self._send(200, raw, "application/json")
 
     def _retrieve(self, method: str, body: bytes) -> None:
         request = self._parse(body, "chat completion", "messages")
@@ -810,10 +879,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dim", type=int, default=768, help="embedding dimension (default 768)")
     parser.add_argument("--retrieve-shape", choices=("list", "object"), default="list",
                         help="/v1/retrieve response shape (rag flavour)")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of /v1 requests that meet a fault (0-1)")
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draw (same seed, same faults)")
+    parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS),
+                        help=f"comma-separated subset of {','.join(FAULT_KINDS)}")
+    parser.add_argument("--slow-ms", type=float, default=2000.0, help="stall of a 'slow' fault")
     args = parser.parse_args(argv)
     emulator = NodeEmulator(
         flavor=args.flavor, host=args.host, port=args.port, api_key=args.api_key, latency_ms=args.latency_ms,
         chunk_delay_ms=args.chunk_delay_ms, dim=args.dim, retrieve_shape=args.retrieve_shape,
+        fault_rate=args.fault_rate, fault_seed=args.fault_seed,
+        fault_kinds=tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip()), slow_ms=args.slow_ms,
     ).start()
     print(f"Gaia node emulator ({args.flavor}) listening on {emulator.base_url}", flush=True)
     stop = threading.Event()

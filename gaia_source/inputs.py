@@ -154,7 +154,7 @@ def _custom_id(value: Any, where: str) -> Optional[str]:
     raise GaiaConfigError(f"{where}: custom_id must be a non-empty string, got {value!r}")
 
 
-def _chat_input_from_object(obj: Any, where: str) -> ChatInput:
+def chat_input_from_object(obj: Any, where: str) -> ChatInput:
     """Interpret one JSON value / config item as a chat input."""
     if isinstance(obj, str):
         return ChatInput(_prompt_text(obj, where), source=where)
@@ -184,7 +184,7 @@ def _chat_input_from_object(obj: Any, where: str) -> ChatInput:
     raise GaiaConfigError(f"{where}: object has none of 'body', 'messages' or 'prompt' (keys: {sorted(obj)})")
 
 
-def _with_system(item: ChatInput, system_prompt: Optional[str]) -> ChatInput:
+def with_system_prompt(item: ChatInput, system_prompt: Optional[str]) -> ChatInput:
     if not system_prompt or any(m.get("role") == "system" for m in item.messages):
         return item
     messages = [{"role": "system", "content": system_prompt}, *item.messages]
@@ -243,16 +243,16 @@ def iter_prompts(
             messages = [{"role": "system", "content": row["system"]}, *messages]
         return ChatInput(messages, _custom_id(row.get("custom_id") or None, where), source=where)
 
-    items = _iter_inputs("prompts", prompts, prompts_file, _chat_input_from_object, prompt_column, from_csv_row)
+    items = _iter_inputs("prompts", prompts, prompts_file, chat_input_from_object, prompt_column, from_csv_row)
     for item in items:
-        yield _with_system(item, system_prompt)
+        yield with_system_prompt(item, system_prompt)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # texts
 
 
-def _text_input_from_object(obj: Any, where: str) -> TextInput:
+def text_input_from_object(obj: Any, where: str) -> TextInput:
     if isinstance(obj, str):
         if not obj.strip():
             raise GaiaConfigError(f"{where}: empty text")
@@ -278,9 +278,9 @@ def iter_texts(
     """
 
     def from_csv_row(row: Dict[str, Any], where: str) -> TextInput:
-        return _text_input_from_object({"text": row.get(text_column), "id": row.get("id") or None}, where)
+        return text_input_from_object({"text": row.get(text_column), "id": row.get("id") or None}, where)
 
-    return _iter_inputs("texts", texts, texts_file, _text_input_from_object, text_column, from_csv_row)
+    return _iter_inputs("texts", texts, texts_file, text_input_from_object, text_column, from_csv_row)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""The resources' generators: each turns inputs into requests, runs them, and yields rows for dlt.
+
+The source (``gaia_source``) and the transformers (``gaia_source.transformers``) wrap these with dlt hints; nothing
+here knows where its inputs came from.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+
+from .client import GaiaClient
+from .destination import skip_loaded
+from .inputs import ChatInput, QueryInput, TextInput
+from .payloads import (
+    PreparedRequest,
+    chat_request,
+    embedding_id,
+    embeddings_request,
+    normalize_chat_params,
+    retrieve_request,
+)
+from .rows import (
+    Row,
+    chat_completion_row,
+    chat_stream_row,
+    embedding_rows,
+    info_row,
+    model_rows,
+    retrieve_row,
+    utc_now,
+)
+from .runner import run_requests
+from .settings import CHAT_PATH, EMBEDDINGS_PATH, INFO_PATH, MODELS_PATH, RETRIEVE_PATH
+
+
+def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def models_rows(client: GaiaClient) -> Iterator[Any]:
+    """Yield one row per model listed by GET /v1/models, stamped with ``last_seen_at``."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        body, fetched_at, _ = client.metadata(MODELS_PATH)
+        return model_rows(body, client.base_url, fetched_at, client.url(MODELS_PATH))
+
+    yield from run_requests("models", client, [PreparedRequest(MODELS_PATH, {})], execute)
+
+
+def info_rows(client: GaiaClient) -> Iterator[Any]:
+    """Yield one snapshot of GET /v1/info (any server generation's shape; the whole body is kept)."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        body, fetched_at, latency = client.metadata(INFO_PATH)
+        return [info_row(body, client.base_url, fetched_at, latency, client.url(INFO_PATH))]
+
+    yield from run_requests("info", client, [PreparedRequest(INFO_PATH, {})], execute)
+
+
+def _chat_requests(
+    inputs: Callable[[], Iterator[ChatInput]],
+    client: GaiaClient,
+    chat_model: Optional[str],
+    params: Dict[str, Any],
+    stream: bool,
+) -> Iterator[PreparedRequest]:
+    items = inputs()
+    first = next(items, None)
+    if first is None:
+        return
+    model = chat_model or client.discover_models()[0]
+    for item in itertools.chain([first], items):
+        merged = {**params, **normalize_chat_params(item.params)}
+        yield chat_request(item.messages, item.model or model, merged, stream, item.custom_id, item.source)
+
+
+def _request_key(request: PreparedRequest) -> str:
+    return request.request_id
+
+
+def chat_rows(
+    client: GaiaClient,
+    inputs: Callable[[], Iterator[ChatInput]],
+    chat_model: Optional[str],
+    params: Dict[str, Any],
+    stream: bool,
+    refresh: bool = False,
+) -> Iterator[Any]:
+    """Yield one row per prompt: ``chat_completions`` rows, or with ``stream`` the folded SSE answer with its TTFT.
+
+    Prompts whose request id already has a ``completed`` row are not sent again unless ``refresh``; interrupted and
+    failed ones are.
+    """
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        requested_at = utc_now()
+        if stream:
+            result, attempts = client.stream_chat(CHAT_PATH, request.body)
+            return [chat_stream_row(request, result, client.base_url, requested_at, attempts)]
+        body, latency = client.post_json(CHAT_PATH, request.body)
+        return [chat_completion_row(request, body, latency, client.base_url, requested_at)]
+
+    name = "chat_completions_stream" if stream else "chat_completions"
+    requests = _chat_requests(inputs, client, chat_model, params, stream)
+    if not refresh:
+        requests = skip_loaded(requests, _request_key, name, "request_id", "status = 'completed'", "prompts")
+    yield from run_requests(name, client, requests, execute)
+
+
+def embeddings_rows(
+    client: GaiaClient,
+    inputs: Callable[[], Iterator[TextInput]],
+    embedding_model: Optional[str],
+    batch_size: int,
+    refresh: bool = False,
+) -> Iterator[Any]:
+    """Yield ``embeddings`` rows: texts are sent ``batch_size`` at a time, one row comes back per text.
+
+    A (model, text) pair already in the table is not embedded again unless ``refresh`` (looked up by content hash in
+    the destination, so dlt state does not grow with the corpus).
+    """
+
+    def requests() -> Iterator[PreparedRequest]:
+        items = inputs()
+        first = next(items, None)
+        if first is None:
+            return
+        model = embedding_model or client.discover_models()[1]
+        texts: Iterator[TextInput] = itertools.chain([first], items)
+        if not refresh:
+            texts = skip_loaded(texts, lambda t: embedding_id(model, t.text), "embeddings", "embedding_id", what="texts")
+        for batch in _batched(texts, batch_size):
+            yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        embedded_at = utc_now()
+        body, _ = client.post_json(EMBEDDINGS_PATH, request.body)
+        return embedding_rows(request, body, client.base_url, embedded_at)
+
+    yield from run_requests("embeddings", client, requests(), execute)
+
+
+def retrieve_rows(client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]]) -> Iterator[Any]:
+    """Yield one ``retrieve`` row per query with its ranked points (POST /v1/retrieve, Gaia <= 0.4 RAG nodes)."""
+
+    def execute(request: PreparedRequest) -> List[Row]:
+        retrieved_at = utc_now()
+        body, latency = client.post_json(RETRIEVE_PATH, request.body)
+        return [retrieve_row(request, body, latency, client.base_url, retrieved_at)]
+
+    queries = (retrieve_request(q.query, q.custom_id, q.source) for q in inputs())
+    yield from run_requests("retrieve", client, queries, execute)
