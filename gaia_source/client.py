@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Tuple
 
+import dlt
 import httpx
 import httpx_sse
 import orjson
@@ -91,6 +92,35 @@ def resolve_base_url(node_id: Optional[str] = None, base_url: Optional[str] = No
         f"No Gaia node configured. Set {NODE_LOCATION} "
         "(e.g. base_url = \"http://localhost:8080/v1\" for a local node or an AMD GAIA server), "
         "or try it without a node: python gaia_pipeline.py --demo"
+    )
+
+
+def configured_client(
+    node_id: Optional[str] = None,
+    base_url: Optional[str] = None,
+    api_key: Optional[str] = None,
+    timeout: Optional[float] = None,
+    max_concurrency: Optional[int] = None,
+    max_attempts: Optional[int] = None,
+    retry_backoff: Optional[float] = None,
+) -> "GaiaClient":
+    """A client for the node in ``[sources.gaia_source]`` config (env, .dlt/*.toml); arguments win over config."""
+
+    def setting(key: str, given: Any, kind: type, default: Any = None) -> Any:
+        if given is not None:
+            return given
+        value = dlt.config.get(f"sources.gaia_source.{key}", kind)
+        return default if value is None else value
+
+    url = resolve_base_url(setting("node_id", node_id, str), setting("base_url", base_url, str))
+    key = api_key if api_key is not None else dlt.secrets.get("sources.gaia_source.api_key", str)
+    return GaiaClient(
+        url,
+        key,
+        setting("timeout", timeout, float, DEFAULT_TIMEOUT),
+        setting("max_concurrency", max_concurrency, int, DEFAULT_MAX_CONCURRENCY),
+        setting("max_attempts", max_attempts, int, DEFAULT_MAX_ATTEMPTS),
+        setting("retry_backoff", retry_backoff, float, DEFAULT_RETRY_BACKOFF),
     )
 
 

@@ -20,7 +20,8 @@ LOOKUP_BATCH = 2_000
 """Ids per ``IN (...)`` lookup: bounded queries, whatever the size of the table."""
 
 
-def _current_pipeline() -> Optional[dlt.Pipeline]:
+def current_pipeline() -> Optional[dlt.Pipeline]:
+    """The pipeline running now (call it on the extracting thread), or None."""
     try:
         return dlt.current.pipeline()
     except Exception:  # no pipeline is running (e.g. a resource iterated directly)
@@ -40,7 +41,7 @@ def loaded_ids(table: str, id_column: str, ids: Iterable[str], where: str = "") 
         The subset of ``ids`` present; empty when no pipeline runs, the table does not exist yet, or the
         destination cannot be queried with SQL (a warning says so then).
     """
-    pipeline = _current_pipeline()
+    pipeline = current_pipeline()
     wanted = list(dict.fromkeys(ids))
     if pipeline is None or not wanted or pipeline.destination is None:
         return set()

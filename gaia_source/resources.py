@@ -10,7 +10,7 @@ import itertools
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from .client import GaiaClient
-from .destination import skip_loaded
+from .destination import current_pipeline, skip_loaded
 from .inputs import ChatInput, QueryInput, TextInput
 from .payloads import (
     PreparedRequest,
@@ -24,7 +24,7 @@ from .rows import (
     Row,
     chat_completion_row,
     chat_stream_row,
-    embedding_rows,
+    embedding_table,
     info_row,
     model_rows,
     retrieve_row,
@@ -32,6 +32,7 @@ from .rows import (
 )
 from .runner import run_requests
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, INFO_PATH, MODELS_PATH, RETRIEVE_PATH
+from .vectors import VectorColumn
 
 
 def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
@@ -123,6 +124,8 @@ def embeddings_rows(
     the destination, so dlt state does not grow with the corpus).
     """
 
+    vector_column = VectorColumn(current_pipeline())
+
     def requests() -> Iterator[PreparedRequest]:
         items = inputs()
         first = next(items, None)
@@ -135,10 +138,12 @@ def embeddings_rows(
         for batch in _batched(texts, batch_size):
             yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
 
-    def execute(request: PreparedRequest) -> List[Row]:
+    def execute(request: PreparedRequest) -> Any:
         embedded_at = utc_now()
         body, _ = client.post_json(EMBEDDINGS_PATH, request.body)
-        return embedding_rows(request, body, client.base_url, embedded_at)
+        table = embedding_table(request, body, client.base_url, embedded_at)
+        vector_column.ensure(table.schema.field("embedding").type.list_size)  # before the first vectors are loaded
+        return table
 
     yield from run_requests("embeddings", client, requests(), execute)
 

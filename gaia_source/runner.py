@@ -71,7 +71,7 @@ def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Itera
 @dataclass
 class _Outcome:
     request: PreparedRequest
-    rows: List[Row] = field(default_factory=list)
+    rows: Any = None
     failure: Optional[Row] = None
 
 
@@ -87,7 +87,7 @@ def run_requests(
     resource: str,
     client: GaiaClient,
     requests: Iterable[PreparedRequest],
-    execute: Callable[[PreparedRequest], List[Row]],
+    execute: Callable[[PreparedRequest], Any],
 ) -> Iterator[Any]:
     """Send ``requests`` through ``execute`` (probe first, then concurrently) and yield rows for dlt.
 
@@ -95,7 +95,8 @@ def run_requests(
         resource: Resource name, for messages and ``failed_requests.resource``.
         client: The node client (its ``max_concurrency`` bounds the fan-out).
         requests: Requests to send, consumed lazily.
-        execute: Sends one request and returns its rows; raises a ``GaiaError`` on failure.
+        execute: Sends one request and returns its rows (a list of dicts or an Arrow table); raises a
+            ``GaiaError`` on failure.
 
     Yields:
         Lists of rows for the resource's table, and ``failed_requests`` rows/tombstones.
@@ -122,7 +123,7 @@ def run_requests(
         outcomes = fan_out(attempt, iterator, client.max_concurrency)
         for outcome in _chain_one(probe, outcomes):
             request_id = outcome.request.request_id
-            if outcome.rows:
+            if outcome.rows is not None and len(outcome.rows) > 0:
                 yield outcome.rows
             if outcome.failure is not None:
                 failed[request_id] = resource

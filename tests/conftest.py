@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import dlt
+import numpy as np
 import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
@@ -88,6 +90,11 @@ def table_rows(pipeline: dlt.Pipeline, table: str, order_by: str) -> List[Dict[s
         with client.execute_query(f"SELECT * FROM {table} ORDER BY {order_by}") as cursor:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def as_vector(value: Any) -> "np.ndarray":
+    """A stored vector as numpy: DuckDB FLOAT[dim] comes back as a tuple, JSON columns as text."""
+    return np.asarray(json.loads(value) if isinstance(value, (str, bytes)) else value, dtype=np.float64)
 
 
 def data_tables(pipeline: dlt.Pipeline) -> set:

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import data_tables, query, table_rows
+from conftest import as_vector, data_tables, query, table_rows
 
 from gaia_source import gaia_source
 from gaia_source.emulator import KNOWLEDGE_BASE, answer_for, embed_text
@@ -113,7 +113,7 @@ def test_embeddings_one_row_per_text_with_the_vector_in_one_column(make_node, ma
     assert [r["text"] for r in rows] == sorted(TEXTS)
     assert not any(t.startswith("embeddings__") for t in data_tables(pipeline))  # never a row per float
     for row in rows:
-        vector = np.array(json.loads(row["embedding"]))
+        vector = as_vector(row["embedding"])
         assert row["dim"] == 768 and vector.shape == (768,)
         np.testing.assert_allclose(vector, embed_text(row["text"], 768), rtol=1e-5, atol=1e-7)
         assert row["model"] == "Nomic-embed-text-v1.5" and row["model_requested"] == "Nomic-embed-text-v1.5"

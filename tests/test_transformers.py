@@ -7,7 +7,7 @@ from typing import Iterator, List
 
 import dlt
 import numpy as np
-from conftest import query, table_rows
+from conftest import as_vector, query, table_rows
 
 from gaia_source.emulator import embed_text
 from gaia_source.transformers import chat_completions_from, chat_completions_stream_from, embeddings_from
@@ -57,7 +57,7 @@ def test_embeddings_from_a_table_already_in_the_warehouse(make_node, make_pipeli
     rows = table_rows(pipeline, "embeddings", "text_id")
     assert [r["text_id"] for r in rows] == [d["doc_id"] for d in docs]
     assert json.loads(rows[3]["metadata"]) == {"title": "T3", "n": 3}
-    np.testing.assert_allclose(json.loads(rows[3]["embedding"]), embed_text(docs[3]["body"], 32), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(as_vector(rows[3]["embedding"]), embed_text(docs[3]["body"], 32), rtol=1e-5, atol=1e-7)
     joined = query(pipeline, "SELECT d.title, e.dim FROM docs d JOIN embeddings e ON e.text_id = d.doc_id ORDER BY d.title")
     assert joined == [(f"T{i}", 32) for i in range(7)]
     assert node.requests_to("/v1/embeddings") == 5  # pages of 3, 3, 1 in batches of 2
