@@ -59,6 +59,10 @@ def _ensure_in(client: Any, dim: int) -> None:
     elif current.upper() in ("JSON", "VARCHAR"):
         logger.info("converting %s.embedding from %s to %s (once)", qualified, current, wanted)
         client.execute_sql(f"ALTER TABLE {qualified} ALTER COLUMN embedding TYPE {wanted} USING embedding::{wanted}")
+        # a table dlt created from dict rows has NOT NULL dlt columns, which Arrow rows do not carry
+        for column in ("_dlt_load_id", "_dlt_id"):
+            if _column_type(client, schema_name, TABLE, column) is not None:
+                client.execute_sql(f"ALTER TABLE {qualified} ALTER COLUMN {column} DROP NOT NULL")
     elif current.upper() != wanted:
         raise GaiaConfigError(
             f"{qualified}.embedding is {current}, but the model returns {dim}-dimensional vectors. Vectors of one "
