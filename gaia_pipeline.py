@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="dlt progress display (default: log when run in a terminal, else none)")
     load.add_argument("--allow-failed-requests", action="store_true",
                       help="exit 0 even when some requests are in the failed_requests table")
+    load.add_argument("--shard", metavar="I/N",
+                      help="load partition I of N of the inputs (by request id): N workers share one job, no overlap")
     load.add_argument("--refresh", action="store_true",
                       help="send every prompt and embed every text again, even those already loaded")
     out = parser.add_argument_group("output")
@@ -129,6 +131,7 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "queries_file": args.queries_file,
         "system_prompt": args.system_prompt,
         "refresh": True if args.refresh else None,
+        "shard": args.shard,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
     samples = {"prompts": ("prompts_file", SAMPLE_PROMPTS), "texts": ("texts_file", SAMPLE_TEXTS),

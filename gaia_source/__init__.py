@@ -40,15 +40,17 @@ from .errors import (
     GaiaResponseError,
 )
 from .inputs import ChatInput, QueryInput, TextInput, iter_prompts, iter_queries, iter_texts, validate
-from .payloads import normalize_chat_params
+from .payloads import normalize_chat_params, parse_shard
 from .resources import chat_rows, embeddings_rows, info_rows, models_rows, retrieve_rows
 from .rows import declare_tables
 from .settings import (
     DEFAULT_EMBEDDING_BATCH_SIZE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RESPONSE_MB,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_TIMEOUT,
+    MAX_RETRY_WAIT,
     RESOURCE_NAMES,
 )
 
@@ -93,7 +95,10 @@ def gaia_source(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+    retry_max_wait: float = MAX_RETRY_WAIT,
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
     refresh: bool = False,
+    shard: Optional[str] = None,
 ) -> Sequence[DltResource]:
     """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
 
@@ -127,7 +132,11 @@ def gaia_source(
         max_concurrency: Requests in flight to the node at once.
         max_attempts: Sends per request; 429, 5xx, timeouts, connection errors and cut streams are retried.
         retry_backoff: Seconds before the first retry (exponential with jitter after that).
+        retry_max_wait: Cap in seconds on one wait between attempts, ``Retry-After`` included.
+        max_response_mb: Response bodies larger than this are recorded as errors instead of read.
         refresh: Send every prompt and embed every text again, even those already loaded.
+        shard: ``"i/n"``: load only partition ``i`` of ``n`` of the inputs (by request id), so ``n`` workers can share
+            one job without overlap or gaps; ``models`` and ``info`` are loaded by shard 0.
 
     Returns:
         The six resources: models, info, chat_completions, chat_completions_stream, embeddings, retrieve.
@@ -135,7 +144,8 @@ def gaia_source(
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
     url = resolve_base_url(node_id, base_url)
-    client = GaiaClient(url, api_key, timeout, max_concurrency, max_attempts, retry_backoff)
+    partition = parse_shard(shard)
+    client = GaiaClient(url, api_key, timeout, max_concurrency, max_attempts, retry_backoff, retry_max_wait, max_response_mb)
     params = normalize_chat_params(
         {
             **(chat_params or {}),
@@ -164,19 +174,20 @@ def gaia_source(
         validate(inputs())
 
     return (
-        dlt.resource(models_rows(client), name="models", write_disposition="merge", primary_key=("node_url", "id")),
-        dlt.resource(info_rows(client), name="info", write_disposition="append"),
+        dlt.resource(models_rows(client, partition), name="models", write_disposition="merge", primary_key=("node_url", "id")),
+        dlt.resource(info_rows(client, partition), name="info", write_disposition="append"),
         dlt.resource(
-            chat_rows(client, prompt_inputs, chat_model, params, stream=False, refresh=refresh),
+            chat_rows(client, prompt_inputs, chat_model, params, False, refresh, partition),
             name="chat_completions", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            chat_rows(client, prompt_inputs, chat_model, params, stream=True, refresh=refresh),
+            chat_rows(client, prompt_inputs, chat_model, params, True, refresh, partition),
             name="chat_completions_stream", write_disposition="merge", primary_key="request_id",
         ),
         dlt.resource(
-            embeddings_rows(client, text_inputs, embedding_model, embedding_batch_size, refresh),
-            name="embeddings", write_disposition="merge", primary_key="embedding_id",
+            embeddings_rows(client, text_inputs, embedding_model, embedding_batch_size, refresh, partition),
+            # new texts only (hash lookup) are appended; a refresh re-embeds existing ones and merges them
+            name="embeddings", write_disposition="merge" if refresh else "append", primary_key="embedding_id",
         ),
-        dlt.resource(retrieve_rows(client, query_inputs), name="retrieve", write_disposition="merge", primary_key="request_id"),
+        dlt.resource(retrieve_rows(client, query_inputs, partition), name="retrieve", write_disposition="merge", primary_key="request_id"),
     )

@@ -37,6 +37,7 @@ from .settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RESPONSE_MB,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_TIMEOUT,
     GAIA_DOMAIN,
@@ -185,7 +186,9 @@ class GaiaClient:
         timeout: Seconds to wait for a response (for a stream: between two chunks).
         max_concurrency: Connections kept to the node; resources keep at most this many requests in flight.
         max_attempts: Sends per request (1 = no retries) on 429/5xx/timeouts/connection errors/cut streams.
-        retry_backoff: Seconds before the first retry; grows exponentially with jitter, capped at 30 s.
+        retry_backoff: Seconds before the first retry; grows exponentially with jitter.
+        retry_max_wait: Cap on one wait between attempts, ``Retry-After`` included.
+        max_response_mb: Bodies larger than this are refused (recorded as an error) instead of read.
     """
 
     def __init__(
@@ -196,6 +199,8 @@ class GaiaClient:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        retry_max_wait: float = MAX_RETRY_WAIT,
+        max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
     ) -> None:
         if timeout <= 0:
             raise GaiaConfigError(f"timeout must be > 0 seconds, got {timeout}")
@@ -207,6 +212,10 @@ class GaiaClient:
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
+        self.retry_max_wait = retry_max_wait
+        if max_response_mb <= 0:
+            raise GaiaConfigError(f"max_response_mb must be > 0, got {max_response_mb}")
+        self.max_response_bytes = int(max_response_mb * 2**20)
         self._api_key = api_key or None
         url = httpx.URL(self.base_url)
         if self._api_key and url.scheme == "http" and not _is_loopback(url.host):
@@ -258,11 +267,12 @@ class GaiaClient:
         if missing is not None:
             raise missing
 
-    def _raise_for_status(self, response: httpx.Response, method: str, path: str) -> None:
+    def _raise_for_status(self, response: httpx.Response, method: str, path: str, content: Optional[bytes] = None) -> None:
         if response.status_code < 400:
             return
         status = response.status_code
-        detail = self._redact(describe_body(response.content, response.headers.get("content-type")))
+        body = response.content if content is None else content
+        detail = self._redact(describe_body(body, response.headers.get("content-type")))
         url = self.url(path)
         if status in AUTH_STATUS:
             error = GaiaAuthError(method, url, detail, status)
@@ -299,12 +309,14 @@ class GaiaClient:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
-            return min(retry_after, MAX_RETRY_WAIT)
-        return wait_exponential_jitter(initial=self.retry_backoff, max=MAX_RETRY_WAIT, jitter=self.retry_backoff)(state)
+            return min(retry_after, self.retry_max_wait)  # the server's Retry-After, capped
+        backoff = wait_exponential_jitter(initial=self.retry_backoff, max=self.retry_max_wait, jitter=self.retry_backoff)
+        return min(backoff(state), self.retry_max_wait)
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        logger.info("attempt %d/%d failed, retrying: %s", state.attempt_number, self.max_attempts, exc)
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.info("attempt %d/%d failed, retrying in %.2f s: %s", state.attempt_number, self.max_attempts, wait, exc)
 
     def _retrying(self) -> Retrying:
         return Retrying(
@@ -329,19 +341,42 @@ class GaiaClient:
         self._guard(path)
         content = None if body is None else orjson.dumps(body)
         headers = None if body is None else {"Content-Type": "application/json"}
+        request = self._http.build_request(method, self.url(path), content=content, headers=headers)
         with self._slots:
             started = time.perf_counter()
             try:
-                response = self._http.request(method, self.url(path), content=content, headers=headers)
+                response = self._http.send(request, stream=True)
+                try:
+                    raw = self._read_capped(response, method, path)
+                finally:
+                    response.close()
             except httpx.TransportError as exc:
                 raise self._transport_error(method, path, exc) from None
             elapsed = time.perf_counter() - started
-        self._raise_for_status(response, method, path)
+        self._raise_for_status(response, method, path, raw)
         try:
-            return orjson.loads(response.content), elapsed
-        except orjson.JSONDecodeError:
-            detail = describe_body(response.content, response.headers.get("content-type"))
-            raise GaiaResponseError(method, self.url(path), f"not JSON: {self._redact(detail)}") from None
+            return orjson.loads(raw), elapsed
+        except orjson.JSONDecodeError as exc:
+            detail = describe_body(raw, response.headers.get("content-type"))
+            raise GaiaResponseError(method, self.url(path), f"not JSON ({exc}): {self._redact(detail)}") from None
+
+    def _read_capped(self, response: httpx.Response, method: str, path: str) -> bytes:
+        """The body, read up to ``max_response_bytes`` (a runaway body is an error, not an out-of-memory crash)."""
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise GaiaResponseError(method, self.url(path), self._too_large(int(declared)))
+        chunks: List[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise GaiaResponseError(method, self.url(path), self._too_large(size))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: int) -> str:
+        limit = self.max_response_bytes / 2**20
+        return f"response of {size / 2**20:.1f}+ MiB is larger than max_response_mb = {limit:g}; it was not read"
 
     def get_json(self, path: str) -> Tuple[Any, float]:
         """GET an endpoint; return its JSON body and the latency in seconds (retried as configured)."""

@@ -8,7 +8,7 @@ client; outside a pipeline, or before the table exists, nothing counts as done.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator, List, Optional, Set, TypeVar
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
 
 import dlt
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
@@ -16,7 +16,7 @@ from dlt.destinations.exceptions import DatabaseUndefinedRelation
 logger = logging.getLogger("gaia_source")
 
 T = TypeVar("T")
-LOOKUP_BATCH = 2_000
+LOOKUP_BATCH = 5_000
 """Ids per ``IN (...)`` lookup: bounded queries, whatever the size of the table."""
 
 
@@ -28,42 +28,74 @@ def current_pipeline() -> Optional[dlt.Pipeline]:
         return None
 
 
-def loaded_ids(table: str, id_column: str, ids: Iterable[str], where: str = "") -> Set[str]:
-    """Which of ``ids`` are already in ``table.id_column`` (optionally only rows matching SQL ``where``).
+class LoadedIds:
+    """Looks up which ids a destination table already holds, through one SQL connection opened on first use.
 
     Args:
-        table: Table name in the pipeline's dataset.
+        table: Table name in the running pipeline's dataset.
         id_column: The id column to match.
-        ids: Candidate ids (looked up in batches of ``LOOKUP_BATCH``).
         where: Extra SQL condition, e.g. ``status = 'completed'``.
-
-    Returns:
-        The subset of ``ids`` present; empty when no pipeline runs, the table does not exist yet, or the
-        destination cannot be queried with SQL (a warning says so then).
     """
-    pipeline = current_pipeline()
-    wanted = list(dict.fromkeys(ids))
-    if pipeline is None or not wanted or pipeline.destination is None:
-        return set()
-    found: Set[str] = set()
-    try:
-        with pipeline.sql_client() as client:
-            qualified = client.make_qualified_table_name(table)
-            column = client.escape_column_name(id_column)
-            condition = f" AND ({where})" if where else ""
+
+    def __init__(self, table: str, id_column: str, where: str = "") -> None:
+        self.table = table
+        self.id_column = id_column
+        self.where = where
+        self._pipeline = current_pipeline()
+        self._client: Any = None
+        self._usable = self._pipeline is not None and self._pipeline.destination is not None
+
+    def __enter__(self) -> "LoadedIds":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._client is not None:
+            self._client.close_connection()
+            self._client = None
+
+    def lookup(self, ids: Iterable[str]) -> Set[str]:
+        """The subset of ``ids`` present; empty when no pipeline runs, the table does not exist yet, or the
+        destination cannot be queried with SQL (a warning says so then)."""
+        wanted = list(dict.fromkeys(ids))
+        if not self._usable or not wanted:
+            return set()
+        found: Set[str] = set()
+        try:
+            if self._client is None:
+                self._client = self._pipeline.sql_client()  # type: ignore[union-attr]
+                self._client.open_connection()
+            client = self._client
+            qualified = client.make_qualified_table_name(self.table)
+            column = client.escape_column_name(self.id_column)
+            condition = f" AND ({self.where})" if self.where else ""
+            kind = self._pipeline.destination.destination_name  # type: ignore[union-attr]
             for start in range(0, len(wanted), LOOKUP_BATCH):
                 batch = wanted[start : start + LOOKUP_BATCH]
-                placeholders = ",".join(["%s"] * len(batch))
-                rows = client.execute_sql(
-                    f"SELECT {column} FROM {qualified} WHERE {column} IN ({placeholders}){condition}", *batch
-                )
+                if kind in ("duckdb", "motherduck"):  # one list parameter binds ~8x faster than thousands of them
+                    match, args = f"{column} IN (SELECT UNNEST(%s::VARCHAR[]))", [batch]
+                elif kind == "postgres":
+                    match, args = f"{column} = ANY(%s)", [batch]
+                else:
+                    match, args = f"{column} IN ({','.join(['%s'] * len(batch))})", batch
+                rows = client.execute_sql(f"SELECT {column} FROM {qualified} WHERE {match}{condition}", *args)
                 found.update(str(r[0]) for r in rows or [])
-    except DatabaseUndefinedRelation:
-        return set()
-    except Exception as exc:  # a destination without SQL access: everything is sent again, merge keeps one row
-        logger.warning("could not look up already-loaded rows in %s (%s); sending everything again", table, exc)
-        return set()
-    return found
+        except DatabaseUndefinedRelation:
+            return set()
+        except Exception as exc:  # a destination without SQL access: everything is sent again, merge keeps one row
+            logger.warning("could not look up already-loaded rows in %s (%s); sending everything again", self.table, exc)
+            self._usable = False
+            return set()
+        return found
+
+
+def unique(items: Iterable[T], key: Callable[[T], str]) -> Iterator[T]:
+    """Drop items whose key was already seen in this run (the first one wins)."""
+    seen: Set[str] = set()
+    for item in items:
+        item_key = key(item)
+        if item_key not in seen:
+            seen.add(item_key)
+            yield item
 
 
 def skip_loaded(
@@ -76,9 +108,9 @@ def skip_loaded(
     skipped = 0
     batch: List[T] = []
 
-    def flush() -> Iterator[T]:
+    def flush(ids: LoadedIds) -> Iterator[T]:
         nonlocal skipped
-        done = loaded_ids(table, id_column, (key(i) for i in batch), where)
+        done = ids.lookup(key(i) for i in batch)
         for item in batch:
             if key(item) in done:
                 skipped += 1
@@ -86,10 +118,11 @@ def skip_loaded(
                 yield item
         batch.clear()
 
-    for item in items:
-        batch.append(item)
-        if len(batch) >= LOOKUP_BATCH:
-            yield from flush()
-    yield from flush()
+    with LoadedIds(table, id_column, where) as ids:
+        for item in items:
+            batch.append(item)
+            if len(batch) >= LOOKUP_BATCH:
+                yield from flush(ids)
+        yield from flush(ids)
     if skipped:
         logger.info("%s: %d %s already loaded, not sent again (refresh=true sends them again)", table, skipped, what)

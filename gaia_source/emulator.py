@@ -24,6 +24,7 @@ emulator is never the bottleneck of a benchmark. Markers in the last user messag
 ``[[fail]]``        HTTP 500 in the flavour's error dialect
 ``[[inband-error]]`` amd: an in-band ``{"error"}`` chunk with HTTP 200; rag: the body aborts mid-stream; nexus: 500
 ``[[cut]]``         the connection closes halfway through the body (stream or not)
+``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly
 ==================  =============================================================================================
 
 Run one: ``python -m gaia_source.emulator --flavor rag|nexus|amd --port 8080 [--api-key K] [--latency-ms 50]``.
@@ -63,6 +64,61 @@ GATEWAY_502 = (
 )
 SYSTEM_FINGERPRINT = "fp_44709d6fcb"
 
+def _j(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+_OK_MESSAGE = {"role": "assistant", "content": "fine"}
+MALFORMED: Dict[str, Tuple[int, Optional[str], bytes]] = {
+    # what a broken node, proxy or gateway can answer with (status, Content-Type, body); see ``[[malformed:NAME]]``
+    "not-json": (200, "application/json", b"this is not json"),
+    "html-200": (200, "text/html", b"<html><head><title>Maintenance</title></head><body>Back soon</body></html>"),
+    "empty-body": (200, "application/json", b""),
+    "json-array": (200, "application/json", b"[1, 2, 3]"),
+    "json-string": (200, "application/json", b'"hello"'),
+    "json-null": (200, "application/json", b"null"),
+    "truncated-json": (200, "application/json", b'{"choices": [{"message": {"content": "Par'),
+    "nan-number": (200, "application/json", b'{"choices": [], "usage": {"prompt_tokens": NaN}}'),
+    "invalid-utf8": (200, "application/json", b'{"choices": [{"message": {"content": "\xff\xfe caf\xe9"}}]}'),
+    "deep-nesting": (200, "application/json", b"[" * 5000 + b"]" * 5000),
+    "choices-null": (200, "application/json", _j({"id": "x", "model": "m", "choices": None})),
+    "choices-empty": (200, "application/json", _j({"id": "x", "model": "m", "choices": []})),
+    "choices-object": (200, "application/json", _j({"choices": {"0": {"message": _OK_MESSAGE}}})),
+    "choice-string": (200, "application/json", _j({"choices": ["fine"]})),
+    "message-missing": (200, "application/json", _j({"choices": [{"index": 0, "finish_reason": "stop"}]})),
+    "message-null": (200, "application/json", _j({"choices": [{"index": 0, "message": None}]})),
+    "content-number": (200, "application/json", _j({"choices": [{"message": {"role": "assistant", "content": 42}}]})),
+    "content-object": (200, "application/json", _j({"choices": [{"message": {"content": {"text": "x"}}}]})),
+    "usage-strings": (200, "application/json", _j({"choices": [{"message": _OK_MESSAGE}], "usage": {"prompt_tokens": "many"}})),
+    "usage-list": (200, "application/json", _j({"choices": [{"message": _OK_MESSAGE}], "usage": [1, 2]})),
+    "model-number": (200, "application/json", _j({"model": 7, "choices": [{"message": _OK_MESSAGE}]})),
+    "id-object": (200, "application/json", _j({"id": {"v": 1}, "choices": [{"message": _OK_MESSAGE}]})),
+    "created-string": (200, "application/json", _j({"created": "yesterday", "choices": [{"message": _OK_MESSAGE}]})),
+    "finish-number": (200, "application/json", _j({"choices": [{"message": _OK_MESSAGE, "finish_reason": 1}]})),
+    "error-200": (200, "application/json", _j({"error": {"message": "model overloaded", "type": "server_error"}})),
+    "emb-data-null": (200, "application/json", _j({"object": "list", "data": None, "model": "m"})),
+    "emb-too-few": (200, "application/json", _j({"data": [], "model": "m"})),
+    "emb-strings": (200, "application/json", _j({"data": [{"index": 0, "embedding": ["a", "b"]}], "model": "m"})),
+    "emb-null-value": (200, "application/json", _j({"data": [{"index": 0, "embedding": [0.1, None]}], "model": "m"})),
+    "emb-empty-vector": (200, "application/json", _j({"data": [{"index": 0, "embedding": []}], "model": "m"})),
+    "emb-index-out-of-range": (200, "application/json", _j({"data": [{"index": 5, "embedding": [0.1]}], "model": "m"})),
+    "ret-string": (200, "application/json", b'"nothing found"'),
+    "ret-points-string": (200, "application/json", _j([{"points": "many", "limit": 1, "score_threshold": 0.5}])),
+    "ret-point-no-source": (200, "application/json", _j([{"points": [{"score": 0.9}], "limit": 1, "score_threshold": 0.5}])),
+    "ret-number-list": (200, "application/json", b"[1, 2]"),
+    "html-500": (500, "text/html", b"<html><body><h1>500</h1><p>upstream exploded</p></body></html>"),
+    "text-400": (400, None, b"400 Bad Request: Fail to deserialize chat completion request: expected value\njson_value: {...}"),
+}
+MALFORMED_STREAMS: Dict[str, List[bytes]] = {
+    # SSE bodies (HTTP 200, text/event-stream) that break the protocol mid-way
+    "sse-garbage": [b'data: {"choices": [{"delta": {"content": "Par"}}]}\n\n', b"data: <<<garbage>>>\n\n"],
+    "sse-array": [b"data: [1, 2, 3]\n\n", b"data: [DONE]\n\n"],
+    "sse-choices-string": [b'data: {"choices": "abc"}\n\n', b"data: [DONE]\n\n"],
+    "sse-delta-string": [b'data: {"choices": [{"delta": "text"}]}\n\n', b"data: [DONE]\n\n"],
+    "sse-no-done": [b'data: {"choices": [{"delta": {"content": "Partial"}}]}\n\n'],
+}
+"""Markers ``[[malformed:NAME]]`` in a prompt, text or query make the emulator answer with that case."""
+
 KNOWLEDGE_BASE: Tuple[str, ...] = (
     "Paris is located in northern central France, in a north-bending arc of the river Seine.\n",
     "The Paris region is the most active water transport area in France, with most cargo handled by the Ports of Paris.\n",
@@ -85,6 +141,7 @@ _STOPWORDS = frozenset(
     "with does do can you your i me my we our".split()
 )
 _WORD_RE = re.compile(r"[a-z0-9]+")
+_MALFORMED_RE = re.compile(r"\[\[malformed:([a-z0-9-]+)\]\]")
 _PIECE_RE = re.compile(r"\S+\s*")
 
 
@@ -633,6 +690,31 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Handled
         return data
 
+    def _answer_malformed(self, text: str, stream: bool = False) -> bool:
+        """Answer with the ``[[malformed:NAME]]`` case named in ``text``, if any; True when it did."""
+        match = _MALFORMED_RE.search(text)
+        if not match:
+            return False
+        name = match.group(1)
+        if name == "huge":  # a valid completion of several megabytes
+            content = "word " * 700_000
+            self._send(200, _j({"id": "x", "model": "m", "choices": [{"message": {"role": "assistant", "content": content}}]}),
+                       "application/json")
+        elif name == "echo-auth":  # a gateway that echoes request headers into its error page
+            echoed = f"500 Internal Server Error: rejected request with Authorization: {self.headers.get('Authorization')}"
+            self._send(500, echoed.encode(), "text/plain")
+        elif stream and name in MALFORMED_STREAMS:
+            self._start_stream()
+            for raw in MALFORMED_STREAMS[name]:
+                self._write_chunk(raw)
+            self.wfile.write(b"0\r\n\r\n")
+        elif name in MALFORMED:
+            status, content_type, body = MALFORMED[name]
+            self._send(status, body, content_type)
+        else:
+            raise _ClientError(400, f"unknown malformed case {name!r}")
+        return True
+
     def _messages(self, request: Dict[str, Any]) -> List[Dict[str, Any]]:
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -653,6 +735,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientError(400, "The last message must be a user message.")
         model = emu.resolve_chat_model(request.get("model"))
         question = _last_user_text(messages)
+        if self._answer_malformed(question, stream=bool(request.get("stream"))):
+            return
         if "[[fail]]" in question or ("[[inband-error]]" in question and emu.flavor == "nexus"):
             raise _ClientError(500, "Failed to get the completion: the model crashed (emulated)", "internal_error")
         self._delay(emu.latency_ms)
@@ -711,14 +795,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
     def _event(self, payload: Any, spaced: bool = False) -> None:
         if isinstance(payload, str):
             text = payload
         else:
             text = json.dumps(payload) if spaced else orjson.dumps(payload).decode()
-        data = f"data: {text}\n\n".encode()
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+        self._write_chunk(f"data: {text}\n\n".encode())
         self._delay(self.emu.chunk_delay_ms)
 
     def _end_stream(self) -> None:
@@ -825,6 +911,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientError(400, "Fail to deserialize embedding request: invalid type for `input`")
         if any("[[fail]]" in t for t in texts):
             raise _ClientError(500, "Failed to compute embeddings. Reason: emulated failure", "internal_error")
+        if self._answer_malformed(" ".join(texts)):
+            return
         self._delay(emu.latency_ms)
         vectors = emu.embed(texts)
         model = emu.spec.embedding_model
@@ -851,6 +939,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientError(400, "No user messages found.")
         if "[[fail]]" in query:
             raise _ClientError(500, "No point retrieved. Reason: emulated Qdrant failure", "internal_error")
+        if self._answer_malformed(query):
+            return
         self._delay(emu.latency_ms)
         points = emu.retrieve(query)
         meta = {"limit": emu.retrieve_limit, "score_threshold": emu.score_threshold}

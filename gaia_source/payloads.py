@@ -7,11 +7,13 @@ and parameters always maps to the same row (the tables' primary key), across run
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 
+from .errors import GaiaConfigError
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, RETRIEVE_PATH
 
 Message = Dict[str, Any]
@@ -48,6 +50,28 @@ def content_hash(*parts: Any) -> str:
 def request_id(endpoint: str, body: Mapping[str, Any]) -> str:
     """The deterministic id of one request: a hash of its endpoint and body."""
     return content_hash(endpoint, body)
+
+
+Shard = Tuple[int, int]
+
+
+def parse_shard(spec: Optional[str]) -> Optional[Shard]:
+    """``"i/n"`` → ``(i, n)``: this worker takes the inputs whose id falls in partition ``i`` of ``n``.
+
+    Raises:
+        GaiaConfigError: the text is not ``i/n`` with ``0 <= i < n``.
+    """
+    if spec is None or str(spec).strip() == "":
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise GaiaConfigError(f"shard must look like i/n with 0 <= i < n (e.g. 0/4 … 3/4), got {spec!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def in_shard(key: str, shard: Optional[Shard]) -> bool:
+    """Whether a hex id belongs to ``shard``: a deterministic partition, the same on every machine."""
+    return shard is None or int(key[:15], 16) % shard[1] == shard[0]
 
 
 def normalize_chat_params(params: Mapping[str, Any]) -> Dict[str, Any]:

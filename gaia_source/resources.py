@@ -7,16 +7,21 @@ here knows where its inputs came from.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+import logging
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import pyarrow as pa
 
 from .client import GaiaClient
-from .destination import current_pipeline, skip_loaded
+from .destination import current_pipeline, skip_loaded, unique
 from .inputs import ChatInput, QueryInput, TextInput
 from .payloads import (
     PreparedRequest,
+    Shard,
     chat_request,
     embedding_id,
     embeddings_request,
+    in_shard,
     normalize_chat_params,
     retrieve_request,
 )
@@ -34,6 +39,8 @@ from .runner import run_requests
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, INFO_PATH, MODELS_PATH, RETRIEVE_PATH
 from .vectors import VectorColumn
 
+logger = logging.getLogger("gaia_source")
+
 
 def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
     iterator = iter(items)
@@ -41,8 +48,10 @@ def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]
         yield batch
 
 
-def models_rows(client: GaiaClient) -> Iterator[Any]:
-    """Yield one row per model listed by GET /v1/models, stamped with ``last_seen_at``."""
+def models_rows(client: GaiaClient, shard: Optional[Shard] = None) -> Iterator[Any]:
+    """Yield one row per model listed by GET /v1/models, stamped with ``last_seen_at`` (shard 0 only)."""
+    if not _first_shard(shard, "models"):
+        return
 
     def execute(request: PreparedRequest) -> List[Row]:
         body, fetched_at, _ = client.metadata(MODELS_PATH)
@@ -51,8 +60,10 @@ def models_rows(client: GaiaClient) -> Iterator[Any]:
     yield from run_requests("models", client, [PreparedRequest(MODELS_PATH, {})], execute)
 
 
-def info_rows(client: GaiaClient) -> Iterator[Any]:
-    """Yield one snapshot of GET /v1/info (any server generation's shape; the whole body is kept)."""
+def info_rows(client: GaiaClient, shard: Optional[Shard] = None) -> Iterator[Any]:
+    """Yield one snapshot of GET /v1/info (any server generation's shape; the whole body is kept; shard 0 only)."""
+    if not _first_shard(shard, "info"):
+        return
 
     def execute(request: PreparedRequest) -> List[Row]:
         body, fetched_at, latency = client.metadata(INFO_PATH)
@@ -78,8 +89,19 @@ def _chat_requests(
         yield chat_request(item.messages, item.model or model, merged, stream, item.custom_id, item.source)
 
 
+def _first_shard(shard: Optional[Shard], resource: str) -> bool:
+    if shard is not None and shard[0] != 0:
+        logger.info("%s: loaded by shard 0 only (this is shard %d/%d)", resource, *shard)
+        return False
+    return True
+
+
 def _request_key(request: PreparedRequest) -> str:
     return request.request_id
+
+
+def _first(pair: Tuple[str, Any]) -> str:
+    return pair[0]
 
 
 def chat_rows(
@@ -89,6 +111,7 @@ def chat_rows(
     params: Dict[str, Any],
     stream: bool,
     refresh: bool = False,
+    shard: Optional[Shard] = None,
 ) -> Iterator[Any]:
     """Yield one row per prompt: ``chat_completions`` rows, or with ``stream`` the folded SSE answer with its TTFT.
 
@@ -105,7 +128,7 @@ def chat_rows(
         return [chat_completion_row(request, body, latency, client.base_url, requested_at)]
 
     name = "chat_completions_stream" if stream else "chat_completions"
-    requests = _chat_requests(inputs, client, chat_model, params, stream)
+    requests = (r for r in _chat_requests(inputs, client, chat_model, params, stream) if in_shard(r.request_id, shard))
     if not refresh:
         requests = skip_loaded(requests, _request_key, name, "request_id", "status = 'completed'", "prompts")
     yield from run_requests(name, client, requests, execute)
@@ -117,11 +140,12 @@ def embeddings_rows(
     embedding_model: Optional[str],
     batch_size: int,
     refresh: bool = False,
+    shard: Optional[Shard] = None,
 ) -> Iterator[Any]:
     """Yield ``embeddings`` rows: texts are sent ``batch_size`` at a time, one row comes back per text.
 
     A (model, text) pair already in the table is not embedded again unless ``refresh`` (looked up by content hash in
-    the destination, so dlt state does not grow with the corpus).
+    the destination, so dlt state does not grow with the corpus), and a text repeated in the input is sent once.
     """
 
     vector_column = VectorColumn(current_pipeline())
@@ -132,10 +156,11 @@ def embeddings_rows(
         if first is None:
             return
         model = embedding_model or client.discover_models()[1]
-        texts: Iterator[TextInput] = itertools.chain([first], items)
+        keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text), t) for t in itertools.chain([first], items))
+        keyed = unique((kt for kt in keyed if in_shard(kt[0], shard)), _first)  # one row per (model, text) in a load
         if not refresh:
-            texts = skip_loaded(texts, lambda t: embedding_id(model, t.text), "embeddings", "embedding_id", what="texts")
-        for batch in _batched(texts, batch_size):
+            keyed = skip_loaded(keyed, _first, "embeddings", "embedding_id", what="texts")
+        for batch in _batched((text for _, text in keyed), batch_size):
             yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
 
     def execute(request: PreparedRequest) -> Any:
@@ -145,10 +170,33 @@ def embeddings_rows(
         vector_column.ensure(table.schema.field("embedding").type.list_size)  # before the first vectors are loaded
         return table
 
-    yield from run_requests("embeddings", client, requests(), execute)
+    yield from coalesce_tables(run_requests("embeddings", client, requests(), execute))
 
 
-def retrieve_rows(client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]]) -> Iterator[Any]:
+def coalesce_tables(items: Iterable[Any], min_rows: int = 5_000) -> Iterator[Any]:
+    """Merge consecutive Arrow tables into ones of at least ``min_rows`` rows; pass anything else straight through.
+
+    dlt spends a few milliseconds on every item it extracts, whatever its size: thousands of 64-row tables cost more
+    than the vectors in them.
+    """
+    pending: List[pa.Table] = []
+    rows = 0
+    for item in items:
+        if not isinstance(item, pa.Table):
+            yield item
+            continue
+        pending.append(item)
+        rows += item.num_rows
+        if rows >= min_rows:
+            yield pa.concat_tables(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def retrieve_rows(
+    client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]], shard: Optional[Shard] = None
+) -> Iterator[Any]:
     """Yield one ``retrieve`` row per query with its ranked points (POST /v1/retrieve, Gaia <= 0.4 RAG nodes)."""
 
     def execute(request: PreparedRequest) -> List[Row]:
@@ -157,4 +205,5 @@ def retrieve_rows(client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]]
         return [retrieve_row(request, body, latency, client.base_url, retrieved_at)]
 
     queries = (retrieve_request(q.query, q.custom_id, q.source) for q in inputs())
+    queries = (q for q in queries if in_shard(q.request_id, shard))
     yield from run_requests("retrieve", client, queries, execute)

@@ -144,6 +144,11 @@ TABLE_COLUMNS: Dict[str, TTableSchemaColumns] = {
 }
 
 
+DEDUPLICATED_TABLES = frozenset({"embeddings"})
+"""Tables whose resource never yields one key twice in a load (texts are deduplicated by content hash first), so
+dlt's merge can skip its ROW_NUMBER() dedup pass over the staged rows — a pass that copies every 768-float vector."""
+
+
 def declare_tables(schema: Schema) -> None:
     """Put every table's columns in the source schema, so each table has the same shape whatever a load carried.
 
@@ -151,7 +156,10 @@ def declare_tables(schema: Schema) -> None:
     its resource's hints, and resource columns would leak into it.
     """
     for table, columns in TABLE_COLUMNS.items():
-        schema.update_table(new_table(table, columns=[{"name": name, **spec} for name, spec in columns.items()]))
+        schema_table = new_table(table, columns=[{"name": name, **spec} for name, spec in columns.items()])
+        if table in DEDUPLICATED_TABLES:
+            schema_table["x-stage-data-deduplicated"] = True  # type: ignore[typeddict-unknown-key]
+        schema.update_table(schema_table)
 
 
 def utc_now() -> datetime:
@@ -209,6 +217,19 @@ def _fail(request: PreparedRequest, node_url: str, detail: str) -> GaiaResponseE
     return GaiaResponseError("POST", f"{node_url}/{request.endpoint}", detail)
 
 
+def _check_types(request: PreparedRequest, node_url: str, obj: Dict[str, Any], where: str, **expected: Any) -> None:
+    """Fields of ``obj`` that are present and not null must have the expected types."""
+    for key, kinds in expected.items():
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):  # no field here is a bool
+            raise _fail(request, node_url, f"{where}{key} is {type(value).__name__} {value!r:.60}, not {_type_names(kinds)}")
+
+
+def _type_names(kinds: Any) -> str:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join({str: "text", int: "an integer", float: "a number", dict: "an object", list: "a list"}.get(k, k.__name__) for k in kinds)
+
+
 def chat_completion_row(
     request: PreparedRequest, body: Any, latency_s: float, node_url: str, requested_at: datetime, attempts: int = 1
 ) -> Row:
@@ -218,6 +239,10 @@ def chat_completion_row(
     """
     if not isinstance(body, dict):
         raise _fail(request, node_url, f"expected a JSON object, got {type(body).__name__}")
+    if "choices" not in body and body.get("error"):
+        error = body["error"]
+        message_text = error.get("message", error) if isinstance(error, dict) else error
+        raise _fail(request, node_url, f"the node answered HTTP 200 with an error: {str(message_text):.200}")
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise _fail(request, node_url, f"'choices' is {choices!r:.80}; expected a non-empty list")
@@ -225,9 +250,12 @@ def chat_completion_row(
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict):
         raise _fail(request, node_url, "choices[0].message is missing or not an object")
+    _check_types(request, node_url, body, "", id=str, model=str, created=(int, float), usage=dict)
+    _check_types(request, node_url, first, "choices[0].", finish_reason=str)
+    _check_types(request, node_url, message, "choices[0].message.", content=str, role=str, tool_calls=list)
+    if isinstance(body.get("usage"), dict):
+        _check_types(request, node_url, body["usage"], "usage.", prompt_tokens=int, completion_tokens=int, total_tokens=int)
     content = message.get("content")
-    if content is not None and not isinstance(content, str):
-        raise _fail(request, node_url, f"choices[0].message.content is a {type(content).__name__}, not text")
     return {
         **_request_columns(request, node_url, requested_at),
         "status": STATUS_COMPLETED,

@@ -44,7 +44,9 @@ DEFAULT_MAX_ATTEMPTS: Final = 4
 DEFAULT_RETRY_BACKOFF: Final = 0.5
 """Seconds before the first retry; doubles each attempt, with jitter."""
 MAX_RETRY_WAIT: Final = 30.0
-"""Cap on one wait between attempts, also for a server's ``Retry-After``."""
+"""Default cap on one wait between attempts, also for a server's ``Retry-After``."""
+DEFAULT_MAX_RESPONSE_MB: Final = 64.0
+"""Response bodies larger than this are refused and recorded as an error, not read into memory."""
 DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
 """Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import dlt
+import duckdb
 import numpy as np
 import pytest
 from dlt.common.configuration.container import Container
@@ -100,3 +103,22 @@ def as_vector(value: Any) -> "np.ndarray":
 def data_tables(pipeline: dlt.Pipeline) -> set:
     """Tables that have data (dlt's own tables excluded)."""
     return {t for t in pipeline.default_schema.data_table_names(seen_data_only=True) if not t.startswith("_dlt")}
+
+
+SCRIPT = str(REPO_ROOT / "gaia_pipeline.py")
+
+
+def run_cli(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run gaia_pipeline.py in a subprocess, as a user would, with the test's isolated dlt environment."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=240)
+
+
+def counts(db: Path) -> Dict[str, int]:
+    """Row count of every gaia_data table in a DuckDB file."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data' "
+            "AND table_name NOT LIKE '_dlt%'").fetchall()]
+        return {t: con.execute(f"SELECT count(*) FROM gaia_data.{t}").fetchone()[0] for t in tables}

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import duckdb
 import pytest
-from conftest import REPO_ROOT
+from conftest import counts, run_cli
 
-SCRIPT = str(REPO_ROOT / "gaia_pipeline.py")
 KEY = "gaia-CLI-SECRET-0a1b2c3d"
-
-
-def run_cli(cwd: Path, *args: str, env: Dict[str, str] = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=240)
-
-
-def counts(db: Path) -> Dict[str, int]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data' "
-            "AND table_name NOT LIKE '_dlt%'").fetchall()]
-        return {t: con.execute(f"SELECT count(*) FROM gaia_data.{t}").fetchone()[0] for t in tables}
 
 
 def test_demo_loads_all_six_tables(tmp_path: Path) -> None:
