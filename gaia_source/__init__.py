@@ -41,6 +41,7 @@ from .errors import (
 )
 from .inputs import ChatInput, QueryInput, TextInput, iter_prompts, iter_queries, iter_texts, validate
 from .payloads import normalize_chat_params, parse_shard
+from .pool import NodePool, resolve_base_urls
 from .resources import chat_rows, embeddings_rows, info_rows, models_rows, retrieve_rows
 from .rows import declare_tables
 from .settings import (
@@ -57,6 +58,7 @@ from .settings import (
 __all__ = [
     "gaia_source",
     "GaiaClient",
+    "NodePool",
     "resolve_base_url",
     "GaiaError",
     "GaiaConfigError",
@@ -70,8 +72,8 @@ __all__ = [
 
 @dlt.source(name="gaia_source")
 def gaia_source(
-    node_id: Optional[str] = dlt.config.value,
-    base_url: Optional[str] = dlt.config.value,
+    node_id: Optional[Any] = dlt.config.value,
+    base_url: Optional[Any] = dlt.config.value,
     api_key: Optional[TSecretStrValue] = dlt.secrets.value,
     chat_model: Optional[str] = None,
     embedding_model: Optional[str] = None,
@@ -106,8 +108,10 @@ def gaia_source(
     ``api_key`` is a secret (``.dlt/secrets.toml``). Inputs are validated here, before any request is sent.
 
     Args:
-        node_id: A hosted node's id: requests go to ``https://{node_id}.gaia.domains/v1``.
+        node_id: A hosted node's id: requests go to ``https://{node_id}.gaia.domains/v1``. A list spreads requests
+            over several nodes.
         base_url: The node URL, with or without ``/v1`` (e.g. ``http://localhost:8080/v1``); overrides ``node_id``.
+            A list (or comma-separated URLs) spreads requests over several nodes, least busy first.
         api_key: Bearer key. Optional: local nodes need none.
         chat_model: Model for chat requests; discovered from /v1/info or /v1/models when absent.
         embedding_model: Model for embeddings; discovered when absent.
@@ -129,7 +133,7 @@ def gaia_source(
         chat_params: Any other chat request fields, passed through as they are.
         embedding_batch_size: Texts per embeddings request.
         timeout: Seconds to wait for a response (a stream: between chunks).
-        max_concurrency: Requests in flight to the node at once.
+        max_concurrency: Requests in flight to each node at once.
         max_attempts: Sends per request; 429, 5xx, timeouts, connection errors and cut streams are retried.
         retry_backoff: Seconds before the first retry (exponential with jitter after that).
         retry_max_wait: Cap in seconds on one wait between attempts, ``Retry-After`` included.
@@ -143,9 +147,12 @@ def gaia_source(
     """
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
-    url = resolve_base_url(node_id, base_url)
     partition = parse_shard(shard)
-    client = GaiaClient(url, api_key, timeout, max_concurrency, max_attempts, retry_backoff, retry_max_wait, max_response_mb)
+    client = NodePool.connect(
+        resolve_base_urls(node_id, base_url), api_key, timeout=timeout, max_concurrency=max_concurrency,
+        max_attempts=max_attempts, retry_backoff=retry_backoff, retry_max_wait=retry_max_wait,
+        max_response_mb=max_response_mb,
+    )
     params = normalize_chat_params(
         {
             **(chat_params or {}),

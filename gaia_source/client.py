@@ -113,7 +113,9 @@ def configured_client(
         value = dlt.config.get(f"sources.gaia_source.{key}", kind)
         return default if value is None else value
 
-    url = resolve_base_url(setting("node_id", node_id, str), setting("base_url", base_url, str))
+    from .pool import resolve_base_urls  # a configured node list: search and helpers use its first node
+
+    url = resolve_base_urls(setting("node_id", node_id, Any), setting("base_url", base_url, Any))[0]
     key = api_key if api_key is not None else dlt.secrets.get("sources.gaia_source.api_key", str)
     return GaiaClient(
         url,

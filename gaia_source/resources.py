@@ -35,6 +35,7 @@ from .rows import (
     retrieve_row,
     utc_now,
 )
+from .pool import NodePool
 from .runner import run_requests
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, INFO_PATH, MODELS_PATH, RETRIEVE_PATH
 from .vectors import VectorColumn
@@ -48,33 +49,40 @@ def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]
         yield batch
 
 
-def models_rows(client: GaiaClient, shard: Optional[Shard] = None) -> Iterator[Any]:
-    """Yield one row per model listed by GET /v1/models, stamped with ``last_seen_at`` (shard 0 only)."""
+def _per_node(pool: NodePool, path: str) -> List[PreparedRequest]:
+    """One GET per node of the pool (its body names the node, so each has its own request id)."""
+    return [PreparedRequest(path, {"node_url": node.base_url}, extra={"node": node}) for node in pool.nodes]
+
+
+def models_rows(pool: NodePool, shard: Optional[Shard] = None) -> Iterator[Any]:
+    """Yield one row per model each node lists at GET /v1/models, stamped with ``last_seen_at`` (shard 0 only)."""
     if not _first_shard(shard, "models"):
         return
 
     def execute(request: PreparedRequest) -> List[Row]:
-        body, fetched_at, _ = client.metadata(MODELS_PATH)
-        return model_rows(body, client.base_url, fetched_at, client.url(MODELS_PATH))
+        node: GaiaClient = request.extra["node"]
+        body, fetched_at, _ = node.metadata(MODELS_PATH)
+        return model_rows(body, node.base_url, fetched_at, node.url(MODELS_PATH))
 
-    yield from run_requests("models", client, [PreparedRequest(MODELS_PATH, {})], execute)
+    yield from run_requests("models", pool, _per_node(pool, MODELS_PATH), execute)
 
 
-def info_rows(client: GaiaClient, shard: Optional[Shard] = None) -> Iterator[Any]:
-    """Yield one snapshot of GET /v1/info (any server generation's shape; the whole body is kept; shard 0 only)."""
+def info_rows(pool: NodePool, shard: Optional[Shard] = None) -> Iterator[Any]:
+    """Yield one GET /v1/info snapshot per node (any server generation's shape, kept whole; shard 0 only)."""
     if not _first_shard(shard, "info"):
         return
 
     def execute(request: PreparedRequest) -> List[Row]:
-        body, fetched_at, latency = client.metadata(INFO_PATH)
-        return [info_row(body, client.base_url, fetched_at, latency, client.url(INFO_PATH))]
+        node: GaiaClient = request.extra["node"]
+        body, fetched_at, latency = node.metadata(INFO_PATH)
+        return [info_row(body, node.base_url, fetched_at, latency, node.url(INFO_PATH))]
 
-    yield from run_requests("info", client, [PreparedRequest(INFO_PATH, {})], execute)
+    yield from run_requests("info", pool, _per_node(pool, INFO_PATH), execute)
 
 
 def _chat_requests(
     inputs: Callable[[], Iterator[ChatInput]],
-    client: GaiaClient,
+    client: NodePool,
     chat_model: Optional[str],
     params: Dict[str, Any],
     stream: bool,
@@ -105,7 +113,7 @@ def _first(pair: Tuple[str, Any]) -> str:
 
 
 def chat_rows(
-    client: GaiaClient,
+    client: NodePool,
     inputs: Callable[[], Iterator[ChatInput]],
     chat_model: Optional[str],
     params: Dict[str, Any],
@@ -122,10 +130,10 @@ def chat_rows(
     def execute(request: PreparedRequest) -> List[Row]:
         requested_at = utc_now()
         if stream:
-            result, attempts = client.stream_chat(CHAT_PATH, request.body)
-            return [chat_stream_row(request, result, client.base_url, requested_at, attempts)]
-        body, latency = client.post_json(CHAT_PATH, request.body)
-        return [chat_completion_row(request, body, latency, client.base_url, requested_at)]
+            streamed = client.stream_chat(CHAT_PATH, request.body)
+            return [chat_stream_row(request, streamed.result, streamed.node_url, requested_at, streamed.attempts)]
+        reply = client.post_json(CHAT_PATH, request.body)
+        return [chat_completion_row(request, reply.body, reply.latency_s, reply.node_url, requested_at)]
 
     name = "chat_completions_stream" if stream else "chat_completions"
     requests = (r for r in _chat_requests(inputs, client, chat_model, params, stream) if in_shard(r.request_id, shard))
@@ -135,7 +143,7 @@ def chat_rows(
 
 
 def embeddings_rows(
-    client: GaiaClient,
+    client: NodePool,
     inputs: Callable[[], Iterator[TextInput]],
     embedding_model: Optional[str],
     batch_size: int,
@@ -165,8 +173,8 @@ def embeddings_rows(
 
     def execute(request: PreparedRequest) -> Any:
         embedded_at = utc_now()
-        body, _ = client.post_json(EMBEDDINGS_PATH, request.body)
-        table = embedding_table(request, body, client.base_url, embedded_at)
+        reply = client.post_json(EMBEDDINGS_PATH, request.body)
+        table = embedding_table(request, reply.body, reply.node_url, embedded_at)
         vector_column.ensure(table.schema.field("embedding").type.list_size)  # before the first vectors are loaded
         return table
 
@@ -195,14 +203,14 @@ def coalesce_tables(items: Iterable[Any], min_rows: int = 5_000) -> Iterator[Any
 
 
 def retrieve_rows(
-    client: GaiaClient, inputs: Callable[[], Iterator[QueryInput]], shard: Optional[Shard] = None
+    client: NodePool, inputs: Callable[[], Iterator[QueryInput]], shard: Optional[Shard] = None
 ) -> Iterator[Any]:
     """Yield one ``retrieve`` row per query with its ranked points (POST /v1/retrieve, Gaia <= 0.4 RAG nodes)."""
 
     def execute(request: PreparedRequest) -> List[Row]:
         retrieved_at = utc_now()
-        body, latency = client.post_json(RETRIEVE_PATH, request.body)
-        return [retrieve_row(request, body, latency, client.base_url, retrieved_at)]
+        reply = client.post_json(RETRIEVE_PATH, request.body)
+        return [retrieve_row(request, reply.body, reply.latency_s, reply.node_url, retrieved_at)]
 
     queries = (retrieve_request(q.query, q.custom_id, q.source) for q in inputs())
     queries = (q for q in queries if in_shard(q.request_id, shard))

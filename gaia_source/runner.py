@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, TypeVar
 
 import dlt
 
-from .client import GaiaClient
 from .errors import EndpointNotAvailable, GaiaAuthError, GaiaRequestError, GaiaResponseError
 from .payloads import PreparedRequest
 from .rows import Row, failed_request_row
 from .settings import FAILED_REQUESTS_TABLE
+
+if TYPE_CHECKING:
+    from .pool import NodePool
 
 logger = logging.getLogger("gaia_source")
 
@@ -83,9 +85,15 @@ def _failed_state() -> Dict[str, str]:
         return {}
 
 
+def _node_of(error: BaseException, fallback: str) -> str:
+    """The node a failed request went to, from the endpoint URL in the error."""
+    url = getattr(error, "url", None)
+    return url.rsplit("/v1/", 1)[0] + "/v1" if isinstance(url, str) and "/v1/" in url else fallback
+
+
 def run_requests(
     resource: str,
-    client: GaiaClient,
+    client: "NodePool",
     requests: Iterable[PreparedRequest],
     execute: Callable[[PreparedRequest], Any],
 ) -> Iterator[Any]:
@@ -93,7 +101,7 @@ def run_requests(
 
     Args:
         resource: Resource name, for messages and ``failed_requests.resource``.
-        client: The node client (its ``max_concurrency`` bounds the fan-out).
+        client: The nodes (their summed ``max_concurrency`` bounds the fan-out).
         requests: Requests to send, consumed lazily.
         execute: Sends one request and returns its rows (a list of dicts or an Arrow table); raises a
             ``GaiaError`` on failure.
@@ -111,7 +119,8 @@ def run_requests(
             where = f" ({request.source})" if request.source else ""
             logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, exc)
             attempts = getattr(exc, "attempts", 1)
-            return _Outcome(request, failure=failed_request_row(resource, request, exc, client.base_url, attempts))
+            node_url = _node_of(exc, client.base_url)
+            return _Outcome(request, failure=failed_request_row(resource, request, exc, node_url, attempts))
 
     failed = _failed_state()
     iterator = iter(requests)

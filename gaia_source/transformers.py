@@ -24,10 +24,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import dlt
 from dlt.common.typing import TDataItems, TSecretStrValue
 
-from .client import GaiaClient, resolve_base_url
 from .errors import GaiaConfigError
 from .inputs import ChatInput, TextInput, chat_input_from_object, text_input_from_object, with_system_prompt
 from .payloads import normalize_chat_params
+from .pool import NodePool, resolve_base_urls
 from .resources import chat_rows, embeddings_rows
 from .rows import declare_tables
 from .settings import (
@@ -38,21 +38,22 @@ from .settings import (
     DEFAULT_TIMEOUT,
 )
 
-_clients: Dict[Tuple[Any, ...], GaiaClient] = {}
-_clients_lock = threading.Lock()
+_pools: Dict[Tuple[Any, ...], NodePool] = {}
+_pools_lock = threading.Lock()
 
 
 def _client(
-    node_id: Optional[str], base_url: Optional[str], api_key: Optional[str], timeout: float, max_concurrency: int,
+    node_id: Any, base_url: Any, api_key: Optional[str], timeout: float, max_concurrency: int,
     max_attempts: int, retry_backoff: float,
-) -> GaiaClient:
-    """One client (connection pool, discovered models) per node and settings, reused across pages."""
-    url = resolve_base_url(node_id, base_url)
-    key = (url, api_key, timeout, max_concurrency, max_attempts, retry_backoff)
-    with _clients_lock:
-        if key not in _clients:
-            _clients[key] = GaiaClient(url, api_key, timeout, max_concurrency, max_attempts, retry_backoff)
-        return _clients[key]
+) -> NodePool:
+    """One pool (connections, discovered models) per node list and settings, reused across pages."""
+    urls = tuple(resolve_base_urls(node_id, base_url))
+    key = (urls, api_key, timeout, max_concurrency, max_attempts, retry_backoff)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = NodePool.connect(urls, api_key, timeout=timeout, max_concurrency=max_concurrency,
+                                           max_attempts=max_attempts, retry_backoff=retry_backoff)
+        return _pools[key]
 
 
 def records_of(items: TDataItems) -> List[Dict[str, Any]]:
@@ -80,8 +81,8 @@ def _chat_transformer(stream: bool) -> Any:
         items: TDataItems,
         prompt_field: str = "prompt",
         id_field: Optional[str] = None,
-        node_id: Optional[str] = dlt.config.value,
-        base_url: Optional[str] = dlt.config.value,
+        node_id: Optional[Any] = dlt.config.value,
+        base_url: Optional[Any] = dlt.config.value,
         api_key: Optional[TSecretStrValue] = dlt.secrets.value,
         chat_model: Optional[str] = None,
         system_prompt: Optional[str] = None,
@@ -140,8 +141,8 @@ def embeddings_from(
     text_field: str = "text",
     id_field: Optional[str] = None,
     metadata_fields: Optional[Sequence[str]] = None,
-    node_id: Optional[str] = dlt.config.value,
-    base_url: Optional[str] = dlt.config.value,
+    node_id: Optional[Any] = dlt.config.value,
+    base_url: Optional[Any] = dlt.config.value,
     api_key: Optional[TSecretStrValue] = dlt.secrets.value,
     embedding_model: Optional[str] = None,
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
