@@ -1,0 +1,66 @@
+"""Memory: peak RSS of a chat run over 10,000 vs 100,000 prompts read from a file (inputs are streamed, not loaded).
+
+    python bench/memory.py                      # 10,000 and 100,000 prompts, nexus emulator, zero latency
+
+Target (issue 7): peak RSS at 100,000 prompts <= 1.3x that at 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import Timer, emulator, report, run_part, workdir  # noqa: E402
+
+
+def part_gaia(args: Dict[str, Any]) -> None:
+    """Load chat_completions for a prompts file; report time, rows and this process's peak RSS."""
+    import dlt
+
+    from gaia_source import gaia_source
+
+    pipeline = dlt.pipeline("bench_memory", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "m.duckdb")),
+                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    source = gaia_source(base_url=args["base_url"], prompts_file=args["prompts_file"], chat_model="Qwen3-4B",
+                         max_concurrency=16).with_resources("chat_completions")
+    with Timer() as t:
+        pipeline.run(source).raise_on_failed_jobs()
+    with pipeline.sql_client() as client:
+        rows = client.execute_sql("SELECT count(*) FROM chat_completions")[0][0]
+    report({"seconds": t.seconds, "rows": rows})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=100_000)
+    parser.add_argument("--part", choices=["gaia"], help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        part_gaia(json.loads(args.args))
+        return 0
+    results = {}
+    with emulator("nexus") as base_url:
+        for count in (args.small, args.large):
+            prompts = workdir("gaia-bench-memory-") / "prompts.txt"
+            prompts.write_text("".join(f"Prompt {i}: tell me about the number {i}.\n" for i in range(count)))
+            results[count] = run_part(__file__, "gaia", {"base_url": base_url, "prompts_file": str(prompts),
+                                                         "dir": str(workdir("gaia-bench-memory-"))})
+            assert results[count]["rows"] == count, results[count]
+    for count, part in results.items():
+        print(f"{count:>9,} prompts: {part['seconds']:7.2f} s   {count / part['seconds']:7.0f} prompts/s   "
+              f"peak RSS {part['peak_rss_mb']:6.0f} MB")
+    ratio = results[args.large]["peak_rss_mb"] / results[args.small]["peak_rss_mb"]
+    print(f"peak RSS {args.large:,} / {args.small:,}: {ratio:.2f}x (target <= 1.3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
