@@ -196,5 +196,8 @@ def gaia_source(
             # new texts only (hash lookup) are appended; a refresh re-embeds existing ones and merges them
             name="embeddings", write_disposition="merge" if refresh else "append", primary_key="embedding_id",
         ),
-        dlt.resource(retrieve_rows(client, query_inputs, partition), name="retrieve", write_disposition="merge", primary_key="request_id"),
+        dlt.resource(
+            retrieve_rows(client, query_inputs, partition),
+            name="retrieve", write_disposition="merge", primary_key="request_id",
+        ),
     )

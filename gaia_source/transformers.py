@@ -128,14 +128,18 @@ def _chat_transformer(stream: bool) -> Any:
     Yields:
         Rows of ``{table}`` and ``failed_requests``.
     """
-    return dlt.transformer(section="gaia_source", name=table, write_disposition="merge", primary_key="request_id")(transform)
+    return dlt.transformer(
+        section="gaia_source", name=table, write_disposition="merge", primary_key="request_id"
+    )(transform)
 
 
 chat_completions_from = _chat_transformer(stream=False)
 chat_completions_stream_from = _chat_transformer(stream=True)
 
 
-@dlt.transformer(section="gaia_source", name="embeddings", write_disposition="merge", primary_key="embedding_id")
+@dlt.transformer(
+    section="gaia_source", name="embeddings", write_disposition="merge", primary_key="embedding_id"
+)
 def embeddings_from(
     items: TDataItems,
     text_field: str = "text",

@@ -1,0 +1,89 @@
+"""The same load into PostgreSQL and into parquet files: vectors, usage and nested fields land in usable columns."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dlt
+import psycopg2
+import pyarrow.parquet as pq
+import pytest
+
+from gaia_source import gaia_source
+from gaia_source.emulator import answer_for, embed_text
+
+POSTGRES = os.environ.get("GAIA_TEST_POSTGRES", "postgresql://postgres:trust@127.0.0.1:5432/test")
+PROMPTS = ["What is the capital of France?", "What does dlt do?"]
+TEXTS = ["Paris is on the Seine.", "DuckDB has array columns."]
+QUERIES = ["Where is Paris located?"]
+
+
+def _postgres_up() -> bool:
+    try:
+        psycopg2.connect(POSTGRES, connect_timeout=3).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+@pytest.fixture
+def postgres_dataset():
+    if not _postgres_up():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES}: .ci/run should have started it")
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
+    name = f"gaia_test_{uuid.uuid4().hex[:8]}"
+    yield name
+    with psycopg2.connect(POSTGRES) as con, con.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP SCHEMA IF EXISTS {name}_staging CASCADE")
+
+
+def test_postgres(make_node, tmp_path: Path, postgres_dataset: str) -> None:
+    node = make_node("rag")
+    pipeline = dlt.pipeline("gaia_pg", destination=dlt.destinations.postgres(POSTGRES), dataset_name=postgres_dataset,
+                            pipelines_dir=str(tmp_path / "pipelines"))
+    source = gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS, queries=QUERIES)
+    pipeline.run(source).raise_on_failed_jobs()
+    with pipeline.sql_client() as client:
+        chat = {row[0]: row[1:] for row in client.execute_sql(
+            "SELECT content, prompt_tokens, completion_tokens, messages->0->>'content', jsonb_typeof(choices) "
+            "FROM chat_completions")}
+        assert chat["Paris is the capital of France."] == (9, 6, "What is the capital of France?", "array")
+        assert len(chat) == 2
+        streamed = client.execute_sql("SELECT status, ttft_ms IS NOT NULL, usage_reported FROM chat_completions_stream")
+        assert streamed == [("completed", True, True)] * 2
+        vectors = client.execute_sql("SELECT text, dim, embedding FROM embeddings ORDER BY text")
+        assert [(t, d, len(v)) for t, d, v in vectors] == [(t, 768, 768) for t in sorted(TEXTS)]
+        assert vectors[1][2] == pytest.approx(embed_text(vectors[1][0], 768).tolist(), abs=1e-6)
+        types = dict(client.execute_sql(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = 'embeddings' AND column_name IN ('embedding', 'metadata')", postgres_dataset))
+        assert types == {"embedding": "jsonb", "metadata": "jsonb"}
+        points = client.execute_sql("SELECT p.rank, p.score FROM retrieve__points p ORDER BY p.rank")
+        assert [p[0] for p in points] == list(range(1, len(points) + 1)) and len(points) >= 2
+    node.reset_stats()
+    pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS).with_resources(
+        "chat_completions", "embeddings")).raise_on_failed_jobs()
+    assert node.requests_to("/v1/chat/completions") == 0 and node.requests_to("/v1/embeddings") == 0  # skip works here
+
+
+def test_filesystem_parquet(make_node, tmp_path: Path) -> None:
+    node = make_node("nexus")
+    bucket = tmp_path / "lake"
+    pipeline = dlt.pipeline("gaia_fs", destination=dlt.destinations.filesystem(bucket.as_uri()), dataset_name="gaia_data",
+                            pipelines_dir=str(tmp_path / "pipelines"))
+    source = gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS)
+    pipeline.run(source, loader_file_format="parquet").raise_on_failed_jobs()
+    [embeddings_file] = (bucket / "gaia_data" / "embeddings").glob("*.parquet")
+    table = pq.read_table(embeddings_file)
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[768]"
+    rows = {r["text"]: r for r in table.to_pylist()}
+    assert rows[TEXTS[0]]["embedding"] == pytest.approx(embed_text(TEXTS[0], 768).tolist(), abs=1e-6)
+    chat = pipeline.dataset()("SELECT content, total_tokens, usage_reported FROM chat_completions").df()
+    assert sorted(chat["content"]) == sorted(answer_for(p, "Qwen3-4B") for p in PROMPTS)
+    assert all(chat["total_tokens"] > 0) and all(chat["usage_reported"])
+    node.reset_stats()
+    pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS), loader_file_format="parquet")
+    assert node.requests_to("/v1/chat/completions") == 0 and node.requests_to("/v1/embeddings") == 0
