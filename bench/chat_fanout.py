@@ -13,7 +13,6 @@ Targets (issue 7): extraction <= 1.3x ideal, end to end <= 1.6x ideal, >= 10x fa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict
@@ -21,17 +20,14 @@ from typing import Any, Dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Timer, emulator, report, run_part, workdir  # noqa: E402
+from common import bench_pipeline, parse_args, Timer, emulator, report, run_part, workdir  # noqa: E402
 
 
 def part_gaia(args: Dict[str, Any]) -> None:
     """Extract, then normalize and load, the chat_completions resource over a prompts file."""
-    import dlt
-
     from gaia_source import gaia_source
 
-    pipeline = dlt.pipeline("bench_chat", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "chat.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_chat", args["dir"])
     source = gaia_source(base_url=args["base_url"], prompts_file=args["prompts_file"], chat_model="Qwen3-4B",
                          max_concurrency=args["concurrency"]).with_resources("chat_completions")
     with Timer() as total:
@@ -72,8 +68,7 @@ def part_naive(args: Dict[str, Any]) -> None:
             },
         ],
     }
-    pipeline = dlt.pipeline("bench_naive", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "naive.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_naive", args["dir"])
     with Timer() as total:
         pipeline.run(rest_api_source(config)).raise_on_failed_jobs()
     with pipeline.sql_client() as client:
@@ -90,11 +85,8 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--slice", type=int, default=100, help="prompts for the naive baseline")
-    parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
-    parser.add_argument("--args", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.part:
-        PARTS[args.part](json.loads(args.args))
+    args, was_part = parse_args(parser, PARTS)
+    if was_part:
         return 0
     prompts_file = workdir("gaia-bench-prompts-") / "prompts.txt"
     prompts_file.write_text("".join(f"Question number {i}: what is {i} squared?\n" for i in range(args.prompts)))

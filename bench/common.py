@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -11,7 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 
@@ -79,6 +80,25 @@ class Timer:
 
     def __exit__(self, *exc: Any) -> None:
         self.seconds = time.perf_counter() - self.started
+
+
+def parse_args(parser: "argparse.ArgumentParser", parts: Dict[str, Any]) -> Tuple[Any, bool]:
+    """Parse the command line; when it names an internal ``--part``, run that part and say so (True)."""
+    parser.add_argument("--part", choices=sorted(parts), help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        parts[args.part](json.loads(args.args))
+        return args, True
+    return args, False
+
+
+def bench_pipeline(name: str, directory: str) -> Any:
+    """A dlt pipeline loading into a DuckDB file in ``directory`` (its working dir there too)."""
+    import dlt
+
+    return dlt.pipeline(name, destination=dlt.destinations.duckdb(str(Path(directory) / f"{name}.duckdb")),
+                        dataset_name="gaia_data", pipelines_dir=str(Path(directory) / "pipelines"))
 
 
 def workdir(prefix: str) -> Path:

@@ -17,7 +17,6 @@ the first.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Dict, Iterator, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Timer, emulator, emulator_requests, fmt_row, ratio, report, run_part, workdir  # noqa: E402
+from common import bench_pipeline, parse_args, Timer, emulator, emulator_requests, fmt_row, ratio, report, run_part, workdir  # noqa: E402
 
 WORDS = ("paris seine river france tower gaia node model vector warehouse duckdb arrow table query index search "
          "embedding token latency stream answer prompt corpus document chapter section").split()
@@ -91,12 +90,9 @@ def part_raw(args: Dict[str, Any]) -> None:
 
 def part_gaia(args: Dict[str, Any]) -> None:
     """The gaia_source pipeline, as a user runs it."""
-    import dlt
-
     from gaia_source import gaia_source
 
-    pipeline = dlt.pipeline("bench_embeddings", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "gaia.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_embeddings", args["dir"])
     source = gaia_source(base_url=args["base_url"], texts_file=args["texts_file"],
                          embedding_batch_size=args["batch_size"], max_concurrency=args["concurrency"])
     with Timer() as t:
@@ -125,8 +121,7 @@ def part_dlt_default(args: Dict[str, Any]) -> None:
                                             headers={"Content-Type": "application/json"}).content)
             yield [{"text": texts[d["index"]], "model": body["model"], "embedding": d["embedding"]} for d in body["data"]]
 
-    pipeline = dlt.pipeline("bench_default", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "default.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_default", args["dir"])
     with Timer() as t:
         pipeline.run(embeddings())
     with pipeline.sql_client() as sql:
@@ -145,11 +140,8 @@ def main() -> int:
     parser.add_argument("--slice", type=int, default=2_000, help="texts for dlt's default (it is slow)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
-    parser.add_argument("--args", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.part:
-        PARTS[args.part](json.loads(args.args))
+    args, was_part = parse_args(parser, PARTS)
+    if was_part:
         return 0
 
     print(f"embeddings benchmark: {args.texts:,} texts x {args.dim} dims, batch {args.batch_size}, "

@@ -8,7 +8,6 @@ Target (issue 7): peak RSS at 100,000 prompts <= 1.3x that at 10,000.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict
@@ -16,17 +15,14 @@ from typing import Any, Dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Timer, emulator, report, run_part, workdir  # noqa: E402
+from common import bench_pipeline, parse_args, Timer, emulator, report, run_part, workdir  # noqa: E402
 
 
 def part_gaia(args: Dict[str, Any]) -> None:
     """Load chat_completions for a prompts file; report time, rows and this process's peak RSS."""
-    import dlt
-
     from gaia_source import gaia_source
 
-    pipeline = dlt.pipeline("bench_memory", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "m.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_memory", args["dir"])
     source = gaia_source(base_url=args["base_url"], prompts_file=args["prompts_file"], chat_model="Qwen3-4B",
                          max_concurrency=16).with_resources("chat_completions")
     with Timer() as t:
@@ -36,15 +32,15 @@ def part_gaia(args: Dict[str, Any]) -> None:
     report({"seconds": t.seconds, "rows": rows})
 
 
+PARTS = {"gaia": part_gaia}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=100_000)
-    parser.add_argument("--part", choices=["gaia"], help=argparse.SUPPRESS)
-    parser.add_argument("--args", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.part:
-        part_gaia(json.loads(args.args))
+    args, was_part = parse_args(parser, PARTS)
+    if was_part:
         return 0
     results = {}
     with emulator("nexus") as base_url:

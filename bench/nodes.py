@@ -9,7 +9,6 @@ Both runs use the same per-node concurrency. Target (issue 7): 4 nodes >= 3.5x t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,17 +17,14 @@ from typing import Any, Dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Timer, emulator, emulator_requests, report, run_part, workdir  # noqa: E402
+from common import bench_pipeline, parse_args, Timer, emulator, emulator_requests, report, run_part, workdir  # noqa: E402
 
 
 def part_gaia(args: Dict[str, Any]) -> None:
     """Extract chat_completions for N prompts spread over the given nodes."""
-    import dlt
-
     from gaia_source import gaia_source
 
-    pipeline = dlt.pipeline("bench_nodes", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "n.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_nodes", args["dir"])
     prompts = [f"Question {i} for the pool?" for i in range(args["prompts"])]
     source = gaia_source(base_url=args["nodes"], prompts=prompts, chat_model="Llama-3.2-3B-Instruct",
                          max_concurrency=args["concurrency"]).with_resources("chat_completions")
@@ -41,17 +37,17 @@ def part_gaia(args: Dict[str, Any]) -> None:
     report({"seconds": t.seconds, "rows": rows})
 
 
+PARTS = {"gaia": part_gaia}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=2, help="per node")
-    parser.add_argument("--part", choices=["gaia"], help=argparse.SUPPRESS)
-    parser.add_argument("--args", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.part:
-        part_gaia(json.loads(args.args))
+    args, was_part = parse_args(parser, PARTS)
+    if was_part:
         return 0
     with ExitStack() as stack:
         urls = [stack.enter_context(emulator("rag", "--latency-ms", str(args.latency_ms))) for _ in range(args.nodes)]

@@ -12,7 +12,6 @@ Target (issue 7): gaia_source <= 1.5x the bare httpx-sse loop.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -20,7 +19,7 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Timer, emulator, report, run_part, workdir  # noqa: E402
+from common import bench_pipeline, parse_args, Timer, emulator, report, run_part, workdir  # noqa: E402
 
 
 def _prompts(count: int, words: int) -> List[str]:
@@ -49,12 +48,9 @@ def part_bare(args: Dict[str, Any]) -> None:
 
 def part_gaia(args: Dict[str, Any]) -> None:
     """The chat_completions_stream resource, extraction only, one stream at a time."""
-    import dlt
-
     from gaia_source import gaia_source
 
-    pipeline = dlt.pipeline("bench_stream", destination=dlt.destinations.duckdb(str(Path(args["dir"]) / "s.duckdb")),
-                            dataset_name="gaia_data", pipelines_dir=str(Path(args["dir"]) / "pipelines"))
+    pipeline = bench_pipeline("bench_stream", args["dir"])
     source = gaia_source(base_url=args["base_url"], prompts=_prompts(args["streams"], args["words"]),
                          chat_model="Llama-3.2-3B-Instruct", max_concurrency=1).with_resources("chat_completions_stream")
     with Timer() as t:
@@ -74,11 +70,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--words", type=int, default=397, help="prompt words (the answer has ~3 more chunks)")
-    parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
-    parser.add_argument("--args", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.part:
-        PARTS[args.part](json.loads(args.args))
+    args, was_part = parse_args(parser, PARTS)
+    if was_part:
         return 0
     common = {"streams": args.streams, "words": args.words}
     with emulator("rag") as base_url:
