@@ -43,11 +43,6 @@ def emulator_requests(base_url: str, path: str) -> int:
     return sum(n for key, n in stats.items() if key.split(" ", 1)[-1] == path)
 
 
-def reset_emulator_requests(base_url: str) -> Dict[str, int]:
-    """Snapshot of the emulator's counters (diff two snapshots to count one phase)."""
-    return httpx.get(base_url.rsplit("/v1", 1)[0] + "/_emulator/stats").json()["requests"]
-
-
 def run_part(script: str, part: str, args: Dict[str, Any]) -> Dict[str, Any]:
     """Run one benchmark part in a fresh Python process; it prints one JSON line with its figures."""
     env = {**os.environ, **BENCH_ENV}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import orjson
 
@@ -150,11 +150,3 @@ def embedding_id(model: Optional[str], text: str) -> str:
 def chat_params_of(body: Mapping[str, Any]) -> Dict[str, Any]:
     """The parameters of a chat body: everything except messages, model and the streaming switches."""
     return {k: v for k, v in body.items() if k not in ("messages", "model", "stream", "stream_options")}
-
-
-def user_messages_text(messages: List[Message]) -> str:
-    """The text of the last user message (strings only), as a node's retrieval uses it."""
-    for message in reversed(messages):
-        if message.get("role") == "user" and isinstance(message.get("content"), str):
-            return message["content"]
-    return ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import dlt
 import numpy as np
@@ -200,10 +200,3 @@ def create_hnsw_index(pipeline: dlt.Pipeline, metric: str = "cosine", name: str 
         sql.execute_sql("SET hnsw_enable_experimental_persistence = true")
         table = sql.make_qualified_table_name(TABLE)
         sql.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING HNSW (embedding) WITH (metric = '{metric}')")
-
-
-def loaded_dims(pipeline: dlt.Pipeline) -> List[int]:
-    """The vector dimensions present in the ``embeddings`` table."""
-    with pipeline.sql_client() as sql:
-        rows = sql.execute_sql(f"SELECT DISTINCT dim FROM {sql.make_qualified_table_name(TABLE)} ORDER BY dim")
-    return [int(r[0]) for r in rows or []]
