@@ -312,8 +312,8 @@ class GaiaClient:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             return min(retry_after, self.retry_max_wait)  # the server's Retry-After, capped
-        backoff = wait_exponential_jitter(initial=self.retry_backoff, max=self.retry_max_wait, jitter=self.retry_backoff)
-        return min(backoff(state), self.retry_max_wait)
+        # exponential with jitter; tenacity caps the result (jitter included) at retry_max_wait
+        return wait_exponential_jitter(initial=self.retry_backoff, max=self.retry_max_wait, jitter=self.retry_backoff)(state)
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

@@ -28,6 +28,11 @@ def current_pipeline() -> Optional[dlt.Pipeline]:
         return None
 
 
+def destination_name(pipeline: Optional[dlt.Pipeline]) -> Optional[str]:
+    """The destination a pipeline loads to (``duckdb``, ``postgres``, ``filesystem``…), or None."""
+    return pipeline.destination.destination_name if pipeline is not None and pipeline.destination is not None else None
+
+
 class LoadedIds:
     """Looks up which ids a destination table already holds, through one SQL connection opened on first use.
 
@@ -43,7 +48,7 @@ class LoadedIds:
         self.where = where
         self._pipeline = current_pipeline()
         self._client: Any = None
-        self._usable = self._pipeline is not None and self._pipeline.destination is not None
+        self._usable = destination_name(self._pipeline) is not None
 
     def __enter__(self) -> "LoadedIds":
         return self
@@ -68,7 +73,7 @@ class LoadedIds:
             qualified = client.make_qualified_table_name(self.table)
             column = client.escape_column_name(self.id_column)
             condition = f" AND ({self.where})" if self.where else ""
-            kind = self._pipeline.destination.destination_name  # type: ignore[union-attr]
+            kind = destination_name(self._pipeline)
             for start in range(0, len(wanted), LOOKUP_BATCH):
                 batch = wanted[start : start + LOOKUP_BATCH]
                 if kind in ("duckdb", "motherduck"):  # one list parameter binds ~8x faster than thousands of them

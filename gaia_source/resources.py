@@ -16,7 +16,7 @@ import pyarrow as pa
 from dlt.extract.items import DataItemWithMeta
 
 from .client import GaiaClient
-from .destination import current_pipeline, skip_loaded, unique
+from .destination import current_pipeline, destination_name, skip_loaded, unique
 from .inputs import ChatInput, QueryInput, TextInput
 from .payloads import (
     PreparedRequest,
@@ -52,16 +52,13 @@ def _batched(items: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]
         yield batch
 
 
-def load_file_format() -> Optional[str]:
-    """parquet on DuckDB: it loads parquet with a fraction of the memory insert_values statements take (0.4 GB vs
-    1.7 GB peak at 10,000 completions). Elsewhere the destination's own choice stands (PostgreSQL keeps ``jsonb``)."""
-    pipeline = current_pipeline()
-    name = pipeline.destination.destination_name if pipeline is not None and pipeline.destination is not None else None
-    return "parquet" if name in ("duckdb", "motherduck") else None
+def with_load_format(items: Iterable[Any]) -> Iterator[Any]:
+    """On DuckDB, carry a ``parquet`` file-format hint on the first plain item (dlt applies it to the item's table).
 
-
-def with_file_format(items: Iterable[Any], file_format: Optional[str]) -> Iterator[Any]:
-    """Carry a ``file_format`` hint on the first plain item (dlt applies hints carried by items to their table)."""
+    DuckDB loads parquet with a fraction of the memory insert_values statements take (0.4 GB vs 1.7 GB peak at
+    10,000 completions). Elsewhere the destination's own choice stands (PostgreSQL keeps ``jsonb``).
+    """
+    file_format = "parquet" if destination_name(current_pipeline()) in ("duckdb", "motherduck") else None
     tagged = file_format is None
     for item in items:
         if not tagged and not isinstance(item, DataItemWithMeta):
@@ -85,7 +82,7 @@ def models_rows(pool: NodePool, shard: Optional[Shard] = None) -> Iterator[Any]:
         body, fetched_at, _ = node.metadata(MODELS_PATH)
         return model_rows(body, node.base_url, fetched_at, node.url(MODELS_PATH))
 
-    yield from with_file_format(run_requests("models", pool, _per_node(pool, MODELS_PATH), execute), load_file_format())
+    yield from with_load_format(run_requests("models", pool, _per_node(pool, MODELS_PATH), execute))
 
 
 def info_rows(pool: NodePool, shard: Optional[Shard] = None) -> Iterator[Any]:
@@ -98,7 +95,7 @@ def info_rows(pool: NodePool, shard: Optional[Shard] = None) -> Iterator[Any]:
         body, fetched_at, latency = node.metadata(INFO_PATH)
         return [info_row(body, node.base_url, fetched_at, latency, node.url(INFO_PATH))]
 
-    yield from with_file_format(run_requests("info", pool, _per_node(pool, INFO_PATH), execute), load_file_format())
+    yield from with_load_format(run_requests("info", pool, _per_node(pool, INFO_PATH), execute))
 
 
 def _chat_requests(
@@ -160,7 +157,7 @@ def chat_rows(
     requests = (r for r in _chat_requests(inputs, client, chat_model, params, stream) if in_shard(r.request_id, shard))
     if not refresh:
         requests = skip_loaded(requests, _request_key, name, "request_id", "status = 'completed'", "prompts")
-    yield from with_file_format(run_requests(name, client, requests, execute), load_file_format())
+    yield from with_load_format(run_requests(name, client, requests, execute))
 
 
 def embeddings_rows(
@@ -181,9 +178,8 @@ def embeddings_rows(
     vector_column = VectorColumn(pipeline)
     # DuckDB and parquet files take Arrow vectors as they are; other destinations (PostgreSQL loads Arrow as CSV,
     # which has no list type) get plain rows, whose vectors dlt stores in the JSON column.
-    arrow_native = pipeline is None or pipeline.destination is None or (
-        pipeline.destination.destination_name in ARROW_VECTOR_DESTINATIONS
-    )
+    destination = destination_name(pipeline)
+    arrow_native = destination is None or destination in ARROW_VECTOR_DESTINATIONS
 
     def requests() -> Iterator[PreparedRequest]:
         items = inputs()
@@ -205,7 +201,7 @@ def embeddings_rows(
         vector_column.ensure(table.schema.field("embedding").type.list_size)  # before the first vectors are loaded
         return table if arrow_native else table_rows(table)
 
-    yield from with_file_format(coalesce_tables(run_requests("embeddings", client, requests(), execute)), load_file_format())
+    yield from with_load_format(coalesce_tables(run_requests("embeddings", client, requests(), execute)))
 
 
 ARROW_VECTOR_DESTINATIONS = frozenset({"duckdb", "motherduck", "filesystem"})
@@ -253,4 +249,4 @@ def retrieve_rows(
 
     queries = (retrieve_request(q.query, q.custom_id, q.source) for q in inputs())
     queries = (q for q in queries if in_shard(q.request_id, shard))
-    yield from with_file_format(run_requests("retrieve", client, queries, execute), load_file_format())
+    yield from with_load_format(run_requests("retrieve", client, queries, execute))

@@ -11,6 +11,7 @@ A request that still fails after its retries is not lost and does not stop the o
 
 from __future__ import annotations
 
+import itertools
 import logging
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def run_requests(
     try:
         probe = attempt(first)
         outcomes = fan_out(attempt, iterator, client.max_concurrency)
-        for outcome in _chain_one(probe, outcomes):
+        for outcome in itertools.chain([probe], outcomes):
             request_id = outcome.request.request_id
             if outcome.rows is not None and len(outcome.rows) > 0:
                 yield outcome.rows
@@ -141,8 +142,3 @@ def run_requests(
                 yield dlt.mark.with_hints({"request_id": request_id, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
     except EndpointNotAvailable as exc:
         logger.warning("Skipping resource '%s': %s", resource, exc)
-
-
-def _chain_one(first: R, rest: Iterator[R]) -> Iterator[R]:
-    yield first
-    yield from rest

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .client import GaiaClient, configured_client
+from .destination import destination_name
 from .errors import GaiaConfigError, GaiaError
 from .rows import EMBEDDING_COLUMNS
 from .settings import EMBEDDINGS_PATH
@@ -30,7 +31,7 @@ _DUCKDB_TYPES = {"text": "VARCHAR", "bigint": "BIGINT", "double": "DOUBLE", "boo
 
 
 def _is_duckdb(pipeline: Optional[dlt.Pipeline]) -> bool:
-    return pipeline is not None and pipeline.destination is not None and pipeline.destination.destination_name == "duckdb"
+    return destination_name(pipeline) == "duckdb"
 
 
 def _column_type(client: Any, schema_name: str, table: str, column: str) -> Optional[str]:
