@@ -27,9 +27,12 @@ import dlt
 from dlt.common.pipeline import LoadInfo
 from dlt.pipeline.exceptions import PipelineStepFailed
 
+from dlt.extract.source import DltSource
+
 from gaia_source import RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
 from gaia_source.batch import CHAT_TABLES, export_batch_output
 from gaia_source.emulator import FLAVORS, NodeEmulator
+from gaia_source.endpoints import ENDPOINT_BY_NAME
 from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXTS
 from gaia_source.settings import DATASET_NAME, FAILED_REQUESTS_TABLE, PIPELINE_NAME
 
@@ -108,15 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configured(key: str) -> bool:
-    """Whether ``[sources.gaia_source] <key>`` is set in config/env (so the CLI does not fall back to samples)."""
-    for name in (f"sources.gaia_source.{key}", f"sources.gaia_source.gaia_source.{key}"):
-        with contextlib.suppress(Exception):
-            if dlt.config.get(name) is not None:
-                return True
-    return False
-
-
 def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str, Any]:
     """Only what the command line sets: everything else keeps coming from dlt config."""
     given = {
@@ -134,16 +128,24 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "shard": args.shard,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
-    samples = {"prompts": ("prompts_file", SAMPLE_PROMPTS), "texts": ("texts_file", SAMPLE_TEXTS),
-               "queries": ("queries_file", SAMPLE_QUERIES)}
-    for key, (file_key, sample) in samples.items():
-        if file_key in source_args or (not args.demo and (_configured(key) or _configured(file_key))):
-            continue
-        source_args[key] = sample
-        if not args.demo:
-            print(f"note: no {key} configured; sending the {len(sample)} built-in sample {key} "
-                  f"(set {key} / {file_key} in [sources.gaia_source], or --{file_key.replace('_', '-')})")
+    if args.demo:  # the built-in samples go to the emulated node only, and only where no file was given
+        samples = {"prompts": SAMPLE_PROMPTS, "texts": SAMPLE_TEXTS, "queries": SAMPLE_QUERIES}
+        for key, sample in samples.items():
+            if f"{key}_file" not in source_args:
+                source_args[key] = sample
     return source_args
+
+
+def _select(source: DltSource, wanted: Sequence[str]) -> List[str]:
+    """Keep ``wanted`` resources selected (the source has already deselected those without inputs); return the
+    wanted ones that will not run for lack of inputs."""
+    idle = []
+    for name, resource in source.resources.items():
+        if name not in wanted:
+            resource.selected = False
+        elif not resource.selected:
+            idle.append(name)
+    return idle
 
 
 def _resources(spec: Optional[str]) -> List[str]:
@@ -209,11 +211,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resources = _resources(args.resources)
         with _demo_node(args.demo, args.demo_flavor) as emulator:
             source_args = _source_args(args, emulator.base_url if emulator else None)
-            source = gaia_source(**source_args).with_resources(*resources)
             pipeline = dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
                 progress=None if progress == "none" else progress,
             )
+            source = gaia_source(**source_args)
+            idle = _select(source, resources)
             load_info = pipeline.run(source)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -226,6 +229,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED
     print(load_info)
     failing = _print_counts(pipeline)
+    if idle:
+        print("\nnot run (no inputs): " + ", ".join(f"{name} (--{ENDPOINT_BY_NAME[name].inputs}-file)" for name in idle)
+              + "; inputs can also be set in [sources.gaia_source] (prompts, texts, queries and their *_file keys)")
     if args.export_batch_output:
         lines = export_batch_output(pipeline, args.export_batch_output, args.export_table)
         print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")

@@ -1,17 +1,18 @@
 """A dlt source for Gaia LLM nodes: GaiaNet nodes (<= 0.4 rag-api-server and >= 0.5 gaia-nexus) and AMD GAIA servers.
 
-Six resources, one table each (plus ``retrieve__points`` and ``failed_requests``):
+Six resources, one table each (plus ``retrieve__points`` and ``failed_requests``), declared in the endpoint catalogue
+(:mod:`gaia_source.endpoints`):
 
-==========================  =======================  ===================================================
-resource                    request                  table
-==========================  =======================  ===================================================
-``models``                  GET /v1/models           one row per model, merged by (node_url, id)
-``info``                    GET /v1/info             one snapshot per run, appended (a history)
+==========================  =========================  =================================================
+resource                    request                    table
+==========================  =========================  =================================================
+``models``                  GET /v1/models             one row per model, merged by (node_url, id)
+``info``                    GET /v1/info               one snapshot per run, appended (a history)
 ``chat_completions``        POST /v1/chat/completions  one row per prompt, merged by request id
-``chat_completions_stream`` POST … ``stream: true``  one row per prompt, with time to first token
-``embeddings``              POST /v1/embeddings      one row per text, the vector in one column
-``retrieve``                POST /v1/retrieve        one row per query; points in ``retrieve__points``
-==========================  =======================  ===================================================
+``chat_completions_stream`` POST … ``stream: true``    one row per prompt, with time to first token
+``embeddings``              POST /v1/embeddings        one row per text, the vector in one column
+``retrieve``                POST /v1/retrieve          one row per query; points in ``retrieve__points``
+==========================  =========================  =================================================
 
 Usage::
 
@@ -24,59 +25,64 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+import logging
+from typing import Any, Dict, List, Optional, Sequence
 
 import dlt
-from dlt.common.typing import TSecretStrValue
 from dlt.sources import DltResource
 
-from .client import GaiaClient, resolve_base_url
+from .client import NodeClient, Reply
+from .config import NodeSettings, resolve_base_url, resolve_base_urls, resolve_node_settings
+from .context import RunContext
+from .endpoints import ENDPOINTS, RESOURCE_NAMES, Plan
 from .errors import (
     EndpointNotAvailable,
     GaiaAuthError,
     GaiaConfigError,
     GaiaError,
+    GaiaLookupError,
     GaiaRequestError,
     GaiaResponseError,
+    GaiaStreamError,
+    GaiaStreamInterrupted,
 )
-from .inputs import ChatInput, QueryInput, TextInput, iter_prompts, iter_queries, iter_texts, validate
+from .inputs import iter_prompts, iter_queries, iter_texts, validate
 from .payloads import normalize_chat_params, parse_shard
-from .pool import NodePool, resolve_base_urls
-from .resources import chat_rows, embeddings_rows, info_rows, models_rows, retrieve_rows
-from .rows import declare_tables
-from .settings import (
-    DEFAULT_EMBEDDING_BATCH_SIZE,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_RESPONSE_MB,
-    DEFAULT_RETRY_BACKOFF,
-    DEFAULT_TIMEOUT,
-    MAX_RETRY_WAIT,
-    RESOURCE_NAMES,
-)
+from .pool import NodePool
+from .resources import declare_tables, source_resources
+from .settings import DEFAULT_EMBEDDING_BATCH_SIZE
 
 __all__ = [
     "gaia_source",
-    "GaiaClient",
+    "NodeSettings",
+    "resolve_node_settings",
     "NodePool",
+    "NodeClient",
+    "Reply",
     "resolve_base_url",
+    "resolve_base_urls",
     "GaiaError",
     "GaiaConfigError",
     "GaiaRequestError",
     "GaiaAuthError",
+    "GaiaLookupError",
+    "GaiaStreamError",
+    "GaiaStreamInterrupted",
     "EndpointNotAvailable",
     "GaiaResponseError",
     "RESOURCE_NAMES",
+    "INPUT_SETTINGS",
 ]
+
+logger = logging.getLogger("gaia_source")
+
+INPUT_SETTINGS: Dict[str, str] = {"prompts": "prompts / prompts_file", "texts": "texts / texts_file",
+                                  "queries": "queries / queries_file"}
+"""Which settings feed each input kind (for messages about resources that have none)."""
 
 
 @dlt.source(name="gaia_source")
 def gaia_source(
-    node_id: Optional[Any] = dlt.config.value,
-    base_url: Optional[Any] = dlt.config.value,
-    api_key: Optional[TSecretStrValue] = dlt.secrets.value,
-    chat_model: Optional[str] = None,
-    embedding_model: Optional[str] = None,
     prompts: Optional[List[Any]] = None,
     prompts_file: Optional[str] = None,
     system_prompt: Optional[str] = None,
@@ -84,6 +90,8 @@ def gaia_source(
     texts_file: Optional[str] = None,
     queries: Optional[List[Any]] = None,
     queries_file: Optional[str] = None,
+    chat_model: Optional[str] = None,
+    embedding_model: Optional[str] = None,
     temperature: Optional[float] = None,
     top_p: Optional[float] = None,
     max_tokens: Optional[int] = None,
@@ -93,28 +101,17 @@ def gaia_source(
     seed: Optional[int] = None,
     chat_params: Optional[Dict[str, Any]] = None,
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
-    timeout: float = DEFAULT_TIMEOUT,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    retry_backoff: float = DEFAULT_RETRY_BACKOFF,
-    retry_max_wait: float = MAX_RETRY_WAIT,
-    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB,
     refresh: bool = False,
     shard: Optional[str] = None,
+    **node_settings: Any,
 ) -> Sequence[DltResource]:
     """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
 
-    Every argument is also a dlt config key under ``[sources.gaia_source]`` (env ``SOURCES__GAIA_SOURCE__<KEY>``);
-    ``api_key`` is a secret (``.dlt/secrets.toml``). Inputs are validated here, before any request is sent.
+    Every argument is also a dlt config key under ``[sources.gaia_source]`` (env ``SOURCES__GAIA_SOURCE__<KEY>``).
+    Inputs are read and validated here, before any request is sent. A resource whose inputs are empty is not run
+    (it is deselected, and a log line says so): a run sends exactly what it was given.
 
     Args:
-        node_id: A hosted node's id: requests go to ``https://{node_id}.gaia.domains/v1``. A list spreads requests
-            over several nodes.
-        base_url: The node URL, with or without ``/v1`` (e.g. ``http://localhost:8080/v1``); overrides ``node_id``.
-            A list (or comma-separated URLs) spreads requests over several nodes, least busy first.
-        api_key: Bearer key. Optional: local nodes need none.
-        chat_model: Model for chat requests; discovered from /v1/info or /v1/models when absent.
-        embedding_model: Model for embeddings; discovered when absent.
         prompts: Prompt strings, message lists, or ``{"messages"|"prompt"|"body", "custom_id"?}`` objects.
         prompts_file: A .jsonl (OpenAI Batch input, ``{"messages"}`` or ``{"prompt"}`` lines), .csv (``prompt``
             column) or plain-text (one prompt per line) file.
@@ -123,6 +120,8 @@ def gaia_source(
         texts_file: A plain-text, .jsonl or .csv (``text`` column) file of texts to embed.
         queries: Retrieval queries.
         queries_file: A plain-text, .jsonl (``{"query"}``/``{"messages"}``) or .csv (``query`` column) file.
+        chat_model: Model for chat requests; discovered from /v1/info or /v1/models when absent.
+        embedding_model: Model for embeddings; discovered when absent.
         temperature: Chat sampling temperature.
         top_p: Chat nucleus sampling.
         max_tokens: Chat output limit.
@@ -132,72 +131,51 @@ def gaia_source(
         seed: Chat sampling seed.
         chat_params: Any other chat request fields, passed through as they are.
         embedding_batch_size: Texts per embeddings request.
-        timeout: Seconds to wait for a response (a stream: between chunks).
-        max_concurrency: Requests in flight to each node at once.
-        max_attempts: Sends per request; 429, 5xx, timeouts, connection errors and cut streams are retried.
-        retry_backoff: Seconds before the first retry (exponential with jitter after that).
-        retry_max_wait: Cap in seconds on one wait between attempts, ``Retry-After`` included.
-        max_response_mb: Response bodies larger than this are recorded as errors instead of read.
         refresh: Send every prompt and embed every text again, even those already loaded.
         shard: ``"i/n"``: load only partition ``i`` of ``n`` of the inputs (by request id), so ``n`` workers can share
             one job without overlap or gaps; ``models`` and ``info`` are loaded by shard 0.
+        node_settings: How to reach the node(s): any field of :class:`~gaia_source.config.NodeSettings` —
+            ``base_url`` or ``node_id`` (one or a list), ``api_key`` (a secret: ``.dlt/secrets.toml``), ``timeout``,
+            ``max_concurrency``, ``max_attempts``, ``retry_backoff``, ``retry_max_wait``, ``max_response_mb``,
+            ``breaker_failures``, ``breaker_cooldown``, ``retry_rounds``, ``round_cooldown``. What is not given here
+            comes from ``[sources.gaia_source]`` config.
 
     Returns:
         The six resources: models, info, chat_completions, chat_completions_stream, embeddings, retrieve.
     """
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
-    partition = parse_shard(shard)
-    client = NodePool.connect(
-        resolve_base_urls(node_id, base_url), api_key, timeout=timeout, max_concurrency=max_concurrency,
-        max_attempts=max_attempts, retry_backoff=retry_backoff, retry_max_wait=retry_max_wait,
-        max_response_mb=max_response_mb,
+    settings = resolve_node_settings(**node_settings)
+    params = normalize_chat_params({
+        **(chat_params or {}),
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+        "stop": stop,
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+        "seed": seed,
+    })
+    plan = Plan(
+        prompts=lambda: iter_prompts(prompts, prompts_file, system_prompt),
+        texts=lambda: iter_texts(texts, texts_file),
+        queries=lambda: iter_queries(queries, queries_file),
+        chat_model=chat_model,
+        embedding_model=embedding_model,
+        chat_params=params,
+        embedding_batch_size=embedding_batch_size,
+        refresh=refresh,
+        shard=parse_shard(shard),
     )
-    params = normalize_chat_params(
-        {
-            **(chat_params or {}),
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_tokens,
-            "stop": stop,
-            "presence_penalty": presence_penalty,
-            "frequency_penalty": frequency_penalty,
-            "seed": seed,
-        }
-    )
-
-    def prompt_inputs() -> Iterator[ChatInput]:
-        return iter_prompts(prompts, prompts_file, system_prompt)
-
-    def text_inputs() -> Iterator[TextInput]:
-        return iter_texts(texts, texts_file)
-
-    def query_inputs() -> Iterator[QueryInput]:
-        return iter_queries(queries, queries_file)
-
     declare_tables(dlt.current.source_schema())
     # Read every input once now: a malformed line stops the run before the first request.
-    for inputs in (prompt_inputs, text_inputs, query_inputs):
-        validate(inputs())
-
-    return (
-        dlt.resource(models_rows(client, partition), name="models", write_disposition="merge", primary_key=("node_url", "id")),
-        dlt.resource(info_rows(client, partition), name="info", write_disposition="append"),
-        dlt.resource(
-            chat_rows(client, prompt_inputs, chat_model, params, False, refresh, partition),
-            name="chat_completions", write_disposition="merge", primary_key="request_id",
-        ),
-        dlt.resource(
-            chat_rows(client, prompt_inputs, chat_model, params, True, refresh, partition),
-            name="chat_completions_stream", write_disposition="merge", primary_key="request_id",
-        ),
-        dlt.resource(
-            embeddings_rows(client, text_inputs, embedding_model, embedding_batch_size, refresh, partition),
-            # new texts only (hash lookup) are appended; a refresh re-embeds existing ones and merges them
-            name="embeddings", write_disposition="merge" if refresh else "append", primary_key="embedding_id",
-        ),
-        dlt.resource(
-            retrieve_rows(client, query_inputs, partition),
-            name="retrieve", write_disposition="merge", primary_key="request_id",
-        ),
-    )
+    counts = {kind: validate(getattr(plan, kind)()) for kind in INPUT_SETTINGS}
+    resources = source_resources(plan, RunContext(settings))
+    idle = [e.name for e in ENDPOINTS if e.inputs is not None and counts[e.inputs] == 0]
+    for resource in resources:
+        if resource.name in idle:
+            resource.selected = False
+    if idle:
+        logger.debug("not run, no inputs: %s", ", ".join(
+            f"{e.name} ({INPUT_SETTINGS[e.inputs]})" for e in ENDPOINTS if e.name in idle and e.inputs))
+    return resources

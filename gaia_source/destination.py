@@ -1,23 +1,50 @@
-"""What is already loaded: looks ids up in the destination so that re-runs skip work that is done.
+"""What the destination can do, decided once per run, and what it already holds.
 
-The ids live in the destination tables themselves, not in dlt state, so state does not grow with the corpus, and a
-fresh machine (or a second worker) sees what another run loaded. Lookups go through the running pipeline's SQL
-client; outside a pipeline, or before the table exists, nothing counts as done.
+:func:`capabilities_of` is the one place that knows destinations apart: the load file format, whether vectors may
+go as Arrow, which native vector column to create, and how to ask which ids are loaded. :class:`LoadedIds` asks
+that question, so re-runs skip work that is done: the ids live in the destination tables themselves (not in dlt
+state, which would grow with the corpus), and a fresh machine or a second worker sees what another run loaded.
+
+A lookup that fails is never taken for "nothing loaded": that would send everything again and double rows. It raises
+:class:`~gaia_source.errors.GaiaLookupError` before the requests it would have filtered are sent.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
 
 import dlt
-from dlt.destinations.exceptions import DatabaseUndefinedRelation
+from dlt.common.destination.exceptions import DestinationUndefinedEntity, SqlClientNotAvailable
+
+from .errors import GaiaLookupError
 
 logger = logging.getLogger("gaia_source")
 
 T = TypeVar("T")
 LOOKUP_BATCH = 5_000
-"""Ids per ``IN (...)`` lookup: bounded queries, whatever the size of the table."""
+"""Ids per lookup query: bounded queries, whatever the size of the table."""
+
+
+@dataclass(frozen=True)
+class DestinationCapabilities:
+    """How rows and vectors go to one destination.
+
+    Attributes:
+        name: dlt's destination name (``duckdb``, ``postgres``, ``filesystem``…); None outside a pipeline.
+        load_file_format: A file format to ask for (``parquet`` on DuckDB: a fraction of insert_values' memory).
+        arrow_vectors: Vectors may go as Arrow fixed-size lists (else plain rows, whose vectors become JSON).
+        vector_column: Which native vector column to create before the first vectors load (``duckdb``: FLOAT[dim]).
+        lookup: How to ask which ids are loaded: ``duckdb`` (one list parameter), ``postgres`` (``= ANY``), ``sql``
+            (an ``IN`` list), or None when the destination has no SQL (then rows are merged on their key).
+    """
+
+    name: Optional[str]
+    load_file_format: Optional[str] = None
+    arrow_vectors: bool = True
+    vector_column: Optional[str] = None
+    lookup: Optional[str] = None
 
 
 def current_pipeline() -> Optional[dlt.Pipeline]:
@@ -28,27 +55,49 @@ def current_pipeline() -> Optional[dlt.Pipeline]:
         return None
 
 
-def destination_name(pipeline: Optional[dlt.Pipeline]) -> Optional[str]:
-    """The destination a pipeline loads to (``duckdb``, ``postgres``, ``filesystem``…), or None."""
-    return pipeline.destination.destination_name if pipeline is not None and pipeline.destination is not None else None
+def capabilities_of(pipeline: Optional[dlt.Pipeline]) -> DestinationCapabilities:
+    """Decide what ``pipeline``'s destination can do (no connection is opened)."""
+    if pipeline is None or pipeline.destination is None:
+        return DestinationCapabilities(name=None)
+    name = pipeline.destination.destination_name
+    duckdb_like = name in ("duckdb", "motherduck")
+    try:
+        pipeline.sql_client()
+        lookup: Optional[str] = "duckdb" if duckdb_like else "postgres" if name == "postgres" else "sql"
+    except SqlClientNotAvailable:
+        lookup = None
+    return DestinationCapabilities(
+        name=name,
+        load_file_format="parquet" if duckdb_like else None,
+        # PostgreSQL loads Arrow through CSV, which has no list type: plain rows there (vectors as jsonb)
+        arrow_vectors=duckdb_like or name == "filesystem",
+        vector_column="duckdb" if name == "duckdb" else None,
+        lookup=lookup,
+    )
 
 
 class LoadedIds:
     """Looks up which ids a destination table already holds, through one SQL connection opened on first use.
 
     Args:
-        table: Table name in the running pipeline's dataset.
+        pipeline: The running pipeline.
+        capabilities: Its destination's capabilities (the lookup dialect).
+        table: Table name in the pipeline's dataset.
         id_column: The id column to match.
         where: Extra SQL condition, e.g. ``status = 'completed'``.
     """
 
-    def __init__(self, table: str, id_column: str, where: str = "") -> None:
+    def __init__(
+        self, pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, table: str, id_column: str,
+        where: str = "",
+    ) -> None:
         self.table = table
         self.id_column = id_column
         self.where = where
-        self._pipeline = current_pipeline()
+        self._pipeline = pipeline
+        self._dialect = capabilities.lookup if pipeline is not None else None
+        self._destination = capabilities.name
         self._client: Any = None
-        self._usable = destination_name(self._pipeline) is not None
 
     def __enter__(self) -> "LoadedIds":
         return self
@@ -59,10 +108,13 @@ class LoadedIds:
             self._client = None
 
     def lookup(self, ids: Iterable[str]) -> Set[str]:
-        """The subset of ``ids`` present; empty when no pipeline runs, the table does not exist yet, or the
-        destination cannot be queried with SQL (a warning says so then)."""
+        """The subset of ``ids`` present; empty when there is no pipeline, no SQL, or the table does not exist yet.
+
+        Raises:
+            GaiaLookupError: the destination failed to answer (naming the table and its error).
+        """
         wanted = list(dict.fromkeys(ids))
-        if not self._usable or not wanted:
+        if self._dialect is None or not wanted:
             return set()
         found: Set[str] = set()
         try:
@@ -73,29 +125,30 @@ class LoadedIds:
             qualified = client.make_qualified_table_name(self.table)
             column = client.escape_column_name(self.id_column)
             condition = f" AND ({self.where})" if self.where else ""
-            kind = destination_name(self._pipeline)
             for start in range(0, len(wanted), LOOKUP_BATCH):
                 batch = wanted[start : start + LOOKUP_BATCH]
-                if kind in ("duckdb", "motherduck"):  # one list parameter binds ~8x faster than thousands of them
+                if self._dialect == "duckdb":  # one list parameter binds ~8x faster than thousands of them
                     match, args = f"{column} IN (SELECT UNNEST(%s::VARCHAR[]))", [batch]
-                elif kind == "postgres":
+                elif self._dialect == "postgres":
                     match, args = f"{column} = ANY(%s)", [batch]
                 else:
                     match, args = f"{column} IN ({','.join(['%s'] * len(batch))})", batch
                 rows = client.execute_sql(f"SELECT {column} FROM {qualified} WHERE {match}{condition}", *args)
                 found.update(str(r[0]) for r in rows or [])
-        except DatabaseUndefinedRelation:
-            return set()
-        except Exception as exc:  # a destination without SQL access: everything is sent again, merge keeps one row
-            logger.warning("could not look up already-loaded rows in %s (%s); sending everything again", self.table, exc)
-            self._usable = False
-            return set()
+        except DestinationUndefinedEntity:
+            return set()  # the table (or dataset) does not exist yet: nothing is loaded
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GaiaLookupError(
+                f"could not look up which rows of table '{self.table}' are already loaded in the {self._destination} "
+                f"destination ({type(exc).__name__}: {first_line}). Nothing more was sent, so nothing is doubled; "
+                "run again once the destination answers (or use refresh to send everything on purpose)."
+            ) from None
         return found
 
 
-def unique(items: Iterable[T], key: Callable[[T], str]) -> Iterator[T]:
-    """Drop items whose key was already seen in this run (the first one wins)."""
-    seen: Set[str] = set()
+def unique(items: Iterable[T], key: Callable[[T], str], seen: Set[str]) -> Iterator[T]:
+    """Drop items whose key is in ``seen`` (keys seen earlier in this run), adding the others' keys to it."""
     for item in items:
         item_key = key(item)
         if item_key not in seen:
@@ -103,17 +156,16 @@ def unique(items: Iterable[T], key: Callable[[T], str]) -> Iterator[T]:
             yield item
 
 
-def skip_loaded(
-    items: Iterable[T], key: Callable[[T], str], table: str, id_column: str, where: str = "", what: str = "requests"
-) -> Iterator[T]:
-    """Yield the items whose key is not yet in ``table`` (looked up a batch at a time, streaming).
+def skip_loaded(items: Iterable[T], key: Callable[[T], str], ids: LoadedIds, what: str = "requests") -> Iterator[T]:
+    """Yield the items whose key is not yet in ``ids.table`` (looked up a batch at a time, streaming).
 
-    Logs how many were skipped, so a re-run that sends nothing says why.
+    The first batch is looked up before the first item is yielded, so a destination that cannot answer stops the
+    resource before it sends anything. Logs how many were skipped, so a re-run that sends nothing says why.
     """
     skipped = 0
     batch: List[T] = []
 
-    def flush(ids: LoadedIds) -> Iterator[T]:
+    def flush() -> Iterator[T]:
         nonlocal skipped
         done = ids.lookup(key(i) for i in batch)
         for item in batch:
@@ -123,11 +175,11 @@ def skip_loaded(
                 yield item
         batch.clear()
 
-    with LoadedIds(table, id_column, where) as ids:
+    with ids:
         for item in items:
             batch.append(item)
             if len(batch) >= LOOKUP_BATCH:
-                yield from flush(ids)
-        yield from flush(ids)
+                yield from flush()
+        yield from flush()
     if skipped:
-        logger.info("%s: %d %s already loaded, not sent again (refresh=true sends them again)", table, skipped, what)
+        logger.info("%s: %d %s already loaded, not sent again (refresh=true sends them again)", ids.table, skipped, what)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional
 
 import orjson
 
-from .settings import API_KEY_LOCATION, MAX_ERROR_DETAIL_CHARS
+from .settings import API_KEY_LOCATION, MAX_ERROR_DETAIL_CHARS, MISSING_ENDPOINT_STATUS, RETRYABLE_STATUS
 
 
 class GaiaError(Exception):
@@ -72,8 +72,22 @@ class GaiaAuthError(GaiaRequestError):
         )
 
 
+class GaiaStreamError(GaiaRequestError):
+    """A stream that did not complete: an in-band error or an unreadable chunk (the partial answer is kept).
+
+    Attributes:
+        partial: The reply as far as it got (a :class:`gaia_source.client.Reply` with the folded stream).
+    """
+
+    partial: Any = None
+
+
+class GaiaStreamInterrupted(GaiaStreamError):
+    """A stream cut before ``[DONE]``: transient, so it is retried (and given another round at the end of a run)."""
+
+
 class EndpointNotAvailable(GaiaRequestError):
-    """404/405 on an endpoint's route: this node's server generation does not have the endpoint."""
+    """404/405 on a resource's first request: this node's server generation does not have the endpoint."""
 
     def _message(self) -> str:
         node, _, endpoint = self.url.rpartition("/v1/")
@@ -91,6 +105,10 @@ _MISSING_HINTS = {
 }
 
 
+class GaiaLookupError(GaiaError):
+    """The destination could not say which rows are already loaded; nothing was sent, so nothing is doubled."""
+
+
 class GaiaResponseError(GaiaError):
     """The node answered 200 with a body that is not what the protocol promises (bad JSON, missing fields…)."""
 
@@ -102,6 +120,25 @@ class GaiaResponseError(GaiaError):
 
     def __reduce__(self) -> Any:
         return (self.__class__, (self.method, self.url, self.detail))
+
+
+def looks_like_missing_route(error: GaiaRequestError) -> bool:
+    """A 404/405 that says "no such route" (not AMD's ``Model 'x' not found``, which is about the request)."""
+    return error.status_code in MISSING_ENDPOINT_STATUS and "model" not in error.detail.lower()
+
+
+def is_transient(error: BaseException, missing_route: bool = True) -> bool:
+    """Whether sending the same request again may succeed: no response, 408/409/425/429/5xx, a cut stream, and —
+    once an endpoint is known to exist (``missing_route``) — a route-like 404/405 from a gateway losing its route."""
+    if isinstance(error, (GaiaAuthError, EndpointNotAvailable)):
+        return False
+    if isinstance(error, GaiaStreamInterrupted):
+        return True
+    if isinstance(error, GaiaStreamError) or not isinstance(error, GaiaRequestError):
+        return False
+    if error.status_code is None or error.status_code in RETRYABLE_STATUS:
+        return True
+    return missing_route and looks_like_missing_route(error)
 
 
 _TAG_RE = re.compile(r"<[^>]+>")

@@ -25,9 +25,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import orjson
 
 from .errors import GaiaConfigError
-from .payloads import CHAT_PARAM_NAMES, Message
+from .settings import CHAT_PARAM_NAMES
 
 T = TypeVar("T")
+Message = Dict[str, Any]
 PromptLike = Union[str, Sequence[Message], Dict[str, Any]]
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")

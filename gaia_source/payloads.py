@@ -14,27 +14,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import orjson
 
 from .errors import GaiaConfigError
+from .inputs import Message
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, RETRIEVE_PATH
 
-Message = Dict[str, Any]
 
-CHAT_PARAM_NAMES = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "n",
-    "seed",
-    "user",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "logit_bias",
-)
-"""OpenAI chat parameters the source passes through by name; anything else goes in ``chat_params``."""
 
 
 def canonical_json(value: Any) -> bytes:
@@ -97,6 +80,8 @@ class PreparedRequest:
     """Where the input came from (``file:line``, ``prompts[3]``): for error messages."""
     extra: Dict[str, Any] = field(default_factory=dict)
     """Caller data carried into rows (e.g. text ids and metadata of an embeddings batch)."""
+    node: Optional[str] = None
+    """Send every attempt to this node (per-node metadata such as /v1/info); None: the best node of the pool."""
 
     @property
     def request_id(self) -> str:

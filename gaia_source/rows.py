@@ -9,24 +9,20 @@ kept whole in JSON columns, so nothing the node said is lost. A body of the wron
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import orjson
 import pyarrow as pa
-from dlt.common.schema import Schema
 from dlt.common.schema.typing import TTableSchemaColumns
-from dlt.common.schema.utils import new_table
 
-from .client import models_from_info
-from .errors import GaiaResponseError
+from .client import Reply
+from .errors import GaiaError, GaiaResponseError
 from .payloads import PreparedRequest, chat_params_of, content_hash, embedding_id
-from .streaming import STATUS_COMPLETED, StreamResult
+from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
-
-
 
 def _json() -> Dict[str, Any]:  # a fresh dict per column: dlt writes the column name into hint dicts
     return {"data_type": "json"}
@@ -56,13 +52,14 @@ CHAT_COLUMNS: TTableSchemaColumns = {
     "usage_reported": {"data_type": "bool"},
     "output_tokens_per_s": {"data_type": "double"},
     "attempts": {"data_type": "bigint"},
+    "latency_ms": {"data_type": "double"},
     "messages": _json(),
     "params": _json(),
     "tool_calls": _json(),
     "choices": _json(),
     "usage": _json(),
 }
-CHAT_NONSTREAM_COLUMNS: TTableSchemaColumns = {**CHAT_COLUMNS, "latency_ms": {"data_type": "double"}}
+CHAT_NONSTREAM_COLUMNS: TTableSchemaColumns = {**CHAT_COLUMNS, "attempt_latency_ms": {"data_type": "double"}}
 CHAT_STREAM_COLUMNS: TTableSchemaColumns = {
     **CHAT_COLUMNS,
     "ttft_ms": {"data_type": "double"},
@@ -82,6 +79,8 @@ EMBEDDING_COLUMNS: TTableSchemaColumns = {
     "metadata": _json(),
     "request_id": {"data_type": "text"},
     "embedded_at": _ts(),
+    "attempts": {"data_type": "bigint"},
+    "latency_ms": {"data_type": "double"},
 }
 RETRIEVE_COLUMNS: TTableSchemaColumns = {
     "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
@@ -93,6 +92,7 @@ RETRIEVE_COLUMNS: TTableSchemaColumns = {
     "collection_count": {"data_type": "bigint"},
     "limit": {"data_type": "bigint"},
     "score_threshold": {"data_type": "double"},
+    "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
     "retrieved_at": _ts(),
     "messages": _json(),
@@ -104,10 +104,13 @@ MODEL_COLUMNS: TTableSchemaColumns = {
     "owned_by": {"data_type": "text"},
     "created_at": _ts(),
     "last_seen_at": _ts(),
+    "attempts": {"data_type": "bigint"},
+    "latency_ms": {"data_type": "double"},
 }
 INFO_COLUMNS: TTableSchemaColumns = {
     "node_url": {"data_type": "text"},
     "fetched_at": _ts(),
+    "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
     "server_type": {"data_type": "text"},
     "node_version": {"data_type": "text"},
@@ -131,35 +134,6 @@ FAILED_REQUEST_COLUMNS: TTableSchemaColumns = {
     "failed_at": _ts(),
     "request_body": _json(),
 }
-
-
-TABLE_COLUMNS: Dict[str, TTableSchemaColumns] = {
-    "models": MODEL_COLUMNS,
-    "info": INFO_COLUMNS,
-    "chat_completions": CHAT_NONSTREAM_COLUMNS,
-    "chat_completions_stream": CHAT_STREAM_COLUMNS,
-    "embeddings": EMBEDDING_COLUMNS,
-    "retrieve": RETRIEVE_COLUMNS,
-    "failed_requests": FAILED_REQUEST_COLUMNS,
-}
-
-
-DEDUPLICATED_TABLES = frozenset({"embeddings"})
-"""Tables whose resource never yields one key twice in a load (texts are deduplicated by content hash first), so
-dlt's merge can skip its ROW_NUMBER() dedup pass over the staged rows — a pass that copies every 768-float vector."""
-
-
-def declare_tables(schema: Schema) -> None:
-    """Put every table's columns in the source schema, so each table has the same shape whatever a load carried.
-
-    Column types live here and not in resource hints: dlt builds a table variant (``failed_requests``) from a copy of
-    its resource's hints, and resource columns would leak into it.
-    """
-    for table, columns in TABLE_COLUMNS.items():
-        schema_table = new_table(table, columns=[{"name": name, **spec} for name, spec in columns.items()])
-        if table in DEDUPLICATED_TABLES:
-            schema_table["x-stage-data-deduplicated"] = True  # type: ignore[typeddict-unknown-key]
-        schema.update_table(schema_table)
 
 
 def utc_now() -> datetime:
@@ -201,13 +175,22 @@ def _usage_columns(usage: Any, seconds: Optional[float]) -> Row:
     }
 
 
-def _request_columns(request: PreparedRequest, node_url: str, requested_at: datetime) -> Row:
+def sent_at(reply: Reply) -> datetime:
+    """When the first attempt of a reply was sent."""
+    return utc_now() - timedelta(seconds=reply.latency_s)
+
+
+def _reply_columns(reply: Reply) -> Row:
+    return {"node_url": reply.node_url, "attempts": reply.attempts, "latency_ms": reply.latency_s * 1000.0}
+
+
+def _request_columns(request: PreparedRequest, reply: Reply) -> Row:
     return {
         "request_id": request.request_id,
         "custom_id": request.custom_id,
-        "node_url": node_url,
+        **_reply_columns(reply),
         "model_requested": request.body.get("model"),
-        "requested_at": requested_at,
+        "requested_at": sent_at(reply),
         "messages": request.body.get("messages"),
         "params": chat_params_of(request.body) or None,
     }
@@ -230,13 +213,12 @@ def _type_names(kinds: Any) -> str:
     return " or ".join({str: "text", int: "an integer", float: "a number", dict: "an object", list: "a list"}.get(k, k.__name__) for k in kinds)
 
 
-def chat_completion_row(
-    request: PreparedRequest, body: Any, latency_s: float, node_url: str, requested_at: datetime, attempts: int = 1
-) -> Row:
+def chat_completion_row(request: PreparedRequest, reply: Reply) -> Row:
     """One ``chat_completions`` row from a non-streaming response.
 
     The first choice fills content/finish_reason/tool_calls; every choice is kept in ``choices``.
     """
+    body, node_url = reply.body, reply.node_url
     if not isinstance(body, dict):
         raise _fail(request, node_url, f"expected a JSON object, got {type(body).__name__}")
     if "choices" not in body and body.get("error"):
@@ -257,7 +239,7 @@ def chat_completion_row(
         _check_types(request, node_url, body["usage"], "usage.", prompt_tokens=int, completion_tokens=int, total_tokens=int)
     content = message.get("content")
     return {
-        **_request_columns(request, node_url, requested_at),
+        **_request_columns(request, reply),
         "status": STATUS_COMPLETED,
         "error": None,
         "model": _str_or_none(body.get("model")),
@@ -268,20 +250,23 @@ def chat_completion_row(
         "finish_reason": _str_or_none(first.get("finish_reason")),
         "tool_calls": message.get("tool_calls") or None,
         "choices": choices,
-        **_usage_columns(body.get("usage"), latency_s),
-        "latency_ms": latency_s * 1000.0,
-        "attempts": attempts,
+        **_usage_columns(body.get("usage"), reply.attempt_latency_s),
+        "attempt_latency_ms": reply.attempt_latency_s * 1000.0,
     }
 
 
-def chat_stream_row(
-    request: PreparedRequest, result: StreamResult, node_url: str, requested_at: datetime, attempts: int = 1
-) -> Row:
-    """One ``chat_completions_stream`` row: the assembled answer, how the stream ended, and its timings."""
+def chat_stream_row(request: PreparedRequest, reply: Reply) -> Row:
+    """One ``chat_completions_stream`` row: the assembled answer, how the stream ended, and its timings.
+
+    ``ttft_ms`` and ``duration_ms`` are the answering attempt's; ``latency_ms`` spans every attempt.
+    """
+    result = reply.stream
+    if result is None:
+        raise GaiaResponseError("POST", f"{reply.node_url}/{request.endpoint}", "expected a folded stream")
     generation_s = result.duration_s - result.ttft_s if result.ttft_s is not None else None
     usage = _usage_columns(result.usage, generation_s if generation_s and generation_s > 0 else result.duration_s)
     return {
-        **_request_columns(request, node_url, requested_at),
+        **_request_columns(request, reply),
         "status": result.status,
         "error": result.error,
         "model": result.model,
@@ -296,17 +281,17 @@ def chat_stream_row(
         "ttft_ms": None if result.ttft_s is None else result.ttft_s * 1000.0,
         "duration_ms": result.duration_s * 1000.0,
         "chunk_count": result.chunk_count,
-        "attempts": attempts,
     }
 
 
-def embedding_table(request: PreparedRequest, body: Any, node_url: str, embedded_at: datetime) -> pa.Table:
+def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
     """``embeddings`` rows of one request as an Arrow table: one row per input text, the vector a ``float32`` list.
 
     Arrow keeps vectors out of dlt's per-value normalization (the difference between seconds and minutes at 100,000
     texts) and loads into DuckDB's ``FLOAT[dim]`` column as it is. ``request.extra["inputs"]`` carries the batch's
     :class:`~gaia_source.inputs.TextInput` items in request order.
     """
+    body, node_url, embedded_at = reply.body, reply.node_url, utc_now()
     inputs = request.extra["inputs"]
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
@@ -348,6 +333,8 @@ def embedding_table(request: PreparedRequest, body: Any, node_url: str, embedded
             ),
             "request_id": [request.request_id] * rows,
             "embedded_at": pa.array([embedded_at] * rows, pa.timestamp("us", tz="UTC")),
+            "attempts": pa.array([reply.attempts] * rows, pa.int64()),
+            "latency_ms": pa.array([reply.latency_s * 1000.0] * rows, pa.float64()),
         }
     )
     # the primary key is NOT NULL in the dlt schema: say so in the Arrow schema too, or dlt warns about the mismatch
@@ -355,12 +342,13 @@ def embedding_table(request: PreparedRequest, body: Any, node_url: str, embedded
     return table.cast(table.schema.set(key, table.schema.field(key).with_nullable(False)))
 
 
-def retrieve_row(request: PreparedRequest, body: Any, latency_s: float, node_url: str, retrieved_at: datetime) -> Row:
+def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:
     """One ``retrieve`` row with its ranked points in the ``retrieve__points`` child table.
 
     Accepts the list shape (rag-api-server >= 0.10: one object per collection, ``[]`` when nothing matched) and the
     single-object shape (older servers and the public docs).
     """
+    body, node_url = reply.body, reply.node_url
     if isinstance(body, list):
         shape, objects = "list", body
     elif isinstance(body, dict):
@@ -387,21 +375,21 @@ def retrieve_row(request: PreparedRequest, body: Any, latency_s: float, node_url
         "request_id": request.request_id,
         "custom_id": request.custom_id,
         "query": request.extra.get("query"),
-        "node_url": node_url,
+        **_reply_columns(reply),
         "response_shape": shape,
         "point_count": len(points),
         "collection_count": len(objects),
         "limit": _int_or_none(first.get("limit")),
         "score_threshold": first.get("score_threshold") if isinstance(first.get("score_threshold"), (int, float)) else None,
-        "latency_ms": latency_s * 1000.0,
-        "retrieved_at": retrieved_at,
+        "retrieved_at": utc_now(),
         "messages": request.body.get("messages"),
         "points": points,
     }
 
 
-def model_rows(body: Any, node_url: str, seen_at: datetime, url: str) -> List[Row]:
+def model_rows(request: PreparedRequest, reply: Reply) -> List[Row]:
     """``models`` rows, one per model listed by GET /v1/models; extra fields (AMD's description, limits) are kept."""
+    body, url, seen_at = reply.body, f"{reply.node_url}/{request.endpoint}", sent_at(reply)
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
         raise GaiaResponseError("GET", url, "expected an object with a 'data' list of models")
@@ -410,7 +398,7 @@ def model_rows(body: Any, node_url: str, seen_at: datetime, url: str) -> List[Ro
         if not isinstance(model, dict) or not isinstance(model.get("id"), str):
             raise GaiaResponseError("GET", url, f"data[{i}] has no 'id' string")
         row = {k: v for k, v in model.items() if k != "created"}
-        row.update(node_url=node_url, created_at=_epoch(model.get("created")), last_seen_at=seen_at)
+        row.update(_reply_columns(reply), created_at=_epoch(model.get("created")), last_seen_at=seen_at)
         rows.append(row)
     return rows
 
@@ -426,17 +414,17 @@ def _server_type(info: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def info_row(body: Any, node_url: str, fetched_at: datetime, latency_s: float, url: str) -> Row:
+def info_row(request: PreparedRequest, reply: Reply) -> Row:
     """One ``info`` snapshot row: a few columns pulled out for convenience, the whole body kept in ``body``."""
+    body, url = reply.body, f"{reply.node_url}/{request.endpoint}"
     if not isinstance(body, dict):
         raise GaiaResponseError("GET", url, f"expected a JSON object, got {type(body).__name__}")
     chat, embedding = models_from_info(body)
     api_server = body.get("api_server") if isinstance(body.get("api_server"), dict) else {}
     version = body.get("node_version") or body.get("version")
     return {
-        "node_url": node_url,
-        "fetched_at": fetched_at,
-        "latency_ms": latency_s * 1000.0,
+        **_reply_columns(reply),
+        "fetched_at": sent_at(reply),
         "server_type": _server_type(body),
         "node_version": str(version) if version is not None else None,
         "server_version": _str_or_none(api_server.get("version")),
@@ -447,10 +435,13 @@ def info_row(body: Any, node_url: str, fetched_at: datetime, latency_s: float, u
     }
 
 
-def failed_request_row(
-    resource: str, request: PreparedRequest, error: BaseException, node_url: str, attempts: int
-) -> Row:
-    """A ``failed_requests`` row: what could not be fetched, and why (no secrets: messages are redacted)."""
+def failed_request_row(resource: str, request: PreparedRequest, error: GaiaError) -> Row:
+    """A ``failed_requests`` row: what could not be fetched, from which node (the last one tried), and why.
+
+    No secrets: error messages are redacted where they are made.
+    """
+    url = getattr(error, "url", None)
+    node_url = url.rsplit("/v1/", 1)[0] + "/v1" if isinstance(url, str) and "/v1/" in url else None
     return {
         "request_id": request.request_id,
         "resource": resource,
@@ -460,7 +451,36 @@ def failed_request_row(
         "http_status": getattr(error, "status_code", None),
         "error_type": type(error).__name__,
         "error_message": str(error),
-        "attempts": attempts,
+        "attempts": getattr(error, "attempts", 1),
         "failed_at": utc_now(),
         "request_body": request.body,
     }
+
+
+def model_ids(models_body: Any) -> List[str]:
+    """Model ids listed in a /v1/models body (empty when the body is not the expected shape)."""
+    data = models_body.get("data") if isinstance(models_body, dict) else None
+    return [m["id"] for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+def models_from_info(info: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(chat model, embedding model) named in a /v1/info body of any server generation."""
+    if not isinstance(info, dict):
+        return None, None
+
+    def name(obj: Any) -> Optional[str]:
+        return obj["name"] if isinstance(obj, dict) and isinstance(obj.get("name"), str) else None
+
+    # rag-api-server / llama-api-server (Gaia <= 0.4): {"chat_model": {...}, "embedding_model": {...}}
+    chat, embedding = name(info.get("chat_model")), name(info.get("embedding_model"))
+    models = info.get("models")
+    if isinstance(models, dict):  # gaia-nexus (Gaia >= 0.5): {"models": {"chat": [...], "embedding": [...]}}
+        chat = chat or next((name(m) for m in models.get("chat") or [] if name(m)), None)
+        embedding = embedding or next((name(m) for m in models.get("embedding") or [] if name(m)), None)
+    elif isinstance(models, list):  # the stale documented shape: {"models": [{"name", "type"}, ...]}
+        for m in models:
+            if isinstance(m, dict) and m.get("type") == "chat":
+                chat = chat or name(m)
+            elif isinstance(m, dict) and m.get("type") == "embedding":
+                embedding = embedding or name(m)
+    return chat, embedding

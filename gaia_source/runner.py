@@ -1,31 +1,44 @@
-"""Runs one resource's requests against the node and turns their outcomes into items for dlt.
+"""Runs one resource's requests and turns every outcome into rows for dlt: a completed row or a failure row, once.
 
-The first request goes alone, as a probe: if the node lacks the endpoint (404/405) the resource is skipped with one
-warning and nothing else is sent; if the key is refused (401/403) the run stops. The rest fan out over a thread pool
-with a bounded window, so inputs are pulled lazily from their files and rows flow to dlt as answers arrive.
+1. **The probe.** The first request goes alone. A 404/405 that says "no such route" means this node's server
+   generation lacks the endpoint: the resource is skipped with one warning and nothing else is sent. That verdict is
+   made here, once; any later 404/405 is a failed request like any other (a gateway briefly losing its route).
+   A refused key (401/403) stops the run.
+2. **The fan-out.** The rest go out over a thread pool with a bounded window, so inputs are pulled lazily from their
+   files and rows flow to dlt as answers arrive.
+3. **The final rounds.** A request that failed transiently (no response, 429/5xx, a cut stream) even after its
+   retries is held back and sent again after the others, following a cool-down, for ``retry_rounds`` rounds. A
+   flapping gateway costs time, not rows.
 
-A request that still fails after its retries is not lost and does not stop the others: it becomes a row in the
-``failed_requests`` table (merged by request id). When it later succeeds, its failure row is deleted (a dlt
-``hard_delete`` tombstone), so ``failed_requests`` always lists what is failing now.
+A request that still fails is not lost and does not stop the others: it becomes a row in ``failed_requests`` (merged
+by request id), next to whatever partial row the resource keeps (an interrupted stream's text). When it later
+succeeds, its failure row is deleted (a dlt ``hard_delete`` tombstone), so ``failed_requests`` always lists what is
+failing now.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
+import time
+from dataclasses import replace
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
 import dlt
 
-from .errors import EndpointNotAvailable, GaiaAuthError, GaiaRequestError, GaiaResponseError
+from .errors import (
+    EndpointNotAvailable,
+    GaiaAuthError,
+    GaiaError,
+    GaiaRequestError,
+    is_transient,
+    looks_like_missing_route,
+)
+from .client import Reply
 from .payloads import PreparedRequest
-from .rows import Row, failed_request_row
-from .settings import FAILED_REQUESTS_TABLE
-
-if TYPE_CHECKING:
-    from .pool import NodePool
+from .rows import failed_request_row
+from .settings import FAILED_REQUESTS_TABLE, MAX_HELD_FOR_ROUND
 
 logger = logging.getLogger("gaia_source")
 
@@ -49,7 +62,7 @@ def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Itera
         return
     window = 2 * max_workers
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gaia-request") as pool:
-        pending: Set[Future] = set()
+        pending: Set[Future[R]] = set()
 
         def refill() -> None:
             while len(pending) < window:
@@ -72,10 +85,27 @@ def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Itera
 
 
 @dataclass
-class _Outcome:
+class Outcome:
+    """What became of one request: its rows, and the error if it did not complete."""
+
     request: PreparedRequest
     rows: Any = None
-    failure: Optional[Row] = None
+    """Rows for the resource's table (a list of dicts or an Arrow table); a failed stream keeps its partial row."""
+    error: Optional[GaiaError] = None
+
+    attempts: int = 0
+    """Sends it took in this run so far."""
+
+    @property
+    def transient(self) -> bool:
+        """Whether sending it again later may succeed."""
+        return self.error is not None and is_transient(self.error)
+
+
+Execute = Callable[[PreparedRequest, bool, int], Outcome]
+"""Sends one request and returns its outcome; raises only what stops the run. The flag says it is the probe: then a
+route-like 404/405 is not retried (one request decides that the endpoint is missing). The number is how many times
+earlier rounds of this run sent it (rows and failures count every send)."""
 
 
 def _failed_state() -> Dict[str, str]:
@@ -86,59 +116,104 @@ def _failed_state() -> Dict[str, str]:
         return {}
 
 
-def _node_of(error: BaseException, fallback: str) -> str:
-    """The node a failed request went to, from the endpoint URL in the error."""
-    url = getattr(error, "url", None)
-    return url.rsplit("/v1/", 1)[0] + "/v1" if isinstance(url, str) and "/v1/" in url else fallback
-
-
 def run_requests(
     resource: str,
-    client: "NodePool",
     requests: Iterable[PreparedRequest],
-    execute: Callable[[PreparedRequest], Any],
+    execute: Execute,
+    max_workers: int,
+    retry_rounds: int = 0,
+    round_cooldown: float = 0.0,
 ) -> Iterator[Any]:
-    """Send ``requests`` through ``execute`` (probe first, then concurrently) and yield rows for dlt.
+    """Send ``requests`` (probe first, then concurrently, then final rounds) and yield rows for dlt.
 
     Args:
         resource: Resource name, for messages and ``failed_requests.resource``.
-        client: The nodes (their summed ``max_concurrency`` bounds the fan-out).
         requests: Requests to send, consumed lazily.
-        execute: Sends one request and returns its rows (a list of dicts or an Arrow table); raises a
-            ``GaiaError`` on failure.
+        execute: Sends one request; see :data:`Execute`.
+        max_workers: Requests in flight at once.
+        retry_rounds: Extra rounds at the end for requests that failed transiently.
+        round_cooldown: Seconds to wait before each such round.
 
     Yields:
-        Lists of rows for the resource's table, and ``failed_requests`` rows/tombstones.
+        Rows for the resource's table, and ``failed_requests`` rows and tombstones.
     """
-
-    def attempt(request: PreparedRequest) -> _Outcome:
-        try:
-            return _Outcome(request, execute(request))
-        except (GaiaAuthError, EndpointNotAvailable):
-            raise
-        except (GaiaRequestError, GaiaResponseError) as exc:
-            where = f" ({request.source})" if request.source else ""
-            logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, exc)
-            attempts = getattr(exc, "attempts", 1)
-            node_url = _node_of(exc, client.base_url)
-            return _Outcome(request, failure=failed_request_row(resource, request, exc, node_url, attempts))
-
-    failed = _failed_state()
+    failing = _failed_state()
     iterator = iter(requests)
     first = next(iterator, None)
     if first is None:
         return
+    probe = execute(first, True, 0)
+    if isinstance(probe.error, GaiaRequestError) and looks_like_missing_route(probe.error):
+        missing = EndpointNotAvailable(probe.error.method, probe.error.url, probe.error.detail, probe.error.status_code)
+        logger.warning("Skipping resource '%s': %s", resource, missing)
+        return
+    held: List[Tuple[PreparedRequest, int]] = []  # (request, sends so far) waiting for the next round
+
+    def settle(outcomes: Iterable[Outcome], last_round: bool) -> Iterator[Any]:
+        for outcome in outcomes:
+            if outcome.transient and not last_round and len(held) < MAX_HELD_FOR_ROUND:
+                held.append((outcome.request, outcome.attempts))
+            else:
+                yield from _emit(resource, outcome, failing)
+
+    outcomes = fan_out(lambda r: execute(r, False, 0), iterator, max_workers)
+    yield from settle(_chain(probe, outcomes), last_round=retry_rounds == 0)
+    for round_number in range(1, retry_rounds + 1):
+        if not held:
+            break
+        batch, held = held, []
+        logger.warning("%s: %d request(s) failed transiently; round %d of %d in %.1f s", resource, len(batch),
+                       round_number, retry_rounds, round_cooldown)
+        time.sleep(round_cooldown)
+        again = fan_out(lambda pair: execute(pair[0], False, pair[1]), batch, max_workers)
+        yield from settle(again, round_number == retry_rounds)
+
+
+def _chain(first: Outcome, rest: Iterator[Outcome]) -> Iterator[Outcome]:
+    yield first
+    yield from rest
+
+
+def _emit(resource: str, outcome: Outcome, failing: Dict[str, str]) -> Iterator[Any]:
+    request_id = outcome.request.request_id
+    if outcome.rows is not None and len(outcome.rows) > 0:
+        yield outcome.rows
+    if outcome.error is not None:
+        where = f" ({outcome.request.source})" if outcome.request.source else ""
+        logger.error("%s: request %s%s failed: %s", resource, request_id[:12], where, outcome.error)
+        failing[request_id] = resource
+        row = {**failed_request_row(resource, outcome.request, outcome.error), "resolved": False}
+        yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
+    elif failing.pop(request_id, None) is not None:
+        yield dlt.mark.with_hints({"request_id": request_id, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
+
+
+def outcome_of(
+    request: PreparedRequest, send: Callable[[], Reply], rows: Callable[[Reply], Any], prior_attempts: int = 0
+) -> Outcome:
+    """Run ``send`` and turn its reply into rows; a request or response error becomes the outcome's error.
+
+    ``prior_attempts`` (sends of earlier rounds) are added to the reply's and the error's count. A failed stream
+    keeps its partial answer: its ``partial`` reply becomes the rows too. Auth errors propagate.
+    """
     try:
-        probe = attempt(first)
-        outcomes = fan_out(attempt, iterator, client.max_concurrency)
-        for outcome in itertools.chain([probe], outcomes):
-            request_id = outcome.request.request_id
-            if outcome.rows is not None and len(outcome.rows) > 0:
-                yield outcome.rows
-            if outcome.failure is not None:
-                failed[request_id] = resource
-                yield dlt.mark.with_hints({**outcome.failure, "resolved": False}, _FAILED_HINTS, create_table_variant=True)
-            elif failed.pop(request_id, None) is not None:
-                yield dlt.mark.with_hints({"request_id": request_id, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
-    except EndpointNotAvailable as exc:
-        logger.warning("Skipping resource '%s': %s", resource, exc)
+        reply = send()
+    except GaiaAuthError:
+        raise
+    except GaiaError as exc:
+        attempts = prior_attempts + getattr(exc, "attempts", 1)
+        if isinstance(exc, GaiaRequestError):
+            exc.attempts = attempts
+        partial = getattr(exc, "partial", None)
+        try:
+            kept = rows(replace(partial, attempts=attempts)) if isinstance(partial, Reply) else None
+        except GaiaError:
+            kept = None
+        return Outcome(request, kept, exc, attempts)
+    reply = replace(reply, attempts=prior_attempts + reply.attempts)
+    try:
+        return Outcome(request, rows(reply), None, reply.attempts)
+    except GaiaAuthError:
+        raise
+    except GaiaError as exc:  # a 200 whose body is not what the protocol promises
+        return Outcome(request, None, exc, reply.attempts)

@@ -1,7 +1,7 @@
-"""Constants of the Gaia source: domains, endpoint paths, defaults and limits.
+"""Constants of the Gaia source: domains, endpoint paths, defaults, limits and protocol details.
 
-Everything a user may want to tune is also a source argument (and so a dlt config key); the values here are the
-defaults those arguments fall back to.
+Everything a user may tune is a field of :class:`gaia_source.config.NodeSettings` (or a source argument); the values
+here are the defaults those fall back to.
 """
 
 from typing import Final, Tuple
@@ -18,20 +18,12 @@ RETRIEVE_PATH: Final = "retrieve"
 MODELS_PATH: Final = "models"
 INFO_PATH: Final = "info"
 
-# --- resources / tables -----------------------------------------------------------------------------------------
-RESOURCE_NAMES: Final[Tuple[str, ...]] = (
-    "models",
-    "info",
-    "chat_completions",
-    "chat_completions_stream",
-    "embeddings",
-    "retrieve",
-)
+# --- tables -----------------------------------------------------------------------------------------------------
 FAILED_REQUESTS_TABLE: Final = "failed_requests"
-
 PIPELINE_NAME: Final = "gaia_pipeline"
 DATASET_NAME: Final = "gaia_data"
-SOURCE_SECTION: Final = "gaia_source"
+CONFIG_SECTIONS: Final[Tuple[str, ...]] = ("sources", "gaia_source", "gaia_source")
+"""Where dlt looks for node settings: ``[sources.gaia_source]`` (and the module-qualified section above it)."""
 
 # --- client defaults --------------------------------------------------------------------------------------------
 DEFAULT_TIMEOUT: Final = 60.0
@@ -40,21 +32,49 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_CONCURRENCY: Final = 8
 """Requests in flight per node. An old (<=0.4) Gaia node answers one at a time; gaia-nexus answers concurrently."""
 DEFAULT_MAX_ATTEMPTS: Final = 4
-"""Attempts per request (1 = no retries) on 429, 5xx, timeouts, connection errors and cut streams."""
+"""Sends per request (1 = no retries) on 429, 5xx, timeouts, connection errors and cut streams."""
 DEFAULT_RETRY_BACKOFF: Final = 0.5
-"""Seconds before the first retry; doubles each attempt, with jitter."""
+"""Seconds before the first retry on the same node; doubles each attempt, with jitter."""
 MAX_RETRY_WAIT: Final = 30.0
 """Default cap on one wait between attempts, also for a server's ``Retry-After``."""
 DEFAULT_MAX_RESPONSE_MB: Final = 64.0
 """Response bodies larger than this are refused and recorded as an error, not read into memory."""
 DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
 """Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
+DEFAULT_BREAKER_FAILURES: Final = 3
+"""Consecutive transient failures after which a node is benched (not sent to) for ``breaker_cooldown`` seconds."""
+DEFAULT_BREAKER_COOLDOWN: Final = 10.0
+DEFAULT_RETRY_ROUNDS: Final = 1
+"""Extra rounds, at the end of a run, for requests that failed transiently (a flapping gateway costs time, not rows)."""
+DEFAULT_ROUND_COOLDOWN: Final = 5.0
+"""Seconds to wait before such a round, so a gateway that was flapping can settle."""
+MAX_HELD_FOR_ROUND: Final = 10_000
+"""At most this many transiently failed requests wait for a final round; beyond that they are recorded at once."""
 
 RETRYABLE_STATUS: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 AUTH_STATUS: Final = frozenset({401, 403})
 MISSING_ENDPOINT_STATUS: Final = frozenset({404, 405})
+HEADERS_OF_INTEREST: Final = ("x-node-domain", "x-request-id", "retry-after")
+"""Response headers a reply keeps (the domain gateway names the answering node in ``X-Node-Domain``)."""
 
 # --- protocol details -------------------------------------------------------------------------------------------
+CHAT_PARAM_NAMES: Final = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "seed",
+    "user",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "logit_bias",
+)
+"""OpenAI chat parameters taken by name from prompt objects; anything else goes in ``chat_params``."""
 CONTEXT_FULL_MARKER: Final = "<|WASMEDGE-GGML-CONTEXT-FULL|>"
 """llama-core ends a stream whose context window filled with this text and ``finish_reason: "length"``."""
 SSE_DONE: Final = "[DONE]"
@@ -68,4 +88,4 @@ NODE_LOCATION: Final = (
     "[sources.gaia_source] node_id or base_url in .dlt/config.toml, or the SOURCES__GAIA_SOURCE__NODE_ID / "
     "SOURCES__GAIA_SOURCE__BASE_URL environment variables"
 )
-USER_AGENT: Final = "gaia-dlt/0.1"
+USER_AGENT: Final = "gaia-dlt/0.2"

@@ -1,27 +1,31 @@
 """Embedding vectors in the warehouse: a native ``FLOAT[dim]`` column on DuckDB, similarity search, an HNSW index.
 
 dlt has no vector type: left alone, DuckDB gets a JSON column, which ``array_cosine_similarity`` cannot use without a
-per-row cast and a vss index cannot use at all. So before the first vectors are loaded, :class:`VectorColumn` makes
-``embeddings.embedding`` (and its merge-staging twin) a ``FLOAT[dim]`` column, with ``dim`` taken from the model's
-output. dlt keeps an existing column's type, so every later load — merge included — lands in it directly. On other
-destinations vectors stay a JSON/list column (PostgreSQL ``jsonb``, parquet ``list<float>``).
+per-row cast and a vss index cannot use at all. So once per run, before the first vectors are loaded,
+:func:`ensure_vector_column` makes ``embeddings.embedding`` (and its merge-staging twin) a ``FLOAT[dim]`` column,
+with ``dim`` taken from the model's output. dlt keeps an existing column's type, so every later load — merge
+included — lands in it directly. On other destinations vectors stay a JSON/list column (PostgreSQL ``jsonb``,
+parquet ``list<float>``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 import dlt
 import numpy as np
-import pandas as pd
+import orjson
 
-from .client import GaiaClient, configured_client
-from .destination import destination_name
+from .config import resolve_node_settings
+from .destination import DestinationCapabilities, capabilities_of
 from .errors import GaiaConfigError, GaiaError
+from .pool import NodePool
 from .rows import EMBEDDING_COLUMNS
 from .settings import EMBEDDINGS_PATH
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("gaia_source")
 
@@ -31,7 +35,7 @@ _DUCKDB_TYPES = {"text": "VARCHAR", "bigint": "BIGINT", "double": "DOUBLE", "boo
 
 
 def _is_duckdb(pipeline: Optional[dlt.Pipeline]) -> bool:
-    return destination_name(pipeline) == "duckdb"
+    return capabilities_of(pipeline).vector_column == "duckdb"
 
 
 def _column_type(client: Any, schema_name: str, table: str, column: str) -> Optional[str]:
@@ -71,42 +75,30 @@ def _ensure_in(client: Any, dim: int) -> None:
         )
 
 
-class VectorColumn:
-    """Makes sure, once per run and before the first load, that DuckDB stores vectors as ``FLOAT[dim]``.
+def ensure_vector_column(pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, dim: int) -> None:
+    """Prepare ``embeddings`` (and its merge staging twin) for ``dim``-dimensional vectors where the destination has a
+    native vector column (DuckDB: ``FLOAT[dim]``); elsewhere nothing. Call it once per run, on the extracting thread.
 
-    Args:
-        pipeline: The running pipeline (captured on the extracting thread); nothing happens unless it loads to DuckDB.
+    Raises:
+        GaiaConfigError: the table already stores vectors of another dimension.
     """
-
-    def __init__(self, pipeline: Optional[dlt.Pipeline]) -> None:
-        self._pipeline = pipeline if _is_duckdb(pipeline) else None
-        self._lock = threading.Lock()
-        self._dim: Optional[int] = None
-
-    def ensure(self, dim: int) -> None:
-        """Prepare the table (and the merge staging table) for ``dim``-dimensional vectors."""
-        if self._pipeline is None:
-            return
-        with self._lock:
-            if self._dim == dim:
-                return
-            if self._dim is not None:
-                raise GaiaConfigError(f"the node returned {dim}-dimensional vectors after {self._dim}-dimensional ones")
-            with self._pipeline.sql_client() as client:
-                _ensure_in(client, dim)
-                with client.with_staging_dataset():
-                    _ensure_in(client, dim)
-            self._dim = dim
+    if pipeline is None or capabilities.vector_column != "duckdb":
+        return
+    with pipeline.sql_client() as client:
+        _ensure_in(client, dim)
+        with client.with_staging_dataset():
+            _ensure_in(client, dim)
 
 
-def _embed_query(client: GaiaClient, text: str, model: Optional[str]) -> tuple:
+def _embed_query(pool: NodePool, text: str, model: Optional[str]) -> Tuple[Any, Optional[str]]:
     body = {"input": [text], **({"model": model} if model else {})}
-    response, _ = client.post_json(EMBEDDINGS_PATH, body)
+    reply = pool.post_json(EMBEDDINGS_PATH, body)
     try:
-        vector = np.asarray(response["data"][0]["embedding"], dtype=np.float32)
+        vector = np.asarray(reply.body["data"][0]["embedding"], dtype=np.float32)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise GaiaError(f"could not read the query embedding from {client.url(EMBEDDINGS_PATH)}: {exc}") from None
-    return vector, response.get("model")
+        raise GaiaError(f"could not read the query embedding from {reply.node_url}/{EMBEDDINGS_PATH}: {exc}") from None
+    returned = reply.body.get("model") if isinstance(reply.body, dict) else None
+    return vector, returned if isinstance(returned, str) else None
 
 
 def search(
@@ -115,9 +107,9 @@ def search(
     k: int = 5,
     *,
     model: Optional[str] = None,
-    client: Optional[GaiaClient] = None,
-    **client_settings: Any,
-) -> pd.DataFrame:
+    pool: Optional[NodePool] = None,
+    **node_settings: Any,
+) -> "pd.DataFrame":
     """Embed ``query`` through the node and return the ``k`` most similar loaded texts, best first.
 
     On DuckDB the ranking runs in SQL (``array_cosine_similarity`` over the ``FLOAT[dim]`` column, which a vss HNSW
@@ -128,16 +120,23 @@ def search(
         query: The text to search for.
         k: How many hits.
         model: Embedding model (default: the node's); only rows embedded by the same model are compared.
-        client: A node client; by default one is built from ``[sources.gaia_source]`` config and ``client_settings``
-            (``base_url``, ``node_id``, ``api_key``, …).
+        pool: A node pool to embed the query with; by default one is opened from
+            :class:`~gaia_source.config.NodeSettings` (``node_settings`` win over ``[sources.gaia_source]`` config)
+            and closed afterwards.
+        node_settings: Fields of :class:`~gaia_source.config.NodeSettings` (``base_url``, ``api_key``, …).
 
     Returns:
         A DataFrame with ``text_id``, ``text``, ``metadata``, ``model`` and ``score`` (cosine similarity).
     """
     if k < 1:
         raise GaiaConfigError(f"k must be >= 1, got {k}")
-    client = client or configured_client(**client_settings)
-    vector, returned_model = _embed_query(client, query, model)
+    if pool is None:
+        with NodePool(resolve_node_settings(**node_settings)) as own:
+            vector, returned_model = _embed_query(own, query, model)
+    else:
+        vector, returned_model = _embed_query(pool, query, model)
+    import pandas as pd
+
     stored_model = model or returned_model
     dim = len(vector)
     with pipeline.sql_client() as sql:
@@ -159,9 +158,9 @@ def search(
     return _rank(rows or [], vector, k)
 
 
-def _rank(rows: Sequence[Sequence[Any]], vector: np.ndarray, k: int) -> pd.DataFrame:
+def _rank(rows: Sequence[Sequence[Any]], vector: Any, k: int) -> "pd.DataFrame":
     """Cosine-rank rows of (text_id, text, metadata, model, embedding) in numpy."""
-    import orjson
+    import pandas as pd
 
     columns = ["text_id", "text", "metadata", "model", "score"]
     if not rows:

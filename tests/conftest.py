@@ -17,6 +17,7 @@ import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
 
+from gaia_source import NodePool, resolve_node_settings
 from gaia_source.emulator import NodeEmulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ def isolated_dlt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DLT_PROJECT_DIR", str(tmp_path))
     monkeypatch.setenv("RUNTIME__DLTHUB_TELEMETRY", "false")
     monkeypatch.setenv("DATA_WRITER__DISABLE_COMPRESSION", "true")
+    monkeypatch.setenv("SOURCES__GAIA_SOURCE__ROUND_COOLDOWN", "0.05")  # the final round's wait, not the point of a test
     monkeypatch.chdir(tmp_path)
     # dlt builds its config providers once per process: point them at this test's project dir (and its .dlt/)
     Container()[PluggableRunContext].reload(str(tmp_path))
@@ -74,6 +76,11 @@ def make_pipeline(tmp_path: Path) -> Callable[..., dlt.Pipeline]:
         )
 
     return factory
+
+
+def node_pool(base_url: str, **settings: Any) -> NodePool:
+    """A node pool for one emulated node, settings resolved as the source resolves them."""
+    return NodePool(resolve_node_settings(base_url=base_url, **settings))
 
 
 def reload_dlt_config() -> None:

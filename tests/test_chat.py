@@ -49,14 +49,17 @@ def test_a_cut_stream_is_kept_then_completed_by_a_clean_rerun(make_node, make_pi
     run()
     [cut] = table_rows(pipeline, "chat_completions_stream", "request_id")
     full = "A Gaia node is an OpenAI-compatible API server that runs an LLM with a knowledge base."
-    assert cut["status"] == "interrupted" and cut["attempts"] == 2
+    assert cut["status"] == "interrupted" and cut["attempts"] == 4  # 2 attempts, then 2 more in the final round
     assert cut["content"] and full.startswith(cut["content"]) and cut["content"] != full
     assert "RemoteProtocolError" in cut["error"] and cut["finish_reason"] is None
+    assert query(pipeline, "SELECT request_id, error_type FROM failed_requests") == [
+        (cut["request_id"], "GaiaStreamInterrupted")]
     node.fault_rate = 0.0
     run()
     [done] = table_rows(pipeline, "chat_completions_stream", "request_id")
     assert done["request_id"] == cut["request_id"]
     assert (done["status"], done["content"], done["error"], done["finish_reason"]) == ("completed", full, None, "stop")
+    assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(0,)]  # completed: no longer failing
 
 
 def test_cumulative_usage_on_every_chunk_is_not_summed(make_node, make_pipeline) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import query, reload_dlt_config
 
-from gaia_source import GaiaClient, GaiaConfigError, gaia_source, resolve_base_url
+from gaia_source import GaiaConfigError, NodeClient, gaia_source, resolve_base_url, resolve_node_settings
 
 KEY = "gaia-TOPSECRET-5a5b5c5d5e"
 
@@ -92,14 +92,15 @@ def test_non_numeric_setting_names_the_setting(make_node, monkeypatch: pytest.Mo
 
 
 def test_key_over_plain_http_to_a_remote_host_warns(caplog: pytest.LogCaptureFixture) -> None:
+    settings = resolve_node_settings(base_url="http://127.0.0.1:9/v1", api_key=KEY)
     with caplog.at_level(logging.WARNING, logger="gaia_source"):
-        GaiaClient("http://node.example.com/v1", api_key=KEY).close()
-        GaiaClient("http://127.0.0.1:8080/v1", api_key=KEY).close()
-        GaiaClient("https://node.example.com/v1", api_key=KEY).close()
+        NodeClient("http://node.example.com/v1", settings).close()
+        NodeClient("http://127.0.0.1:8080/v1", settings).close()
+        NodeClient("https://node.example.com/v1", settings).close()
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "plain http to http://node.example.com/v1" in warnings[0]
     assert KEY not in warnings[0]
-    assert KEY not in repr(GaiaClient("https://node.example.com/v1", api_key=KEY))
+    assert KEY not in repr(NodeClient("https://node.example.com/v1", settings)) and KEY not in repr(settings)
 
 
 def test_the_key_is_in_no_file_the_run_writes(make_node, make_pipeline, isolated_dlt: Path) -> None:

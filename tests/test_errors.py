@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
-from conftest import data_tables, query, table_rows
+from conftest import data_tables, node_pool, query, table_rows
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from gaia_source import EndpointNotAvailable, GaiaAuthError, GaiaClient, gaia_source
+from gaia_source import GaiaAuthError, GaiaRequestError, gaia_source
 
 KEY = "gaia-SECRET-9f8e7d6c5b4a"
 
@@ -38,25 +39,28 @@ def test_wrong_key_stops_the_run_after_one_request(make_node, make_pipeline, fla
     assert node.total_requests() == 1  # the first refusal stops everything
 
 
-def test_missing_endpoint_error_names_endpoint_and_node(make_node) -> None:
+def test_missing_endpoint_skips_the_resource_after_one_request(make_node, make_pipeline, caplog) -> None:
     node = make_node("amd")
-    client = GaiaClient(node.base_url)
-    with pytest.raises(EndpointNotAvailable) as info:
-        client.post_json("embeddings", {"input": ["x"]})
-    assert str(info.value).startswith(f"the node at {node.base_url} has no POST /v1/embeddings (HTTP 404: Not Found)")
-    with pytest.raises(EndpointNotAvailable):  # remembered: not asked again
-        client.post_json("embeddings", {"input": ["y"]})
-    assert node.requests_to("/v1/embeddings") == 1
+    pipeline = make_pipeline()
+    source = gaia_source(base_url=node.base_url, texts=["x", "y", "z"], embedding_batch_size=1,
+                         embedding_model="nomic")
+    with caplog.at_level(logging.WARNING, logger="gaia_source"):
+        pipeline.run(source.with_resources("embeddings")).raise_on_failed_jobs()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"Skipping resource 'embeddings': the node at {node.base_url} has no POST "
+                              "/v1/embeddings (HTTP 404: Not Found)")
+    assert node.requests_to("/v1/embeddings") == 1  # decided by the first request: nothing else sent
+    assert "failed_requests" not in data_tables(pipeline)
 
 
 def test_html_and_plain_text_bodies_are_readable(make_node) -> None:
     nexus = make_node("nexus")
-    client = GaiaClient(f"{nexus.root_url}/not-a-node/v1")
-    with pytest.raises(EndpointNotAvailable) as info:
+    with node_pool(f"{nexus.root_url}/not-a-node/v1") as client, pytest.raises(GaiaRequestError) as info:
         client.get_json("models")
+    assert info.value.status_code == 404
     assert "HTML page: 404 Not Found" in str(info.value) and "<" not in str(info.value)
     rag = make_node("rag", outage=500)
-    client = GaiaClient(rag.base_url, max_attempts=1)
+    client = node_pool(rag.base_url, max_attempts=1)
     with pytest.raises(Exception) as info:
         client.post_json("chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     assert str(info.value) == (
@@ -77,14 +81,15 @@ def test_failed_requests_are_recorded_then_cleared_when_they_succeed(make_node, 
 
     run()
     failed = table_rows(pipeline, "failed_requests", "resource, request_id")
+    # 2 attempts, then one more round of 2 at the end of the run: every send is counted
     assert [(f["resource"], f["http_status"], f["attempts"]) for f in failed] == [
-        ("chat_completions", 503, 2), ("chat_completions", 503, 2), ("embeddings", 503, 2), ("embeddings", 503, 2)]
+        ("chat_completions", 503, 4), ("chat_completions", 503, 4), ("embeddings", 503, 4), ("embeddings", 503, 4)]
     assert all("emulated outage" in f["error_message"] for f in failed)
     assert all(f["error_type"] == "GaiaRequestError" for f in failed)
     prompts = sorted(json.loads(f["request_body"])["messages"][0]["content"] for f in failed if f["resource"] == "chat_completions")
     assert prompts == ["one", "two"]
     assert "chat_completions" not in data_tables(pipeline)
-    assert node.requests_to("/v1/chat/completions") == 4  # 2 prompts x 2 attempts
+    assert node.requests_to("/v1/chat/completions") == 8  # 2 prompts x 2 attempts x 2 rounds
 
     node.outage = None
     run()
@@ -110,10 +115,12 @@ def test_retries_recover_a_cut_stream_and_record_it_when_every_attempt_is_cut(ma
     source = gaia_source(base_url=node.base_url, prompts=["tell me a long story [[cut]]"], max_attempts=2, retry_backoff=0.01)
     pipeline.run(source.with_resources("chat_completions_stream"))
     [row] = table_rows(pipeline, "chat_completions_stream", "request_id")
-    assert row["status"] == "interrupted" and row["attempts"] == 2
+    assert row["status"] == "interrupted" and row["attempts"] == 4  # 2 attempts in each of 2 rounds
     assert row["content"] and "Llama-3.2-3B-Instruct answers: tell me a long story [[cut]]".startswith(row["content"])
     assert "RemoteProtocolError" in row["error"]
-    assert node.requests_to("/v1/chat/completions") == 2
+    assert node.requests_to("/v1/chat/completions") == 4
+    [failure] = table_rows(pipeline, "failed_requests", "request_id")  # not completed: the run says so
+    assert failure["request_id"] == row["request_id"] and failure["error_type"] == "GaiaStreamInterrupted"
 
 
 def test_amd_inband_error_is_an_error_row(make_node, make_pipeline) -> None:

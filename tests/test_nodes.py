@@ -7,8 +7,7 @@ from collections import Counter
 import pytest
 from conftest import query
 
-from gaia_source import GaiaConfigError, gaia_source
-from gaia_source.pool import resolve_base_urls
+from gaia_source import GaiaConfigError, gaia_source, resolve_base_urls
 
 
 def test_requests_spread_over_nodes_each_within_its_limit(make_node, make_pipeline) -> None:

@@ -34,12 +34,18 @@ EXPECTED = {
 }
 
 
+def _input_files(folder: Path) -> List[str]:
+    (folder / "prompts.txt").write_text("What is the capital of France?\nWhat does dlt do?\n")
+    (folder / "texts.txt").write_text("Paris is on the Seine.\nDuckDB stores vectors.\n")
+    (folder / "queries.txt").write_text("Where is Paris located?\n")
+    return ["--prompts-file", "prompts.txt", "--texts-file", "texts.txt", "--queries-file", "queries.txt"]
+
+
 @pytest.mark.parametrize("flavor", ["rag", "nexus", "amd"])
 def test_base_url_against_each_flavour(make_node, tmp_path: Path, flavor: str) -> None:
     node = make_node(flavor)
-    result = run_cli(tmp_path, "--base-url", node.base_url)
+    result = run_cli(tmp_path, "--base-url", node.base_url, *_input_files(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "no prompts configured; sending the 3 built-in sample prompts" in result.stdout
     tables, missing = EXPECTED[flavor]
     loaded = counts(tmp_path / "gaia_pipeline.duckdb")
     assert set(loaded) == tables and all(n > 0 for n in loaded.values())
@@ -47,6 +53,21 @@ def test_base_url_against_each_flavour(make_node, tmp_path: Path, flavor: str) -
     assert len(warnings) == len(missing)
     for path in missing:
         assert sum(path in w and node.base_url in w for w in warnings) == 1
+
+
+def test_a_real_run_sends_only_what_was_configured(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    (tmp_path / "prompts.txt").write_text("Is DuckDB fast?\nWhat is a knowledge base?\n")
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "prompts.txt")
+    assert result.returncode == 0, result.stderr
+    assert node.requests_to("/v1/embeddings") == node.requests_to("/v1/retrieve") == 0  # no built-in samples
+    assert node.requests_to("/v1/chat/completions") == 4  # 2 prompts, plain and streamed
+    assert counts(tmp_path / "gaia_pipeline.duckdb") == {"models": 2, "info": 1, "chat_completions": 2,
+                                                         "chat_completions_stream": 2}
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        asked = {r[0] for r in con.execute("SELECT messages->>'$[0].content' FROM gaia_data.chat_completions").fetchall()}
+    assert asked == {"Is DuckDB fast?", "What is a knowledge base?"}
+    assert "not run (no inputs): embeddings (--texts-file), retrieve (--queries-file)" in result.stdout
 
 
 def test_no_node_configured_explains_what_to_do(tmp_path: Path) -> None:
@@ -69,12 +90,14 @@ def test_wrong_key_is_a_clear_error_after_one_request(make_node, tmp_path: Path)
 def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_path: Path) -> None:
     node = make_node("nexus", outage=502)
     env = {"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1", "SOURCES__GAIA_SOURCE__CHAT_MODEL": "Qwen3-4B"}
-    result = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions", env=env)
+    (tmp_path / "prompts.txt").write_text("one\ntwo\nthree\n")
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
+                     "--prompts-file", "prompts.txt", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "3 request(s) are failing: SELECT * FROM gaia_data.failed_requests" in result.stderr
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"failed_requests": 3}
     allowed = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
-                      "--allow-failed-requests", env=env)
+                      "--prompts-file", "prompts.txt", "--allow-failed-requests", env=env)
     assert allowed.returncode == 0
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import query, table_rows
+from conftest import node_pool, query, table_rows
 
-from gaia_source import GaiaClient, GaiaRequestError, gaia_source
+from gaia_source import GaiaRequestError, gaia_source
 from gaia_source.emulator import FAULT_KINDS, MALFORMED, MALFORMED_STREAMS
 
 SOAK = {"timeout": 0.3, "max_attempts": 10, "retry_backoff": 0.01, "retry_max_wait": 0.05, "max_concurrency": 8}
@@ -100,15 +100,20 @@ def test_malformed_streams_are_error_rows_with_their_partial_text(make_node, mak
     assert "'choices' of type str" in rows["sse-choices-string"]["error"]
     assert "'delta' of type str" in rows["sse-delta-string"]["error"]
     assert rows["sse-no-done"]["status"] == "interrupted" and rows["sse-no-done"]["content"] == "Partial"
-    [(message,)] = query(pipeline, "SELECT error_message FROM failed_requests")
-    assert "expected an event stream, got application/json" in message
+    failed = dict(query(pipeline, "SELECT request_id, error_message FROM failed_requests"))
+    streams = {name: row["request_id"] for name, row in rows.items() if name != "good"}
+    assert set(streams.values()) <= set(failed) and len(failed) == 6
+    assert "chunk 2 is not JSON" in failed[streams["sse-garbage"]]  # every stream that did not complete is failing
+    assert "stream ended before [DONE]" in failed[streams["sse-no-done"]]
+    [other] = set(failed) - set(streams.values())  # the JSON answer to a streamed request has no partial row
+    assert "expected an event stream, got application/json" in failed[other]
 
 
 def test_retry_after_is_honoured_and_capped(make_node, caplog: pytest.LogCaptureFixture) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}]}
     for retry_after, cap, logged in [("0.2", 5.0, "retrying in 0.20 s"), ("3600", 0.05, "retrying in 0.05 s")]:
         node = make_node("nexus", fault_rate=1.0, fault_kinds=("429",), retry_after=retry_after)
-        client = GaiaClient(node.base_url, max_attempts=2, retry_max_wait=cap)
+        client = node_pool(node.base_url, max_attempts=2, retry_max_wait=cap)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="gaia_source"), pytest.raises(GaiaRequestError) as info:
             client.post_json("chat/completions", body)
@@ -125,7 +130,7 @@ def test_retry_after_is_honoured_and_capped(make_node, caplog: pytest.LogCapture
 ])
 def test_what_is_retried(make_node, flavor, path, body, status) -> None:
     node = make_node(flavor)
-    client = GaiaClient(node.base_url, max_attempts=3, retry_backoff=0.01)
+    client = node_pool(node.base_url, max_attempts=3, retry_backoff=0.01)
     with pytest.raises(GaiaRequestError) as info:
         client.post_json(path, body)
     assert info.value.status_code == status

@@ -1,0 +1,160 @@
+"""A run context: what one run of a source or transformer owns, and closes when its extraction ends.
+
+It holds the node pool (connections, breaker state, a refused key), the destination's capabilities, the models it
+discovered and the node metadata it fetched. Resources enter it while they extract; when the last one leaves —
+normally or on an error — the pool is closed. A new run (a new dlt load id) starts from a clean slate, so a failure
+in one run never changes the next one in the same process (a notebook, an Airflow worker). Nothing lives in a
+module-level variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional, Set, Tuple
+
+import dlt
+
+from .client import Reply
+from .config import NodeSettings
+from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline
+from .errors import GaiaAuthError, GaiaError
+from .pool import NodePool
+from .rows import model_ids, models_from_info
+from .settings import INFO_PATH, MODELS_PATH
+
+logger = logging.getLogger("gaia_source")
+
+
+def _run_key() -> Optional[str]:
+    """The id of the dlt load being extracted now, or None outside a pipeline run."""
+    try:
+        return str(dlt.current.load_package_state()["load_id"])
+    except Exception:
+        return None
+
+
+class RunContext:
+    """One run's pool, destination capabilities and discoveries.
+
+    Args:
+        settings: The resolved node settings.
+    """
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._users = 0
+        self._key: Optional[str] = None
+        self._pool: Optional[NodePool] = None
+        self._pipeline: Optional[dlt.Pipeline] = None
+        self._capabilities: Optional[DestinationCapabilities] = None
+        self._metadata: Dict[Tuple[str, str], Any] = {}
+        self._metadata_locks: Dict[Tuple[str, str], threading.Lock] = {}
+        self._models: Optional[Tuple[Optional[str], Optional[str]]] = None
+        self._seen: Dict[str, Set[str]] = {}
+
+    @contextmanager
+    def active(self) -> Iterator["RunContext"]:
+        """Use the context while a resource extracts (call it on the extracting thread)."""
+        with self._lock:
+            key = _run_key()
+            if self._users == 0 and (key is None or key != self._key):
+                self._reset(key)
+            if self._pool is None:
+                self._pool = NodePool(self.settings)
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._pool is not None:
+                    self._pool.close()
+                    self._pool = None
+
+    def _reset(self, key: Optional[str]) -> None:
+        self._key = key
+        self._pipeline = current_pipeline()
+        self._capabilities = capabilities_of(self._pipeline)
+        self._metadata.clear()
+        self._metadata_locks.clear()
+        self._models = None
+        self._seen = {}
+
+    @property
+    def pool(self) -> NodePool:
+        """The run's node pool (only while :meth:`active`)."""
+        if self._pool is None:
+            raise RuntimeError("the run context is not active")
+        return self._pool
+
+    @property
+    def destination(self) -> DestinationCapabilities:
+        """What the destination of this run can do (decided once, when the run started)."""
+        return self._capabilities or DestinationCapabilities(name=None)
+
+    @property
+    def pipeline(self) -> Optional[dlt.Pipeline]:
+        """The pipeline of this run (None outside one)."""
+        return self._pipeline
+
+    def seen(self, table: str) -> Set[str]:
+        """Keys already yielded to ``table`` in this run (so a key is sent once per run, across pages)."""
+        return self._seen.setdefault(table, set())
+
+    def loaded_ids(self, table: str, id_column: str, where: str = "") -> LoadedIds:
+        """A lookup of the ids already in ``table`` of this run's destination."""
+        return LoadedIds(self._pipeline, self.destination, table, id_column, where)
+
+    # --- node metadata -----------------------------------------------------------------------------------------
+
+    def metadata(self, node_url: str, path: str, missing_is_transient: bool = True) -> Reply:
+        """GET /v1/info or /v1/models of one node once per run (thread-safe); a failure is remembered too."""
+        key = (node_url, path)
+        with self._lock:
+            lock = self._metadata_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._metadata:
+                try:
+                    self._metadata[key] = self.pool.send("GET", path, node=node_url,
+                                                         missing_is_transient=missing_is_transient)
+                except GaiaAuthError:
+                    raise
+                except GaiaError as exc:
+                    self._metadata[key] = exc
+            outcome = self._metadata[key]
+        if isinstance(outcome, GaiaError):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    def _optional_metadata(self, node_url: str, path: str) -> Any:
+        try:
+            return self.metadata(node_url, path, missing_is_transient=False).body
+        except GaiaAuthError:
+            raise
+        except GaiaError as exc:
+            logger.debug("could not read %s for model discovery: %s", path, exc)
+            return None
+
+    def discover_models(self) -> Tuple[Optional[str], Optional[str]]:
+        """The first node's (chat model, embedding model), from /v1/info, else guessed from /v1/models.
+
+        Gaia nodes ignore an unknown ``model`` and answer with the loaded one, so a wrong guess is harmless there;
+        AMD GAIA servers need a real agent id, which /v1/models gives.
+        """
+        with self._lock:
+            if self._models is not None:
+                return self._models
+        node = self.pool.nodes[0].base_url
+        chat, embedding = models_from_info(self._optional_metadata(node, INFO_PATH))
+        if not (chat and embedding):
+            ids = model_ids(self._optional_metadata(node, MODELS_PATH))
+            embedders = [m for m in ids if "embed" in m.lower()]
+            others = [m for m in ids if m not in embedders]
+            chat = chat or (others[0] if others else None)
+            embedding = embedding or (embedders[0] if embedders else None)
+        with self._lock:
+            self._models = (chat, embedding)
+        return chat, embedding

@@ -1,0 +1,211 @@
+"""The endpoint catalogue: one declaration per Gaia endpoint, which :mod:`gaia_source.resources` turns into a resource.
+
+An :class:`Endpoint` says what to request (method, path, a request builder over the run's inputs), how to read the
+reply (a row builder from :mod:`gaia_source.rows`) and what the table looks like (columns, key, write disposition).
+Nothing here sends a request. Adding an endpoint (say ``/v1/rerank``) is one entry in :data:`ENDPOINTS`, one row
+builder, and one route in the emulator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+from dlt.common.schema.typing import TTableSchemaColumns
+
+from .client import Reply
+from .context import RunContext
+from .destination import skip_loaded, unique
+from .inputs import ChatInput, QueryInput, TextInput
+from .payloads import (
+    PreparedRequest,
+    Shard,
+    chat_request,
+    embedding_id,
+    embeddings_request,
+    in_shard,
+    normalize_chat_params,
+    retrieve_request,
+)
+from .rows import (
+    CHAT_NONSTREAM_COLUMNS,
+    CHAT_STREAM_COLUMNS,
+    EMBEDDING_COLUMNS,
+    INFO_COLUMNS,
+    MODEL_COLUMNS,
+    RETRIEVE_COLUMNS,
+    chat_completion_row,
+    chat_stream_row,
+    embedding_table,
+    info_row,
+    model_rows,
+    retrieve_row,
+)
+from .settings import CHAT_PATH, DEFAULT_EMBEDDING_BATCH_SIZE, EMBEDDINGS_PATH, INFO_PATH, MODELS_PATH, RETRIEVE_PATH
+
+logger = logging.getLogger("gaia_source")
+
+
+def _nothing() -> Iterator[Any]:
+    return iter(())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one source or transformer run was asked to do (how to reach the node is :class:`NodeSettings`).
+
+    The input callables return a fresh iterator on each call: inputs are read lazily, and once more to validate.
+    """
+
+    prompts: Callable[[], Iterator[ChatInput]] = _nothing
+    texts: Callable[[], Iterator[TextInput]] = _nothing
+    queries: Callable[[], Iterator[QueryInput]] = _nothing
+    chat_model: Optional[str] = None
+    embedding_model: Optional[str] = None
+    chat_params: Dict[str, Any] = field(default_factory=dict)
+    embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
+    refresh: bool = False
+    shard: Optional[Shard] = None
+
+
+RequestBuilder = Callable[["Endpoint", Plan, RunContext], Iterator[PreparedRequest]]
+RowBuilder = Callable[[PreparedRequest, Reply], Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint as a dlt resource.
+
+    Attributes:
+        name: Resource and table name.
+        method: ``GET`` or ``POST``.
+        path: Path relative to ``/v1``.
+        requests: Builds the run's requests from its plan (and skips what is already loaded).
+        rows: Turns one reply into rows: a list of dicts, or an Arrow table.
+        columns: The table's columns.
+        primary_key: The table's key.
+        write_disposition: How rows land.
+        inputs: The plan input that feeds it (``prompts``/``texts``/``queries``); None: one request per node.
+        stream: Sent as a stream and folded (streamed chat).
+        vectors: Rows carry a vector column (Arrow where the destination takes it, a native column prepared first).
+        append_when_new: Rows are known new (looked up first) and appended; merged on ``refresh`` or when the
+            destination cannot be asked what it holds.
+    """
+
+    name: str
+    method: str
+    path: str
+    requests: RequestBuilder
+    rows: RowBuilder
+    columns: TTableSchemaColumns
+    primary_key: Union[str, Tuple[str, ...], None]
+    write_disposition: str
+    inputs: Optional[str] = None
+    stream: bool = False
+    vectors: bool = False
+    append_when_new: bool = False
+
+
+def _one(build: Callable[[PreparedRequest, Reply], Dict[str, Any]]) -> RowBuilder:
+    def rows(request: PreparedRequest, reply: Reply) -> List[Dict[str, Any]]:
+        return [build(request, reply)]
+
+    rows.__doc__ = build.__doc__
+    return rows
+
+
+# --- request builders -------------------------------------------------------------------------------------------
+
+
+def _first_shard(plan: Plan, resource: str) -> bool:
+    if plan.shard is not None and plan.shard[0] != 0:
+        logger.info("%s: loaded by shard 0 only (this is shard %d/%d)", resource, *plan.shard)
+        return False
+    return True
+
+
+def per_node_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
+    """One GET per node of the pool (shard 0 only); the body names the node, so each has its own request id."""
+    if _first_shard(plan, endpoint.name):
+        for node in context.pool.nodes:
+            yield PreparedRequest(endpoint.path, {"node_url": node.base_url}, node=node.base_url)
+
+
+def _request_id(request: PreparedRequest) -> str:
+    return request.request_id
+
+
+def _chat_requests(stream: bool) -> RequestBuilder:
+    def requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
+        """Chat requests for the plan's prompts; prompts with a ``completed`` row are skipped unless ``refresh``."""
+        items = plan.prompts()
+        first = next(items, None)
+        if first is None:
+            return
+        model = plan.chat_model or context.discover_models()[0]
+        built = (
+            chat_request(item.messages, item.model or model, {**plan.chat_params, **normalize_chat_params(item.params)},
+                         stream, item.custom_id, item.source)
+            for item in itertools.chain([first], items)
+        )
+        sharded = (r for r in built if in_shard(r.request_id, plan.shard))
+        if plan.refresh:
+            yield from sharded
+            return
+        ids = context.loaded_ids(endpoint.name, "request_id", "status = 'completed'")
+        yield from skip_loaded(sharded, _request_id, ids, "prompts")
+
+    return requests
+
+
+def _first(pair: Tuple[str, TextInput]) -> str:
+    return pair[0]
+
+
+def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
+    """Embeddings requests of ``embedding_batch_size`` texts; each (model, text) is sent once, and not at all when
+    it is already in the table (looked up by content hash) unless ``refresh``."""
+    items = plan.texts()
+    first = next(items, None)
+    if first is None:
+        return
+    model = plan.embedding_model or context.discover_models()[1]
+    keyed = ((embedding_id(model, t.text), t) for t in itertools.chain([first], items))
+    # one row per (model, text) in a run, across the pages a transformer gets too
+    keyed = unique((kt for kt in keyed if in_shard(kt[0], plan.shard)), _first, context.seen(endpoint.name))
+    if not plan.refresh:
+        keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts")
+    texts = (text for _, text in keyed)
+    while batch := list(itertools.islice(texts, plan.embedding_batch_size)):
+        yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
+
+
+def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
+    """One retrieval request per query."""
+    for query in plan.queries():
+        request = retrieve_request(query.query, query.custom_id, query.source)
+        if in_shard(request.request_id, plan.shard):
+            yield request
+
+
+# --- the catalogue ----------------------------------------------------------------------------------------------
+
+ENDPOINTS: Tuple[Endpoint, ...] = (
+    Endpoint("models", "GET", MODELS_PATH, per_node_requests, model_rows, MODEL_COLUMNS,
+             ("node_url", "id"), "merge"),
+    Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, None, "append"),
+    Endpoint("chat_completions", "POST", CHAT_PATH, _chat_requests(stream=False), _one(chat_completion_row),
+             CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts"),
+    Endpoint("chat_completions_stream", "POST", CHAT_PATH, _chat_requests(stream=True), _one(chat_stream_row),
+             CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True),
+    Endpoint("embeddings", "POST", EMBEDDINGS_PATH, embedding_requests, embedding_table, EMBEDDING_COLUMNS,
+             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True),
+    Endpoint("retrieve", "POST", RETRIEVE_PATH, retrieve_requests, _one(retrieve_row), RETRIEVE_COLUMNS,
+             "request_id", "merge", inputs="queries"),
+)
+"""Every endpoint the source loads, in the order of its resources."""
+
+ENDPOINT_BY_NAME: Dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in ENDPOINTS}
+RESOURCE_NAMES: Tuple[str, ...] = tuple(ENDPOINT_BY_NAME)
