@@ -25,9 +25,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import dlt
 from dlt.common.pipeline import LoadInfo
-from dlt.pipeline.exceptions import PipelineStepFailed
-
 from dlt.extract.source import DltSource
+from dlt.pipeline.exceptions import PipelineStepFailed
 
 from gaia_source import RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
 from gaia_source.batch import CHAT_TABLES, export_batch_output
@@ -85,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--max-concurrency", type=int, help="requests in flight at once")
     data = parser.add_argument_group("inputs")
     data.add_argument("--prompts-file", help="prompts: .jsonl (Batch or messages lines), .csv (prompt column) or text")
-    data.add_argument("--texts-file", help="texts to embed: text lines, .jsonl (text/id/metadata) or .csv (text column)")
+    data.add_argument("--texts-file",
+                      help="texts to embed: text lines, .jsonl (text/id/metadata) or .csv (text column)")
     data.add_argument("--queries-file", help="retrieval queries: text lines, .jsonl or .csv (query column)")
     data.add_argument("--system-prompt", help="system message for every prompt that has none")
     load = parser.add_argument_group("load")
@@ -154,7 +154,9 @@ def _resources(spec: Optional[str]) -> List[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in RESOURCE_NAMES]
     if unknown or not names:
-        raise GaiaConfigError(f"--resources: unknown resource(s) {unknown or spec!r}; choose from {', '.join(RESOURCE_NAMES)}")
+        raise GaiaConfigError(
+            f"--resources: unknown resource(s) {unknown or spec!r}; choose from {', '.join(RESOURCE_NAMES)}"
+        )
     return names
 
 
@@ -176,7 +178,8 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
 def _print_counts(pipeline: dlt.Pipeline) -> int:
     """Print rows loaded now and rows in each table; return how many requests are failing."""
     loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
-    tables = sorted(t for t in pipeline.default_schema.data_table_names(seen_data_only=True) if not t.startswith("_dlt"))
+    seen = pipeline.default_schema.data_table_names(seen_data_only=True)
+    tables = sorted(t for t in seen if not t.startswith("_dlt"))
     totals: Dict[str, int] = {}
     with contextlib.suppress(Exception):
         totals = dict(pipeline.dataset().row_counts(table_names=tables).fetchall())

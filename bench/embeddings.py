@@ -25,7 +25,18 @@ from typing import Any, Dict, Iterator, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import bench_pipeline, parse_args, Timer, emulator, emulator_requests, fmt_row, ratio, report, run_part, workdir  # noqa: E402
+from common import (  # noqa: E402
+    Timer,
+    bench_pipeline,
+    emulator,
+    emulator_requests,
+    fmt_row,
+    parse_args,
+    ratio,
+    report,
+    run_part,
+    workdir,
+)
 
 WORDS = ("paris seine river france tower gaia node model vector warehouse duckdb arrow table query index search "
          "embedding token latency stream answer prompt corpus document chapter section").split()
@@ -85,7 +96,8 @@ def part_raw(args: Dict[str, Any]) -> None:
             chunk = pa.concat_tables(pending)  # noqa: F841
             con.execute("INSERT INTO embeddings SELECT * FROM chunk")
     rows = con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
-    report({"seconds": t.seconds, "rows": rows, "type": con.execute("SELECT typeof(embedding) FROM embeddings LIMIT 1").fetchone()[0]})
+    column_type = con.execute("SELECT typeof(embedding) FROM embeddings LIMIT 1").fetchone()[0]
+    report({"seconds": t.seconds, "rows": rows, "type": column_type})
 
 
 def part_gaia(args: Dict[str, Any]) -> None:
@@ -119,7 +131,8 @@ def part_dlt_default(args: Dict[str, Any]) -> None:
         for texts in _batches(args["texts_file"], args["batch_size"], args["slice"]):
             body = orjson.loads(client.post(f"{args['base_url']}/embeddings", content=orjson.dumps({"input": texts}),
                                             headers={"Content-Type": "application/json"}).content)
-            yield [{"text": texts[d["index"]], "model": body["model"], "embedding": d["embedding"]} for d in body["data"]]
+            yield [{"text": texts[d["index"]], "model": body["model"], "embedding": d["embedding"]}
+                   for d in body["data"]]
 
     pipeline = bench_pipeline("bench_default", args["dir"])
     with Timer() as t:

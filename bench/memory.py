@@ -15,7 +15,7 @@ from typing import Any, Dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import bench_pipeline, parse_args, peak_rss_mb, Timer, emulator, report, run_part, workdir  # noqa: E402
+from common import Timer, bench_pipeline, emulator, parse_args, peak_rss_mb, report, run_part, workdir  # noqa: E402
 
 
 def part_gaia(args: Dict[str, Any]) -> None:
@@ -57,7 +57,8 @@ def main() -> int:
         print(f"{count:>9,} prompts: {part['seconds']:7.2f} s   {count / part['seconds']:7.0f} prompts/s   "
               f"peak RSS {part['peak_rss_mb']:6.0f} MB (after extraction {part['extract_peak_mb']:6.0f} MB)")
     large, small = results[args.large], results[args.small]
-    print(f"peak RSS {args.large:,} / {args.small:,}: {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x (target <= 1.3x); "
+    ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+    print(f"peak RSS {args.large:,} / {args.small:,}: {ratio:.2f}x (target <= 1.3x); "
           f"during extraction: {large['extract_peak_mb'] / small['extract_peak_mb']:.2f}x")
     return 0
 

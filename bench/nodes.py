@@ -17,7 +17,7 @@ from typing import Any, Dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import bench_pipeline, parse_args, Timer, emulator, emulator_requests, report, run_part, workdir  # noqa: E402
+from common import Timer, bench_pipeline, emulator, emulator_requests, parse_args, report, run_part, workdir  # noqa: E402
 
 
 def part_gaia(args: Dict[str, Any]) -> None:
@@ -55,7 +55,7 @@ def main() -> int:
         one = run_part(__file__, "gaia", {**common, "nodes": urls[:1], "dir": str(workdir("gaia-bench-nodes-"))})
         before = [emulator_requests(u, "/v1/chat/completions") for u in urls]
         many = run_part(__file__, "gaia", {**common, "nodes": urls, "dir": str(workdir("gaia-bench-nodes-"))})
-        spread = [emulator_requests(u, "/v1/chat/completions") - b for u, b in zip(urls, before)]
+        spread = [emulator_requests(u, "/v1/chat/completions") - b for u, b in zip(urls, before, strict=True)]
     assert one["rows"] == many["rows"] == args.prompts
     print(f"nodes: {args.prompts} prompts, rag emulators at {args.latency_ms:g} ms answering one at a time, "
           f"per-node concurrency {args.concurrency}")

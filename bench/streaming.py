@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import bench_pipeline, parse_args, Timer, emulator, report, run_part, workdir  # noqa: E402
+from common import Timer, bench_pipeline, emulator, parse_args, report, run_part, workdir  # noqa: E402
 
 
 def _prompts(count: int, words: int) -> List[str]:
@@ -52,7 +52,8 @@ def part_gaia(args: Dict[str, Any]) -> None:
 
     pipeline = bench_pipeline("bench_stream", args["dir"])
     source = gaia_source(base_url=args["base_url"], prompts=_prompts(args["streams"], args["words"]),
-                         chat_model="Llama-3.2-3B-Instruct", max_concurrency=1).with_resources("chat_completions_stream")
+                         chat_model="Llama-3.2-3B-Instruct", max_concurrency=1)
+    source = source.with_resources("chat_completions_stream")
     with Timer() as t:
         pipeline.extract(source)
     pipeline.normalize()

@@ -37,7 +37,7 @@ def _rows(pipeline: dlt.Pipeline, sql: str) -> Iterator[Dict[str, Any]]:
                 if not batch:
                     return
                 for row in batch:
-                    yield dict(zip(names, row))
+                    yield dict(zip(names, row, strict=True))
 
 
 def _completion_body(row: Dict[str, Any]) -> Dict[str, Any]:

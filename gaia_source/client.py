@@ -268,7 +268,9 @@ class NodeClient:
             raise self._stream_failure(path, result, status, headers)
         return Reply(self.base_url, status, 1, result.duration_s, result.duration_s, stream=result, headers=headers)
 
-    def _stream_failure(self, path: str, result: StreamResult, status: int, headers: Mapping[str, str]) -> GaiaStreamError:
+    def _stream_failure(
+        self, path: str, result: StreamResult, status: int, headers: Mapping[str, str]
+    ) -> GaiaStreamError:
         kind = GaiaStreamInterrupted if result.status == STATUS_INTERRUPTED else GaiaStreamError
         error = kind("POST", self.url(path), self._redact(result.error or result.status), status or None)
         error.partial = Reply(self.base_url, status, 1, result.duration_s, result.duration_s, stream=result,

@@ -54,6 +54,7 @@ class RunContext:
         self._metadata_locks: Dict[Tuple[str, str], threading.Lock] = {}
         self._models: Optional[Tuple[Optional[str], Optional[str]]] = None
         self._seen: Dict[str, Set[str]] = {}
+        self._endpoints: Dict[str, bool] = {}
 
     @contextmanager
     def active(self) -> Iterator["RunContext"]:
@@ -82,6 +83,7 @@ class RunContext:
         self._metadata_locks.clear()
         self._models = None
         self._seen = {}
+        self._endpoints = {}
 
     @property
     def pool(self) -> NodePool:
@@ -103,6 +105,14 @@ class RunContext:
     def seen(self, table: str) -> Set[str]:
         """Keys already yielded to ``table`` in this run (so a key is sent once per run, across pages)."""
         return self._seen.setdefault(table, set())
+
+    def endpoint_exists(self, resource: str) -> Optional[bool]:
+        """What this run's first request of ``resource`` found: True (exists), False (missing), None (not asked)."""
+        return self._endpoints.get(resource)
+
+    def set_endpoint_exists(self, resource: str, exists: bool) -> None:
+        """Record the verdict of ``resource``'s first request for the rest of the run."""
+        self._endpoints[resource] = exists
 
     def loaded_ids(self, table: str, id_column: str, where: str = "") -> LoadedIds:
         """A lookup of the ids already in ``table`` of this run's destination."""

@@ -125,6 +125,7 @@ class LoadedIds:
             qualified = client.make_qualified_table_name(self.table)
             column = client.escape_column_name(self.id_column)
             condition = f" AND ({self.where})" if self.where else ""
+            args: List[Any]
             for start in range(0, len(wanted), LOOKUP_BATCH):
                 batch = wanted[start : start + LOOKUP_BATCH]
                 if self._dialect == "duckdb":  # one list parameter binds ~8x faster than thousands of them
@@ -182,4 +183,5 @@ def skip_loaded(items: Iterable[T], key: Callable[[T], str], ids: LoadedIds, wha
                 yield from flush()
         yield from flush()
     if skipped:
-        logger.info("%s: %d %s already loaded, not sent again (refresh=true sends them again)", ids.table, skipped, what)
+        logger.info("%s: %d %s already loaded, not sent again (refresh=true sends them again)",
+                    ids.table, skipped, what)

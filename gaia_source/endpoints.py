@@ -85,7 +85,7 @@ class Endpoint:
         requests: Builds the run's requests from its plan (and skips what is already loaded).
         rows: Turns one reply into rows: a list of dicts, or an Arrow table.
         columns: The table's columns.
-        primary_key: The table's key.
+        primary_key: The table's key (empty: none, e.g. a history of snapshots).
         write_disposition: How rows land.
         inputs: The plan input that feeds it (``prompts``/``texts``/``queries``); None: one request per node.
         stream: Sent as a stream and folded (streamed chat).
@@ -100,7 +100,7 @@ class Endpoint:
     requests: RequestBuilder
     rows: RowBuilder
     columns: TTableSchemaColumns
-    primary_key: Union[str, Tuple[str, ...], None]
+    primary_key: Union[str, Tuple[str, ...]]
     write_disposition: str
     inputs: Optional[str] = None
     stream: bool = False
@@ -172,7 +172,7 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if first is None:
         return
     model = plan.embedding_model or context.discover_models()[1]
-    keyed = ((embedding_id(model, t.text), t) for t in itertools.chain([first], items))
+    keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text), t) for t in itertools.chain([first], items))
     # one row per (model, text) in a run, across the pages a transformer gets too
     keyed = unique((kt for kt in keyed if in_shard(kt[0], plan.shard)), _first, context.seen(endpoint.name))
     if not plan.refresh:
@@ -195,7 +195,7 @@ def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> It
 ENDPOINTS: Tuple[Endpoint, ...] = (
     Endpoint("models", "GET", MODELS_PATH, per_node_requests, model_rows, MODEL_COLUMNS,
              ("node_url", "id"), "merge"),
-    Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, None, "append"),
+    Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, (), "append"),
     Endpoint("chat_completions", "POST", CHAT_PATH, _chat_requests(stream=False), _one(chat_completion_row),
              CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts"),
     Endpoint("chat_completions_stream", "POST", CHAT_PATH, _chat_requests(stream=True), _one(chat_stream_row),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import orjson
 
@@ -83,7 +83,7 @@ def _open(path: str, setting: str) -> Any:
     return open(path, "r", encoding="utf-8-sig", errors="strict", newline="")
 
 
-def _iter_lines(path: str, setting: str) -> Iterator[tuple]:
+def _iter_lines(path: str, setting: str) -> Iterator[Tuple[int, str]]:
     """Yield (line_number, text) of non-empty lines; undecodable bytes are a clear error naming the line."""
     if not os.path.isfile(path):
         raise GaiaConfigError(f"{setting}: file not found: {path}")
@@ -97,7 +97,7 @@ def _iter_lines(path: str, setting: str) -> Iterator[tuple]:
                 yield lineno, line
 
 
-def _iter_json_lines(path: str, setting: str) -> Iterator[tuple]:
+def _iter_json_lines(path: str, setting: str) -> Iterator[Tuple[int, Any]]:
     for lineno, line in _iter_lines(path, setting):
         try:
             yield lineno, orjson.loads(line)
@@ -105,7 +105,7 @@ def _iter_json_lines(path: str, setting: str) -> Iterator[tuple]:
             raise GaiaConfigError(f"{path}:{lineno}: not valid JSON ({exc})") from None
 
 
-def _iter_csv_rows(path: str, setting: str, column: str) -> Iterator[tuple]:
+def _iter_csv_rows(path: str, setting: str, column: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
     with _open(path, setting) as fh:
         try:
             reader = csv.DictReader(fh)
@@ -162,7 +162,9 @@ def chat_input_from_object(obj: Any, where: str) -> ChatInput:
     if isinstance(obj, list):
         return ChatInput(_check_messages(obj, where), source=where)
     if not isinstance(obj, dict):
-        raise GaiaConfigError(f"{where}: expected a prompt string, a message list or an object, got {type(obj).__name__}")
+        raise GaiaConfigError(
+            f"{where}: expected a prompt string, a message list or an object, got {type(obj).__name__}"
+        )
     custom_id = _custom_id(obj.get("custom_id"), where)
     if "body" in obj:  # OpenAI Batch input line
         url = obj.get("url", "/v1/chat/completions")

@@ -18,8 +18,6 @@ from .inputs import Message
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, RETRIEVE_PATH
 
 
-
-
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys and no whitespace: the same value always gives the same bytes."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
@@ -113,7 +111,9 @@ def chat_request(
     return PreparedRequest(CHAT_PATH, body, custom_id=custom_id, source=source)
 
 
-def embeddings_request(texts: Sequence[str], model: Optional[str], extra: Optional[Dict[str, Any]] = None) -> PreparedRequest:
+def embeddings_request(
+    texts: Sequence[str], model: Optional[str], extra: Optional[Dict[str, Any]] = None
+) -> PreparedRequest:
     """Build a POST /v1/embeddings request for a batch of texts."""
     body: Dict[str, Any] = {"input": list(texts)}
     if model:

@@ -27,7 +27,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from .client import NodeClient, Reply
 from .config import NodeSettings
-from .errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaRequestError, is_transient
+from .errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaRequestError, GaiaStreamError, is_transient
 
 logger = logging.getLogger("gaia_source")
 
@@ -185,9 +185,8 @@ class NodePool:
             attempts = int(retrying.statistics.get("attempt_number", 1))
             if isinstance(exc, GaiaRequestError):
                 exc.attempts = attempts
-                partial = getattr(exc, "partial", None)
-                if isinstance(partial, Reply):
-                    exc.partial = replace(partial, attempts=attempts, latency_s=time.perf_counter() - started)
+            if isinstance(exc, GaiaStreamError) and isinstance(exc.partial, Reply):
+                exc.partial = replace(exc.partial, attempts=attempts, latency_s=time.perf_counter() - started)
             raise
         attempts = int(retrying.statistics.get("attempt_number", 1))
         return replace(reply, attempts=attempts, latency_s=time.perf_counter() - started)

@@ -61,7 +61,12 @@ def make_resource(endpoint: Endpoint, plan: Plan, context: RunContext) -> DltRes
 
     rows.__doc__ = endpoint.rows.__doc__
     return dlt.resource(rows, name=endpoint.name, write_disposition=write_disposition(endpoint, plan),
-                        primary_key=endpoint.primary_key)
+                        **table_key(endpoint))
+
+
+def table_key(endpoint: Endpoint) -> Dict[str, Any]:
+    """The ``primary_key`` hint of an endpoint's resource (none for a history of snapshots)."""
+    return {"primary_key": endpoint.primary_key} if endpoint.primary_key else {}
 
 
 def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any]:
@@ -80,9 +85,14 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             return outcome_of(request, lambda: send(request, probe), lambda reply: endpoint.rows(request, reply),
                               prior_attempts)
 
+        verdict = context.endpoint_exists(endpoint.name)
+        if verdict is False:  # a missing endpoint was reported (once) by an earlier page of this run
+            return
         requests = endpoint.requests(endpoint, plan, context)
-        items = run_requests(endpoint.name, requests, execute, pool.max_concurrency, settings.retry_rounds,
-                             settings.round_cooldown)
+        items = run_requests(
+            endpoint.name, requests, execute, pool.max_concurrency, settings.retry_rounds, settings.round_cooldown,
+            verdict, lambda exists: context.set_endpoint_exists(endpoint.name, exists),
+        )
         if endpoint.vectors:
             items = _vectors_for(context, coalesce_tables(items))
         yield from _with_table_hints(endpoint, plan, context.destination, items)

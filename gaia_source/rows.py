@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import orjson
 import pyarrow as pa
-from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
 from .client import Reply
 from .errors import GaiaError, GaiaResponseError
@@ -24,11 +24,12 @@ from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
 
-def _json() -> Dict[str, Any]:  # a fresh dict per column: dlt writes the column name into hint dicts
+
+def _json() -> TColumnSchema:  # a fresh dict per column: dlt writes the column name into hint dicts
     return {"data_type": "json"}
 
 
-def _ts() -> Dict[str, Any]:
+def _ts() -> TColumnSchema:
     return {"data_type": "timestamp", "timezone": True}
 
 
@@ -205,12 +206,14 @@ def _check_types(request: PreparedRequest, node_url: str, obj: Dict[str, Any], w
     for key, kinds in expected.items():
         value = obj.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):  # no field here is a bool
-            raise _fail(request, node_url, f"{where}{key} is {type(value).__name__} {value!r:.60}, not {_type_names(kinds)}")
+            found = f"{type(value).__name__} {value!r:.60}"
+            raise _fail(request, node_url, f"{where}{key} is {found}, not {_type_names(kinds)}")
 
 
 def _type_names(kinds: Any) -> str:
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    return " or ".join({str: "text", int: "an integer", float: "a number", dict: "an object", list: "a list"}.get(k, k.__name__) for k in kinds)
+    names = {str: "text", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def chat_completion_row(request: PreparedRequest, reply: Reply) -> Row:
@@ -236,7 +239,8 @@ def chat_completion_row(request: PreparedRequest, reply: Reply) -> Row:
     _check_types(request, node_url, first, "choices[0].", finish_reason=str)
     _check_types(request, node_url, message, "choices[0].message.", content=str, role=str, tool_calls=list)
     if isinstance(body.get("usage"), dict):
-        _check_types(request, node_url, body["usage"], "usage.", prompt_tokens=int, completion_tokens=int, total_tokens=int)
+        _check_types(request, node_url, body["usage"], "usage.",
+                     prompt_tokens=int, completion_tokens=int, total_tokens=int)
     content = message.get("content")
     return {
         **_request_columns(request, reply),
@@ -302,7 +306,8 @@ def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
     for position, item in enumerate(data):
         index = item.get("index", position) if isinstance(item, dict) else None
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(inputs) or index in by_index:
-            raise _fail(request, node_url, f"data[{position}].index is {index!r}; expected each of 0..{len(inputs) - 1} once")
+            expected = f"expected each of 0..{len(inputs) - 1} once"
+            raise _fail(request, node_url, f"data[{position}].index is {index!r}; {expected}")
         by_index[index] = item.get("embedding")
     order = sorted(by_index)
     try:
@@ -380,7 +385,7 @@ def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:
         "point_count": len(points),
         "collection_count": len(objects),
         "limit": _int_or_none(first.get("limit")),
-        "score_threshold": first.get("score_threshold") if isinstance(first.get("score_threshold"), (int, float)) else None,
+        "score_threshold": threshold if isinstance(threshold := first.get("score_threshold"), (int, float)) else None,
         "retrieved_at": utc_now(),
         "messages": request.body.get("messages"),
         "points": points,
@@ -406,7 +411,7 @@ def model_rows(request: PreparedRequest, reply: Reply) -> List[Row]:
 def _server_type(info: Dict[str, Any]) -> Optional[str]:
     api_server = info.get("api_server")
     if isinstance(api_server, dict) and isinstance(api_server.get("type"), str):
-        return api_server["type"]  # "rag" (rag-api-server) or "llama" (llama-api-server) on Gaia <= 0.4
+        return str(api_server["type"])  # "rag" (rag-api-server) or "llama" (llama-api-server) on Gaia <= 0.4
     if isinstance(info.get("models"), dict):
         return "nexus"
     if isinstance(info.get("servers"), dict):
@@ -420,7 +425,7 @@ def info_row(request: PreparedRequest, reply: Reply) -> Row:
     if not isinstance(body, dict):
         raise GaiaResponseError("GET", url, f"expected a JSON object, got {type(body).__name__}")
     chat, embedding = models_from_info(body)
-    api_server = body.get("api_server") if isinstance(body.get("api_server"), dict) else {}
+    api_server: Dict[str, Any] = body["api_server"] if isinstance(body.get("api_server"), dict) else {}
     version = body.get("node_version") or body.get("version")
     return {
         **_reply_columns(reply),

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
 import dlt
 
+from .client import Reply
 from .errors import (
     EndpointNotAvailable,
     GaiaAuthError,
@@ -35,7 +35,6 @@ from .errors import (
     is_transient,
     looks_like_missing_route,
 )
-from .client import Reply
 from .payloads import PreparedRequest
 from .rows import failed_request_row
 from .settings import FAILED_REQUESTS_TABLE, MAX_HELD_FOR_ROUND
@@ -46,7 +45,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # columns are declared in the source schema (rows.declare_tables); the variant only routes rows and sets the key
-_FAILED_HINTS = dlt.mark.make_hints(table_name=FAILED_REQUESTS_TABLE, primary_key="request_id", write_disposition="merge")
+_FAILED_HINTS = dlt.mark.make_hints(
+    table_name=FAILED_REQUESTS_TABLE, primary_key="request_id", write_disposition="merge"
+)
 
 
 def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Iterator[R]:
@@ -123,6 +124,8 @@ def run_requests(
     max_workers: int,
     retry_rounds: int = 0,
     round_cooldown: float = 0.0,
+    verdict: Optional[bool] = None,
+    on_verdict: Callable[[bool], None] = lambda present: None,
 ) -> Iterator[Any]:
     """Send ``requests`` (probe first, then concurrently, then final rounds) and yield rows for dlt.
 
@@ -133,6 +136,8 @@ def run_requests(
         max_workers: Requests in flight at once.
         retry_rounds: Extra rounds at the end for requests that failed transiently.
         round_cooldown: Seconds to wait before each such round.
+        verdict: Whether this run already knows the endpoint exists (True) or not (None: the first request probes).
+        on_verdict: Told what the probe found (True: the endpoint exists), so later pages of the run skip the probe.
 
     Yields:
         Rows for the resource's table, and ``failed_requests`` rows and tombstones.
@@ -142,11 +147,15 @@ def run_requests(
     first = next(iterator, None)
     if first is None:
         return
-    probe = execute(first, True, 0)
-    if isinstance(probe.error, GaiaRequestError) and looks_like_missing_route(probe.error):
-        missing = EndpointNotAvailable(probe.error.method, probe.error.url, probe.error.detail, probe.error.status_code)
-        logger.warning("Skipping resource '%s': %s", resource, missing)
-        return
+    probe = execute(first, verdict is None, 0)
+    if verdict is None:
+        missing = isinstance(probe.error, GaiaRequestError) and looks_like_missing_route(probe.error)
+        on_verdict(not missing)
+        if isinstance(probe.error, GaiaRequestError) and missing:
+            error = probe.error
+            logger.warning("Skipping resource '%s': %s", resource,
+                           EndpointNotAvailable(error.method, error.url, error.detail, error.status_code))
+            return
     held: List[Tuple[PreparedRequest, int]] = []  # (request, sends so far) waiting for the next round
 
     def settle(outcomes: Iterable[Outcome], last_round: bool) -> Iterator[Any]:
@@ -185,7 +194,8 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str]) -> Iterator[
         row = {**failed_request_row(resource, outcome.request, outcome.error), "resolved": False}
         yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
     elif failing.pop(request_id, None) is not None:
-        yield dlt.mark.with_hints({"request_id": request_id, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
+        tombstone = {"request_id": request_id, "resolved": True}
+        yield dlt.mark.with_hints(tombstone, _FAILED_HINTS, create_table_variant=True)
 
 
 def outcome_of(

@@ -146,7 +146,8 @@ class ChatStreamAccumulator:
             if not isinstance(delta, dict):
                 continue
             index = delta.get("index", position)
-            call = self._tool_calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+            empty = {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            call = self._tool_calls.setdefault(index, empty)
             if delta.get("id"):
                 call["id"] = delta["id"]
             if delta.get("type"):

@@ -4,7 +4,7 @@
 
     questions = dlt.resource(read_questions(), name="questions", selected=False)  # yields lists of dicts (pages)
     pipeline.run(questions | chat_completions_from(prompt_field="question", id_field="question_id"))
-    pipeline.run(questions | chat_completions_stream_from(prompt_field="question"))  # streamed, with time to first token
+    pipeline.run(questions | chat_completions_stream_from(prompt_field="question"))  # streamed, with its TTFT
 
     docs = dlt.resource(pipeline.dataset()["docs"].iter_arrow(chunk_size=2_000), name="docs", selected=False)
     pipeline.run(docs | embeddings_from(text_field="body", id_field="doc_id", metadata_fields=["title"]))
@@ -30,7 +30,7 @@ from .endpoints import ENDPOINT_BY_NAME, Plan
 from .errors import GaiaConfigError
 from .inputs import ChatInput, TextInput, chat_input_from_object, text_input_from_object, with_system_prompt
 from .payloads import normalize_chat_params
-from .resources import declare_tables, extract, write_disposition
+from .resources import declare_tables, extract, table_key, write_disposition
 from .settings import DEFAULT_EMBEDDING_BATCH_SIZE
 
 
@@ -51,7 +51,9 @@ def _field(record: Dict[str, Any], name: str, where: str) -> Any:
     return record[name]
 
 
-def _transformer(name: str, plan_of: Callable[[TDataItems], Plan], refresh: bool, node_settings: Dict[str, Any]) -> DltResource:
+def _transformer(
+    name: str, plan_of: Callable[[TDataItems], Plan], refresh: bool, node_settings: Dict[str, Any]
+) -> DltResource:
     """A transformer that sends each page through the catalogue endpoint ``name``, with one run context."""
     endpoint = ENDPOINT_BY_NAME[name]
     context = RunContext(resolve_node_settings(**node_settings))
@@ -61,10 +63,8 @@ def _transformer(name: str, plan_of: Callable[[TDataItems], Plan], refresh: bool
         yield from extract(endpoint, plan_of(items), context)
 
     transform.__name__ = f"{name}_from"
-    return dlt.transformer(  # type: ignore[call-overload,no-any-return]
-        transform, name=name, write_disposition=write_disposition(endpoint, Plan(refresh=refresh)),
-        primary_key=endpoint.primary_key,
-    )
+    disposition: Any = write_disposition(endpoint, Plan(refresh=refresh))  # dlt types it narrower than it takes
+    return dlt.transformer(transform, name=name, write_disposition=disposition, **table_key(endpoint))
 
 
 def _chat_from(stream: bool) -> Callable[..., DltResource]:

@@ -199,4 +199,6 @@ def create_hnsw_index(pipeline: dlt.Pipeline, metric: str = "cosine", name: str 
             ) from None
         sql.execute_sql("SET hnsw_enable_experimental_persistence = true")
         table = sql.make_qualified_table_name(TABLE)
-        sql.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING HNSW (embedding) WITH (metric = '{metric}')")
+        sql.execute_sql(
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING HNSW (embedding) WITH (metric = '{metric}')"
+        )

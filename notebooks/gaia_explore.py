@@ -127,7 +127,9 @@ def _(anchor, counts, mo, sql):
             f" AS similarity FROM embeddings a, embeddings b WHERE a.text = '{quoted}' AND a.model = b.model "
             "ORDER BY similarity DESC LIMIT 5"
         )
-        similar_view = mo.vstack([mo.md("## Embedding similarity search (cosine, in SQL)"), anchor, mo.ui.table(similar)])
+        similar_view = mo.vstack(
+            [mo.md("## Embedding similarity search (cosine, in SQL)"), anchor, mo.ui.table(similar)]
+        )
     else:
         similar_view = mo.md("## Embedding similarity search\n_No `embeddings` rows yet._")
     similar_view

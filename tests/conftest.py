@@ -99,7 +99,7 @@ def table_rows(pipeline: dlt.Pipeline, table: str, order_by: str) -> List[Dict[s
     with pipeline.sql_client() as client:
         with client.execute_query(f"SELECT * FROM {table} ORDER BY {order_by}") as cursor:
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def as_vector(value: Any) -> "np.ndarray":

@@ -37,9 +37,8 @@ def test_dashboard_shows_the_gaia_tables_in_a_real_browser(demo_dir: Path) -> No
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     import dlt._workspace.helpers.dashboard.dlt_dashboard as dashboard
+    from playwright.sync_api import sync_playwright
 
     port = _free_port()
     pipelines_dir = Path(os.environ["DLT_DATA_DIR"]) / "pipelines"

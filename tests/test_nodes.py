@@ -20,7 +20,7 @@ def test_requests_spread_over_nodes_each_within_its_limit(make_node, make_pipeli
     assert sum(served) == 30 and all(s >= 3 for s in served)  # every node took a share
     assert all(n.max_in_flight == 1 for n in nodes)  # a rag node still answers one at a time
     by_node = Counter(url for url, in query(pipeline, "SELECT node_url FROM chat_completions"))
-    assert by_node == Counter({n.base_url: s for n, s in zip(nodes, served)})  # rows name the node that answered
+    assert by_node == Counter({n.base_url: s for n, s in zip(nodes, served, strict=True)})  # rows name the node that answered
     assert query(pipeline, "SELECT count(*), count(DISTINCT node_url) FROM models") == [(6, 3)]
     assert query(pipeline, "SELECT count(DISTINCT node_url) FROM info") == [(3,)]
 

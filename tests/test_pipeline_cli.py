@@ -55,21 +55,6 @@ def test_base_url_against_each_flavour(make_node, tmp_path: Path, flavor: str) -
         assert sum(path in w and node.base_url in w for w in warnings) == 1
 
 
-def test_a_real_run_sends_only_what_was_configured(make_node, tmp_path: Path) -> None:
-    node = make_node("rag")
-    (tmp_path / "prompts.txt").write_text("Is DuckDB fast?\nWhat is a knowledge base?\n")
-    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "prompts.txt")
-    assert result.returncode == 0, result.stderr
-    assert node.requests_to("/v1/embeddings") == node.requests_to("/v1/retrieve") == 0  # no built-in samples
-    assert node.requests_to("/v1/chat/completions") == 4  # 2 prompts, plain and streamed
-    assert counts(tmp_path / "gaia_pipeline.duckdb") == {"models": 2, "info": 1, "chat_completions": 2,
-                                                         "chat_completions_stream": 2}
-    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
-        asked = {r[0] for r in con.execute("SELECT messages->>'$[0].content' FROM gaia_data.chat_completions").fetchall()}
-    assert asked == {"Is DuckDB fast?", "What is a knowledge base?"}
-    assert "not run (no inputs): embeddings (--texts-file), retrieve (--queries-file)" in result.stdout
-
-
 def test_no_node_configured_explains_what_to_do(tmp_path: Path) -> None:
     result = run_cli(tmp_path)
     assert result.returncode == 2
