@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from gaia_source.emulator import KNOWLEDGE_BASE, embed_text
+import gaia_source.emulator
+from gaia_source.emulator import FAULT_KINDS, GATEWAY_FAULT_KINDS, KNOWLEDGE_BASE, NodeEmulator, embed_text
 
 
 def test_models_and_info_methods_differ_by_generation(make_node) -> None:
@@ -36,13 +40,15 @@ def test_error_dialects(make_node) -> None:
     assert "\njson_value:" in r.text
     r = httpx.get(f"{rag.base_url}/nope")
     assert (r.status_code, r.text) == (404, "404 Not Found: The requested service endpoint is not found: /v1/nope")
-    r = httpx.post(f"{nexus.base_url}/chat/completions", content=b'{"model": "x"}', headers={"Content-Type": "application/json"})
+    r = httpx.post(f"{nexus.base_url}/chat/completions", content=b'{"model": "x"}',
+                   headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.headers["content-type"].startswith("text/plain")
     r = httpx.post(f"{nexus.base_url}/chat/completions", content=b"{}")
     assert r.status_code == 415
     r = httpx.post(f"{nexus.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "[[fail]]"}]})
     assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
-    r = httpx.post(f"{amd.base_url}/chat/completions", json={"model": "gaia-nope", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(f"{amd.base_url}/chat/completions",
+                   json={"model": "gaia-nope", "messages": [{"role": "user", "content": "hi"}]})
     assert (r.status_code, r.json()) == (404, {"detail": "Model 'gaia-nope' not found"})
 
 
@@ -87,7 +93,8 @@ def test_rag_answers_one_request_at_a_time(make_node, flavor: str, serial: bool)
     node = make_node(flavor, latency_ms=50)
     body = {"model": node.default_chat_model, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(lambda _: client.post(f"{node.base_url}/chat/completions", json=body).status_code, range(16)))
+        statuses = list(pool.map(lambda _: client.post(f"{node.base_url}/chat/completions", json=body).status_code,
+                                 range(16)))
     assert statuses == [200] * 16
     assert node.requests_to("/v1/chat/completions") == 16
     assert (node.max_in_flight == 1) is serial
@@ -103,3 +110,42 @@ def test_many_concurrent_clients_are_accepted(make_node) -> None:
 
     with ThreadPoolExecutor(64) as pool:
         assert set(pool.map(one, range(200))) == {200}
+
+
+@pytest.mark.parametrize("flavor", ["rag", "nexus", "amd"])
+def test_gateway_404_fault(make_node, flavor: str) -> None:
+    node = make_node(flavor, fault_rate=1.0, fault_kinds=("404",))
+    body = {"model": node.default_chat_model, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{node.base_url}/chat/completions", json=body)
+    assert (r.status_code, r.headers["content-type"]) == (404, "text/html")
+    page = b"<html><head><title>404 Not Found</title></head><body><h1>404 page not found</h1></body></html>"
+    assert r.content == page
+    assert node.stats["fault 404"] == 1 and node.faults() == 1
+    assert node.requests_to("/v1/chat/completions", "POST") == 1
+
+
+def test_fault_kinds() -> None:
+    assert "404" not in FAULT_KINDS  # the soak test expects every default kind to occur
+    assert GATEWAY_FAULT_KINDS == FAULT_KINDS + ("404",)
+    with pytest.raises(ValueError):
+        NodeEmulator(fault_kinds=("418",))
+
+
+def test_the_emulator_imports_nothing_from_the_client_code() -> None:
+    """A witness of the protocol: only the stdlib, numpy and orjson, and its own modules."""
+    package = Path(gaia_source.emulator.__file__).parent
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1, f"{module.name} imports from outside the emulator package"
+                continue
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                allowed = top in sys.stdlib_module_names or top in ("numpy", "orjson") or name == "__future__"
+                assert allowed or name.startswith("gaia_source.emulator"), f"{module.name} imports {name}"

@@ -1,0 +1,182 @@
+"""A local Gaia node on 127.0.0.1 for the demo, the tests and the benchmarks.
+
+It is a witness written from shared/reference/gaia-node-protocol.md, not from the client code (it imports nothing from
+the rest of ``gaia_source``), and speaks three server generations byte for byte where it matters (methods, error
+dialects, SSE shapes), one module each:
+
+* ``rag``   (:mod:`.rag`) — Gaia node <= 0.4.24 (LlamaEdge rag-api-server): every route accepts any method;
+  ``/v1/retrieve`` returns a *list* (``--retrieve-shape object`` gives the pre-0.10 single object); errors are plain
+  text with no Content-Type; llama-core streams (``role`` on every chunk, no ``finish_reason: "stop"`` chunk, a usage
+  chunk with ``choices: []``); requests are served **one at a time**, like the real single-threaded server.
+* ``nexus`` (:mod:`.nexus`) — Gaia node 0.4.28 to 0.6 (gaia-nexus): models/info GET-only (POST → 405), no
+  ``/v1/retrieve``; own errors are OpenAI-style JSON, body rejections text (415/400/422); simulated streaming
+  (``choices[0].index`` counts chunks, usage and ``finish_reason`` on the last content chunk, an empty answer is only
+  ``[DONE]``); concurrent.
+* ``amd``   (:mod:`.amd`) — AMD GAIA API server: ``/health``, ``/v1/models`` (GET), ``/v1/chat/completions``; FastAPI
+  ``{"detail"}`` errors; streams with no usage, JSON with spaces, a final ``delta: {}`` chunk; concurrent.
+
+The shared HTTP plumbing (server, request sequence, counting, faults) is in :mod:`.server`, the API all generations
+share in :mod:`.flavor`, deterministic answers and embeddings in :mod:`.content`, bad answers in :mod:`.malformed`.
+A new generation is one module with a :class:`~.flavor.Flavor` subclass plus an entry in :data:`FLAVOR_CLASSES`.
+
+Answers are deterministic (a function of the last user message and the model); embeddings are deterministic hashed
+bag-of-words vectors (texts sharing words are similar), computed with numpy and serialized with orjson so that the
+emulator is never the bottleneck of a benchmark. Markers in the last user message trigger protocol edge cases:
+
+==================  =============================================================================================
+``[[empty]]``       an empty answer
+``[[context-full]]`` rag: the ``<|WASMEDGE-GGML-CONTEXT-FULL|>`` chunk with ``finish_reason: "length"``; others: length
+``[[tool]]``        a tool call (``get_weather``) instead of text
+``[[fail]]``        HTTP 500 in the flavour's error dialect
+``[[inband-error]]`` amd: an in-band ``{"error"}`` chunk with HTTP 200; rag: the body aborts mid-stream; nexus: 500
+``[[cut]]``         the connection closes halfway through the body (stream or not)
+``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly
+==================  =============================================================================================
+
+Faults (``fault_rate``, ``fault_kinds``) are what a flaky gateway does: 429 with ``Retry-After``, an nginx 502, a
+503, a reset, a body cut halfway (``truncate``), a stall (``slow``), and — only when asked for — a gateway's 404 page
+(``404``, one of ``GATEWAY_FAULT_KINDS``).
+
+Run one: ``python -m gaia_source.emulator --flavor rag|nexus|amd --port 8080 [--api-key K] [--latency-ms 50]``.
+``GET /_emulator/stats`` returns request counts per route (tests use them to prove what was *not* sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .amd import Amd
+from .content import KNOWLEDGE_BASE, KNOWN_ANSWERS, answer_for, embed_text
+from .flavor import Flavor, FlavorSpec
+from .malformed import MALFORMED, MALFORMED_STREAMS
+from .nexus import Nexus
+from .rag import Rag
+from .server import FAULT_KINDS, GATEWAY_FAULT_KINDS, NodeBase
+
+FLAVOR_CLASSES: dict[str, type[Flavor]] = {cls.NAME: cls for cls in (Rag, Nexus, Amd)}
+"""The server generations by ``flavor`` name."""
+FLAVORS: tuple[str, ...] = tuple(FLAVOR_CLASSES)
+
+__all__ = [
+    "FAULT_KINDS", "FLAVORS", "FLAVOR_CLASSES", "GATEWAY_FAULT_KINDS", "KNOWLEDGE_BASE", "KNOWN_ANSWERS", "MALFORMED",
+    "MALFORMED_STREAMS", "Flavor", "FlavorSpec", "NodeEmulator", "answer_for", "embed_text", "main",
+]
+
+
+@dataclass
+class NodeEmulator(NodeBase):
+    """A Gaia node emulator serving on a background thread.
+
+    Args:
+        flavor: ``rag``, ``nexus`` or ``amd``.
+        host: Interface to bind (loopback by default).
+        port: Port; 0 picks a free one (see :attr:`base_url`).
+        api_key: When set, /v1 requests need ``Authorization: Bearer <api_key>`` (as a hosted gateway enforces).
+        latency_ms: Delay before each chat/embeddings/retrieve answer (a stream: before its first chunk).
+        chunk_delay_ms: Delay between stream chunks.
+        dim: Embedding dimension.
+        retrieve_shape: ``list`` (rag-api-server >= 0.10) or ``object`` (older servers, the docs).
+        retrieve_limit: Points per retrieval at most.
+        score_threshold: Minimum retrieval score.
+    """
+
+    flavor: str = "rag"
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str | None = None
+    latency_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    dim: int = 768
+    retrieve_shape: str = "list"
+    retrieve_limit: int = 3
+    score_threshold: float = 0.2
+    fault_rate: float = 0.0
+    """Share of /v1 requests that meet a fault (drawn from ``fault_kinds`` with a seeded RNG: reproducible)."""
+    fault_seed: int = 0
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    """Kinds to draw from: any of ``GATEWAY_FAULT_KINDS`` (the default, ``FAULT_KINDS``, leaves out ``404``)."""
+    retry_after: str | None = "0"
+    """``Retry-After`` sent with a 429 fault (None: no header)."""
+    slow_ms: float = 2000.0
+    """How long a ``slow`` fault stalls before answering (set it above the client's timeout)."""
+    cumulative_usage: bool = False
+    """rag flavour: repeat the usage-so-far on every stream chunk, as some backends do (a client must never sum it)."""
+    outage: int | None = None
+    """When set, every /v1 request is answered with this HTTP status in the flavour's dialect (a failing node)."""
+    stats: Counter[str] = field(default_factory=Counter, init=False)
+    max_in_flight: int = field(default=0, init=False)
+    """The most requests this node was handling at the same moment (1 for the rag flavour, by design)."""
+    started_at: int = field(default_factory=lambda: int(time.time()), init=False)
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {self.flavor!r}; expected one of {FLAVORS}")
+        if self.retrieve_shape not in ("list", "object"):
+            raise ValueError("retrieve_shape must be 'list' or 'object'")
+        unknown = set(self.fault_kinds) - set(GATEWAY_FAULT_KINDS)
+        if unknown or not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault kinds must be among {GATEWAY_FAULT_KINDS} and fault_rate in [0, 1]")
+        self.flavor_class = FLAVOR_CLASSES[self.flavor]
+        self.spec: FlavorSpec = self.flavor_class.SPEC
+        self._init_serving(self.flavor_class)
+
+    @property
+    def default_chat_model(self) -> str:
+        """The model a Gaia node answers with whatever is asked (AMD GAIA: its first agent)."""
+        return self.spec.chat_models[0]
+
+    def resolve_chat_model(self, requested: Any) -> str:
+        """Gaia nodes answer with their loaded model whatever is asked; AMD GAIA needs a known agent id."""
+        return self.flavor_class.resolve_chat_model(requested)
+
+    def models_body(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` answers."""
+        return self.flavor_class.models_body(self)
+
+    def info_body(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` answers (rag and nexus; AMD GAIA has no such route)."""
+        return self.flavor_class.info_body(self)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run an emulator in the foreground until interrupted."""
+    description = (__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m gaia_source.emulator", description=description)
+    parser.add_argument("--flavor", choices=FLAVORS, default="rag", help="server generation to emulate (default rag)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0 = any free port; default 8080)")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer / first chunk")
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream chunks")
+    parser.add_argument("--dim", type=int, default=768, help="embedding dimension (default 768)")
+    parser.add_argument("--retrieve-shape", choices=("list", "object"), default="list",
+                        help="/v1/retrieve response shape (rag flavour)")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of /v1 requests that meet a fault (0-1)")
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draw (same seed, same faults)")
+    parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS),
+                        help=f"comma-separated subset of {','.join(GATEWAY_FAULT_KINDS)} "
+                             f"(default {','.join(FAULT_KINDS)})")
+    parser.add_argument("--slow-ms", type=float, default=2000.0, help="stall of a 'slow' fault")
+    args = parser.parse_args(argv)
+    emulator = NodeEmulator(
+        flavor=args.flavor, host=args.host, port=args.port, api_key=args.api_key, latency_ms=args.latency_ms,
+        chunk_delay_ms=args.chunk_delay_ms, dim=args.dim, retrieve_shape=args.retrieve_shape,
+        fault_rate=args.fault_rate, fault_seed=args.fault_seed,
+        fault_kinds=tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip()), slow_ms=args.slow_ms,
+    ).start()
+    print(f"Gaia node emulator ({args.flavor}) listening on {emulator.base_url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
