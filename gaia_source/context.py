@@ -19,7 +19,7 @@ import dlt
 from .client import Reply
 from .config import NodeSettings
 from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline
-from .errors import GaiaAuthError, GaiaError
+from .errors import GaiaAuthError, GaiaError, is_transient
 from .pool import NodePool
 from .rows import model_ids, models_from_info
 from .settings import INFO_PATH, MODELS_PATH
@@ -121,19 +121,26 @@ class RunContext:
     # --- node metadata -----------------------------------------------------------------------------------------
 
     def metadata(self, node_url: str, path: str, missing_is_transient: bool = True) -> Reply:
-        """GET /v1/info or /v1/models of one node once per run (thread-safe); a failure is remembered too."""
+        """GET /v1/info or /v1/models of one node once per run (thread-safe).
+
+        The answer is remembered, and so is a failure that asking again would not change (a missing route, a bad
+        body); a transient failure is not, so a later round asks again.
+        """
         key = (node_url, path)
         with self._lock:
             lock = self._metadata_locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._metadata:
                 try:
-                    self._metadata[key] = self.pool.send("GET", path, node=node_url,
-                                                         missing_is_transient=missing_is_transient)
+                    reply = self.pool.send("GET", path, node=node_url, missing_is_transient=missing_is_transient)
+                    self._metadata[key] = reply
+                    return reply
                 except GaiaAuthError:
                     raise
                 except GaiaError as exc:
-                    self._metadata[key] = exc
+                    if not is_transient(exc, missing_is_transient):
+                        self._metadata[key] = exc
+                    raise
             outcome = self._metadata[key]
         if isinstance(outcome, GaiaError):
             raise outcome
