@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Iterator, List
 
@@ -58,20 +60,26 @@ def test_a_transient_gateway_404_mid_run_loads_every_prompt(make_node, tmp_path:
 
 
 def test_a_404_that_persists_after_the_first_request_is_a_failed_request(make_node, make_pipeline) -> None:
-    node = make_node("nexus")
+    node = make_node("nexus", latency_ms=300)
 
-    @dlt.resource(name="questions", selected=False)
-    def questions() -> Iterator[List[dict]]:
-        yield [{"q": "Question 0?"}]  # answered: the endpoint exists
-        node.fault_rate, node.fault_kinds = 1.0, ("404",)  # then the gateway loses its route
-        yield [{"q": f"Question {i}?"} for i in range(1, 6)]
+    def lose_the_route() -> None:  # once the first request is in (and its fault draw done), the route is gone
+        while node.requests_to("/v1/chat/completions") == 0:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        node.fault_rate, node.fault_kinds = 1.0, ("404",)
 
+    gateway = threading.Thread(target=lose_the_route, daemon=True)
+    gateway.start()
     pipeline = make_pipeline()
-    pipeline.run(questions | chat_completions_from(prompt_field="q", base_url=node.base_url, max_attempts=2, **FAST))
+    source = gaia_source(base_url=node.base_url, prompts=[f"Question {i}?" for i in range(6)], chat_model="Qwen3-4B",
+                         max_attempts=2, max_concurrency=1, **FAST)
+    pipeline.run(source.with_resources("chat_completions")).raise_on_failed_jobs()
+    gateway.join(timeout=5)
     assert query(pipeline, "SELECT content FROM chat_completions") == [("Qwen3-4B answers: Question 0?",)]
     failed = table_rows(pipeline, "failed_requests", "request_id")
     assert len(failed) == 5 and {(f["http_status"], f["attempts"]) for f in failed} == {(404, 4)}  # 2 rounds of 2
     assert all("HTML page: 404 Not Found" in f["error_message"] for f in failed)
+    assert node.requests_to("/v1/chat/completions") == 1 + 5 * 4
 
 
 # 2. Several nodes, one down: retries move to the healthy node ----------------------------------------------------
@@ -143,9 +151,13 @@ def test_a_transformer_recovers_in_the_same_process_after_a_401_and_a_404(make_n
     transformer = chat_completions_from(prompt_field="q", id_field="id", base_url=node.base_url, api_key="key-one",
                                         chat_model="Qwen3-4B")
 
+    @dlt.resource(name="questions", selected=False)
+    def pages() -> Iterator[List[dict]]:
+        yield questions[:2]
+        yield questions[2:]
+
     def run() -> None:  # the same transformer object, as a notebook or an Airflow worker keeps it
-        upstream = dlt.resource(questions, name="questions", selected=False)
-        pipeline.run(upstream | transformer).raise_on_failed_jobs()
+        pipeline.run(pages | transformer).raise_on_failed_jobs()
 
     node.api_key = "key-two"
     with pytest.raises(PipelineStepFailed) as info:
@@ -153,7 +165,7 @@ def test_a_transformer_recovers_in_the_same_process_after_a_401_and_a_404(make_n
     _cause(info.value, GaiaAuthError)
     node.api_key, node.outage = "key-one", 404
     node.reset_stats()
-    run()
+    run()  # two pages: the first page's first request finds the route missing, the second page sends nothing
     assert node.requests_to("/v1/chat/completions") == 1 and "chat_completions" not in data_tables(pipeline)
     node.outage = None
     run()
