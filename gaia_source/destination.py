@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
 
 import dlt
-from dlt.common.destination.exceptions import DestinationUndefinedEntity, SqlClientNotAvailable
+from dlt.common.destination.exceptions import DestinationUndefinedEntity
+from dlt.destinations.sql_client import WithSqlClient
 
 from .errors import GaiaLookupError
 
@@ -61,11 +62,10 @@ def capabilities_of(pipeline: Optional[dlt.Pipeline]) -> DestinationCapabilities
         return DestinationCapabilities(name=None)
     name = pipeline.destination.destination_name
     duckdb_like = name in ("duckdb", "motherduck")
-    try:
-        pipeline.sql_client()
-        lookup: Optional[str] = "duckdb" if duckdb_like else "postgres" if name == "postgres" else "sql"
-    except SqlClientNotAvailable:
-        lookup = None
+    has_sql = issubclass(pipeline.destination.client_class, WithSqlClient)  # the class only: no client is made
+    lookup: Optional[str] = None
+    if has_sql:
+        lookup = "duckdb" if duckdb_like else "postgres" if name == "postgres" else "sql"
     return DestinationCapabilities(
         name=name,
         load_file_format="parquet" if duckdb_like else None,

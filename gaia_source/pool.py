@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .client import NodeClient, Reply
+from .client import NodeClient, Reply, tls_context
 from .config import NodeSettings
 from .errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaRequestError, GaiaStreamError, is_transient
 
@@ -50,7 +50,9 @@ class NodePool:
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
-        self.nodes = [NodeClient(url, settings) for url in settings.urls()]
+        urls = settings.urls()
+        tls = tls_context(urls)
+        self.nodes = [NodeClient(url, settings, tls) for url in urls]
         if not self.nodes:
             raise GaiaConfigError("a node pool needs at least one node")
         self.max_concurrency = sum(node.max_concurrency for node in self.nodes)
