@@ -94,23 +94,31 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             verdict, lambda exists: context.set_endpoint_exists(endpoint.name, exists),
         )
         if endpoint.vectors:
-            items = _vectors_for(context, coalesce_tables(items))
+            items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))
         yield from _with_table_hints(endpoint, plan, context.destination, items)
 
 
-def _vectors_for(context: RunContext, items: Iterable[Any]) -> Iterator[Any]:
-    """Prepare the native vector column once, here on the extracting thread, before the first vectors go to dlt;
-    then pass Arrow tables on where the destination takes them, plain rows elsewhere."""
-    capabilities = context.destination
+def _with_vector_column(context: RunContext, items: Iterable[Any]) -> Iterator[Any]:
+    """Prepare the native vector column once, here on the extracting thread, when the first vectors arrive.
+
+    The first vectors are normally the first request's: the runner sends it alone and pulls the rest only once its
+    rows have been taken, so the DDL runs before any other request is sent (if that request has to wait for a final
+    round, the first answer that comes back takes its place). Never on a request thread.
+    """
     prepared = False
     for item in items:
-        if isinstance(item, pa.Table):
-            if not prepared:
-                ensure_vector_column(context.pipeline, capabilities, item.schema.field("embedding").type.list_size)
-                prepared = True
-            if not capabilities.arrow_vectors:
-                item = table_rows(item)
+        if not prepared and isinstance(item, pa.Table):
+            dim = item.schema.field("embedding").type.list_size
+            ensure_vector_column(context.pipeline, context.destination, dim)
+            prepared = True
         yield item
+
+
+def _as_destination_takes(context: RunContext, items: Iterable[Any]) -> Iterator[Any]:
+    """Arrow tables where the destination takes Arrow vectors, plain rows elsewhere."""
+    arrow = context.destination.arrow_vectors
+    for item in items:
+        yield table_rows(item) if isinstance(item, pa.Table) and not arrow else item
 
 
 def _with_table_hints(
