@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import dlt
 import duckdb
 import numpy as np
+import psycopg2
 import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
@@ -21,6 +22,8 @@ from gaia_source import NodePool, resolve_node_settings
 from gaia_source.emulator import NodeEmulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+POSTGRES = os.environ.get("GAIA_TEST_POSTGRES", "postgresql://postgres:trust@127.0.0.1:5432/test")
+"""The machine's PostgreSQL (trust auth: dlt wants a password in the URL, any will do)."""
 
 
 @pytest.fixture(autouse=True)
@@ -129,3 +132,29 @@ def counts(db: Path) -> Dict[str, int]:
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data' "
             "AND table_name NOT LIKE '_dlt%'").fetchall()]
         return {t: con.execute(f"SELECT count(*) FROM gaia_data.{t}").fetchone()[0] for t in tables}
+
+
+def _postgres_up() -> bool:
+    try:
+        psycopg2.connect(POSTGRES, connect_timeout=3).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema name in the local PostgreSQL, dropped (with dlt's staging schemas) after the test.
+
+    Skipped where PostgreSQL is not running; in CI (``CI`` set) that is a failure instead.
+    """
+    if not _postgres_up():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES}: .ci/run should have started it")
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
+    name = f"gaia_test_{uuid.uuid4().hex[:8]}"
+    yield name
+    with psycopg2.connect(POSTGRES) as con, con.cursor() as cur:  # the dataset and its staging datasets
+        cur.execute("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s", (f"{name}%",))
+        for (schema,) in cur.fetchall():
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -21,15 +21,14 @@ import subprocess
 import sys
 import textwrap
 import types
-import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Set
+from typing import Any, Dict, List, Mapping, Set
 
 import duckdb
 import psycopg2
 import pytest
 import yaml
-from conftest import REPO_ROOT, counts, run_cli
+from conftest import POSTGRES, REPO_ROOT, counts, run_cli
 
 from gaia_source.emulator import answer_for
 
@@ -37,7 +36,6 @@ CRON = re.compile(r"^([\d*/,-]+\s+){4}[\d*/,-]+$")  # five cron fields
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "gaia_pipeline.yml"
 DAG_FILE = REPO_ROOT / "deploy" / "airflow_dag.py"
 EXAMPLES = REPO_ROOT / "examples"
-POSTGRES = os.environ.get("GAIA_TEST_POSTGRES", "postgresql://postgres:trust@127.0.0.1:5432/test")
 KEY = "gaia-SCHEDULE-SECRET-5e6f7a8b"
 CHAT_TABLES = ("chat_completions", "chat_completions_stream")
 
@@ -123,29 +121,6 @@ def checkout(dest: Path) -> Path:
                                     "*.duckdb", "*.duckdb.wal", "secrets.toml", "__marimo__")
     shutil.copytree(REPO_ROOT, dest, ignore=ignore)
     return dest
-
-
-def _postgres_up() -> bool:
-    try:
-        psycopg2.connect(POSTGRES, connect_timeout=3).close()
-        return True
-    except psycopg2.OperationalError:
-        return False
-
-
-@pytest.fixture
-def postgres_schema() -> Iterator[str]:
-    """A fresh schema name in the local PostgreSQL, dropped (with dlt's staging schemas) after the test."""
-    if not _postgres_up():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES}: .ci/run should have started it")
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
-    name = f"gaia_wf_{uuid.uuid4().hex[:8]}"
-    yield name
-    with psycopg2.connect(POSTGRES) as con, con.cursor() as cur:  # the dataset and its staging datasets
-        cur.execute("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s", (f"{name}%",))
-        for (schema,) in cur.fetchall():
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def test_workflow_names_its_inputs_and_takes_the_key_from_secrets() -> None:

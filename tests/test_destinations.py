@@ -2,47 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import dlt
-import psycopg2
 import pyarrow.parquet as pq
 import pytest
+from conftest import POSTGRES
 
 from gaia_source import gaia_source
 from gaia_source.emulator import answer_for, embed_text
 
-POSTGRES = os.environ.get("GAIA_TEST_POSTGRES", "postgresql://postgres:trust@127.0.0.1:5432/test")
 PROMPTS = ["What is the capital of France?", "What does dlt do?"]
 TEXTS = ["Paris is on the Seine.", "DuckDB has array columns."]
 QUERIES = ["Where is Paris located?"]
 
 
-def _postgres_up() -> bool:
-    try:
-        psycopg2.connect(POSTGRES, connect_timeout=3).close()
-        return True
-    except psycopg2.OperationalError:
-        return False
-
-
-@pytest.fixture
-def postgres_dataset():
-    if not _postgres_up():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES}: .ci/run should have started it")
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
-    name = f"gaia_test_{uuid.uuid4().hex[:8]}"
-    yield name
-    with psycopg2.connect(POSTGRES) as con, con.cursor() as cur:
-        cur.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE; DROP SCHEMA IF EXISTS {name}_staging CASCADE")
-
-
-def test_postgres(make_node, tmp_path: Path, postgres_dataset: str) -> None:
+def test_postgres(make_node, tmp_path: Path, postgres_schema: str) -> None:
     node = make_node("rag")
-    pipeline = dlt.pipeline("gaia_pg", destination=dlt.destinations.postgres(POSTGRES), dataset_name=postgres_dataset,
+    pipeline = dlt.pipeline("gaia_pg", destination=dlt.destinations.postgres(POSTGRES), dataset_name=postgres_schema,
                             pipelines_dir=str(tmp_path / "pipelines"))
     source = gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS, queries=QUERIES)
     pipeline.run(source).raise_on_failed_jobs()
@@ -59,7 +36,7 @@ def test_postgres(make_node, tmp_path: Path, postgres_dataset: str) -> None:
         assert vectors[1][2] == pytest.approx(embed_text(vectors[1][0], 768).tolist(), abs=1e-6)
         types = dict(client.execute_sql(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s "
-            "AND table_name = 'embeddings' AND column_name IN ('embedding', 'metadata')", postgres_dataset))
+            "AND table_name = 'embeddings' AND column_name IN ('embedding', 'metadata')", postgres_schema))
         assert types == {"embedding": "jsonb", "metadata": "jsonb"}
         points = client.execute_sql("SELECT p.rank, p.score FROM retrieve__points p ORDER BY p.rank")
         assert [p[0] for p in points] == list(range(1, len(points) + 1)) and len(points) >= 2
