@@ -18,6 +18,7 @@ failing now.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -166,7 +167,7 @@ def run_requests(
                 yield from _emit(resource, outcome, failing)
 
     outcomes = fan_out(lambda r: execute(r, False, 0), iterator, max_workers)
-    yield from settle(_chain(probe, outcomes), last_round=retry_rounds == 0)
+    yield from settle(itertools.chain([probe], outcomes), last_round=retry_rounds == 0)
     for round_number in range(1, retry_rounds + 1):
         if not held:
             break
@@ -176,11 +177,6 @@ def run_requests(
         time.sleep(round_cooldown)
         again = fan_out(lambda pair: execute(pair[0], False, pair[1]), batch, max_workers)
         yield from settle(again, round_number == retry_rounds)
-
-
-def _chain(first: Outcome, rest: Iterator[Outcome]) -> Iterator[Outcome]:
-    yield first
-    yield from rest
 
 
 def _emit(resource: str, outcome: Outcome, failing: Dict[str, str]) -> Iterator[Any]:
