@@ -28,7 +28,7 @@ def test_models_and_info_methods_differ_by_generation(make_node) -> None:
     assert httpx.post(f"{amd.base_url}/models").json() == {"detail": "Method Not Allowed"}
     assert httpx.get(f"{amd.base_url}/info").json() == {"detail": "Not Found"}
     models = httpx.get(f"{amd.base_url}/models").json()["data"]
-    assert [m["id"] for m in models] == ["gaia-code", "gaia-chat"]
+    assert [m["id"] for m in models] == ["gaia"]
     assert models[0]["owned_by"] == "amd-gaia" and models[0]["max_input_tokens"] == 32768
 
 

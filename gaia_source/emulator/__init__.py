@@ -1,19 +1,28 @@
 """A local Gaia node on 127.0.0.1 for the demo, the tests and the benchmarks.
 
 It is a witness written from shared/reference/gaia-node-protocol.md, not from the client code (it imports nothing from
-the rest of ``gaia_source``), and speaks three server generations byte for byte where it matters (methods, error
+the rest of ``gaia_source``), and speaks five servers byte for byte where it matters (methods, error
 dialects, SSE shapes), one module each:
 
 * ``rag``   (:mod:`.rag`) — Gaia node <= 0.4.24 (LlamaEdge rag-api-server): every route accepts any method;
   ``/v1/retrieve`` returns a *list* (``--retrieve-shape object`` gives the pre-0.10 single object); errors are plain
   text with no Content-Type; llama-core streams (``role`` on every chunk, no ``finish_reason: "stop"`` chunk, a usage
   chunk with ``choices: []``); requests are served **one at a time**, like the real single-threaded server.
-* ``nexus`` (:mod:`.nexus`) — Gaia node 0.4.28 to 0.6 (gaia-nexus): models/info GET-only (POST → 405), no
-  ``/v1/retrieve``; own errors are OpenAI-style JSON, body rejections text (415/400/422); simulated streaming
-  (``choices[0].index`` counts chunks, usage and ``finish_reason`` on the last content chunk, an empty answer is only
-  ``[DONE]``); concurrent.
-* ``amd``   (:mod:`.amd`) — AMD GAIA API server: ``/health``, ``/v1/models`` (GET), ``/v1/chat/completions``; FastAPI
-  ``{"detail"}`` errors; streams with no usage, JSON with spaces, a final ``delta: {}`` chunk; concurrent.
+* ``llama`` (:mod:`.llama`) — LlamaEdge llama-api-server 0.28 on its own (port 8080 of a <= 0.4 node without a
+  knowledge base; the downstream of every nexus): rag-api-server's routing and text errors, no ``/v1/retrieve``, live
+  llama-core streams whose usage chunk needs ``stream_options.include_usage``, ``/v1/info`` with ``type``/``version``
+  at the top, ``/v1/responses``; ``max_tokens`` is dropped unread (``max_completion_tokens`` caps answers).
+* ``nexus`` (:mod:`.nexus`) — llama-nexus, the open-source gaia-nexus line (main branch): models/info GET-only
+  (POST → 405), no ``/v1/retrieve``; own errors are OpenAI-style JSON, body rejections text (415/400/422); replayed
+  streams (generated first, then ``choices[0].index`` counts ~10-character chunks, usage and ``finish_reason`` on the
+  last, an empty answer is only ``[DONE]``); ``{"models": {…}}`` info; ``/v1/responses`` with estimated usage;
+  ``max_tokens`` dropped unread; concurrent.
+* ``node06`` (:mod:`.node06`) — Gaia node 0.6.0 (gaia-nexus 0.8.2 + llama-api-server 0.27): the nexus as released,
+  with the ``{"node_version", "servers": {…}}`` info shape, no responses, downstream errors relayed as text.
+* ``amd``   (:mod:`.amd`) — AMD GAIA API server 0.25: ``/health`` (``ok``/``degraded`` per component),
+  ``/v1/models`` (GET; the one agent ``gaia``), ``/v1/chat/completions`` (last message a user message, text parts only);
+  FastAPI ``{"detail"}`` errors, 401 with ``WWW-Authenticate: Bearer``; streams with no usage, JSON with spaces, a final
+  ``delta: {}`` chunk; concurrent.
 
 The shared HTTP plumbing (server, request sequence, counting, faults) is in :mod:`.server`, the API all generations
 share in :mod:`.flavor`, deterministic answers and embeddings in :mod:`.content`, bad answers in :mod:`.malformed`.
@@ -35,9 +44,10 @@ emulator is never the bottleneck of a benchmark. Markers in the last user messag
 
 Faults (``fault_rate``, ``fault_kinds``) are what a flaky gateway does: 429 with ``Retry-After``, an nginx 502, a
 503, a reset, a body cut halfway (``truncate``), a stall (``slow``), and — only when asked for — a gateway's 404 page
-(``404``, one of ``GATEWAY_FAULT_KINDS``).
+(``404``, one of ``GATEWAY_FAULT_KINDS``). ``node_domains`` makes it a public ``*.gaia.domains`` gateway that names the
+node answering each request in ``X-Node-Domain``.
 
-Run one: ``python -m gaia_source.emulator --flavor rag|nexus|amd --port 8080 [--api-key K] [--latency-ms 50]``.
+Run one: ``python -m gaia_source.emulator --flavor rag|llama|nexus|node06|amd --port 8080 [--api-key K]``.
 ``GET /_emulator/stats`` returns request counts per route (tests use them to prove what was *not* sent).
 """
 
@@ -54,12 +64,14 @@ from typing import Any, Sequence
 from .amd import Amd
 from .content import KNOWLEDGE_BASE, KNOWN_ANSWERS, answer_for, embed_text
 from .flavor import Flavor, FlavorSpec
+from .llama import Llama
 from .malformed import MALFORMED, MALFORMED_STREAMS
 from .nexus import Nexus
+from .node06 import Node06
 from .rag import Rag
 from .server import FAULT_KINDS, GATEWAY_FAULT_KINDS, NodeBase
 
-FLAVOR_CLASSES: dict[str, type[Flavor]] = {cls.NAME: cls for cls in (Rag, Nexus, Amd)}
+FLAVOR_CLASSES: dict[str, type[Flavor]] = {cls.NAME: cls for cls in (Rag, Llama, Nexus, Node06, Amd)}
 """The server generations by ``flavor`` name."""
 FLAVORS: tuple[str, ...] = tuple(FLAVOR_CLASSES)
 
@@ -74,7 +86,7 @@ class NodeEmulator(NodeBase):
     """A Gaia node emulator serving on a background thread.
 
     Args:
-        flavor: ``rag``, ``nexus`` or ``amd``.
+        flavor: ``rag``, ``llama``, ``nexus``, ``node06`` or ``amd``.
         host: Interface to bind (loopback by default).
         port: Port; 0 picks a free one (see :attr:`base_url`).
         api_key: When set, /v1 requests need ``Authorization: Bearer <api_key>`` (as a hosted gateway enforces).
@@ -107,6 +119,14 @@ class NodeEmulator(NodeBase):
     """How long a ``slow`` fault stalls before answering (set it above the client's timeout)."""
     cumulative_usage: bool = False
     """rag flavour: repeat the usage-so-far on every stream chunk, as some backends do (a client must never sum it)."""
+    include_usage: bool | None = None
+    """Whether the server was started with ``--include-usage`` (None: as the flavour's server is on a Gaia node)."""
+    node_domains: tuple[str, ...] = ()
+    """Serve as a domain gateway over these nodes: each answer names one (round robin) in ``X-Node-Domain``."""
+    fixed_response_id: bool = False
+    """llama flavour: return llama-api-server 0.28.0's one hard-coded ``/v1/responses`` id for every reply."""
+    degraded: bool = False
+    """amd flavour: ``/health`` says ``degraded`` (the LLM backend is unavailable)."""
     outage: int | None = None
     """When set, every /v1 request is answered with this HTTP status in the flavour's dialect (a failing node)."""
     stats: Counter[str] = field(default_factory=Counter, init=False)
@@ -140,7 +160,7 @@ class NodeEmulator(NodeBase):
         return self.flavor_class.models_body(self)
 
     def info_body(self) -> dict[str, Any]:
-        """What ``GET /v1/info`` answers (rag and nexus; AMD GAIA has no such route)."""
+        """What ``GET /v1/info`` answers (every flavour but amd: AMD GAIA has no such route)."""
         return self.flavor_class.info_body(self)
 
 
@@ -163,12 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(GATEWAY_FAULT_KINDS)} "
                              f"(default {','.join(FAULT_KINDS)})")
     parser.add_argument("--slow-ms", type=float, default=2000.0, help="stall of a 'slow' fault")
+    parser.add_argument("--node-domains", default="",
+                        help="comma-separated node names: act as a domain gateway naming one in X-Node-Domain")
     args = parser.parse_args(argv)
     emulator = NodeEmulator(
         flavor=args.flavor, host=args.host, port=args.port, api_key=args.api_key, latency_ms=args.latency_ms,
         chunk_delay_ms=args.chunk_delay_ms, dim=args.dim, retrieve_shape=args.retrieve_shape,
         fault_rate=args.fault_rate, fault_seed=args.fault_seed,
         fault_kinds=tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip()), slow_ms=args.slow_ms,
+        node_domains=tuple(d.strip() for d in args.node_domains.split(",") if d.strip()),
     ).start()
     print(f"Gaia node emulator ({args.flavor}) listening on {emulator.base_url}", flush=True)
     stop = threading.Event()

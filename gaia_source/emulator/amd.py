@@ -1,10 +1,12 @@
-"""AMD GAIA API server (amd-gaia, FastAPI): GAIA agents as OpenAI models (protocol reference §13, §14).
+"""AMD GAIA API server (amd-gaia 0.25, FastAPI): GAIA agents as OpenAI models (protocol reference §13, §14).
 
 ``GET /health``, ``GET /v1/models`` and ``POST /v1/chat/completions`` only (no embeddings, retrieve or info); errors
-are FastAPI's ``{"detail"}``; an unknown model is a 404 and the last message must be a user message; usage is estimated
+are FastAPI's ``{"detail"}``; the one built-in model is ``gaia`` and an unknown model is a 404; with an API key set, a
+missing or wrong key is a 401 with ``WWW-Authenticate: Bearer``; the last message must be a user message and content
+parts must be text (400 otherwise); system/developer messages join the agent's system prompt; usage is estimated
 (characters / 4); JSON is ``json.dumps``-spaced; streams open with an empty assistant delta, carry one chunk per agent
 event (each ending in a newline), end with a ``delta: {}`` chunk, have no usage, and report an agent failure in-band.
-Requests are served concurrently.
+``GET /health`` reports ``ok`` or ``degraded`` with per-component status. Requests are served concurrently.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ MISSING_KEY = "Missing API key. Send 'Authorization: Bearer <key>' matching GAIA
 
 
 class Amd(Flavor):
-    """amd-gaia's ``gaia api`` server with two agents."""
+    """amd-gaia 0.25's ``gaia api`` server with its built-in ``gaia`` agent."""
 
     NAME: ClassVar[str] = "amd"
-    SPEC: ClassVar[FlavorSpec] = FlavorSpec(("gaia-code", "gaia-chat"), None, owned_by="amd-gaia")
+    SPEC: ClassVar[FlavorSpec] = FlavorSpec(("gaia",), None, owned_by="amd-gaia")
     SPACED_JSON: ClassVar[bool] = True
     HONOURS_N: ClassVar[bool] = False
     EMPTY_MESSAGES: ClassVar[str] = "messages is required"
@@ -34,7 +36,12 @@ class Amd(Flavor):
     def serve_public(self, method: str, path: str) -> bool:
         """``GET /health`` needs no key."""
         if path == "/health" and method == "GET":
-            self.send_json(200, {"status": "ok", "service": "gaia-api", "components": {}}, spaced=True)
+            degraded = self.node.degraded
+            llm = {"status": "unavailable" if degraded else "ready", "backend": "lemonade",
+                   "model": "Qwen3-Coder-30B-A3B-Instruct-GGUF", "url": "http://localhost:8000/api/v1"}
+            components = {"api": {"status": "ready"}, "llm": llm, "rag": {"status": "not_configured"}}
+            self.send_json(200, {"status": "degraded" if degraded else "ok", "service": "gaia-api",
+                                 "components": components}, spaced=True)
             return True
         return False
 
@@ -44,10 +51,14 @@ class Amd(Flavor):
 
     def reject_unauthorized(self, header: str) -> None:
         """401 naming the missing header, or the wrong key."""
+        challenge = [("WWW-Authenticate", "Bearer")]
         if not header:
-            self.answer_error(401, MISSING_KEY)
+            self.send_json(401, {"detail": MISSING_KEY}, headers=challenge)
+        elif not header.startswith("Bearer "):
+            self.send_json(401, {"detail": "Malformed Authorization header. Expected 'Bearer <key>'."},
+                           headers=challenge)
         else:
-            super().reject_unauthorized(header)
+            self.send_json(401, {"detail": "Invalid API key."}, headers=challenge)
 
     def answer_error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         """FastAPI's ``{"detail": message}``."""
@@ -76,6 +87,12 @@ class Amd(Flavor):
         """The last message must be a user message (400)."""
         if messages[-1].get("role") != "user":
             raise ClientError(400, "The last message must be a user message.")
+        for message in messages:
+            content = message.get("content")
+            for part in content if isinstance(content, list) else []:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ClientError(400, f"Unsupported content part type: {kind!r}. Only 'text' parts are supported.")
 
     def answer(self, question: str, model: str) -> str:
         """The agent's event text, ending in a newline."""

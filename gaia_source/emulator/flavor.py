@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, NoReturn, Sequence, Union
 
 import orjson
 
-from .content import answer_for, count_tokens, last_user_text, prompt_tokens, tool_calls
+from .content import answer_for, count_tokens, last_user_text, prompt_tokens, tool_calls, word_pieces
 from .malformed import MALFORMED, MALFORMED_STREAMS, echo_auth_body, huge_body, malformed_case
 from .server import ClientError, NodeBase, RequestHandler
 
@@ -81,6 +81,14 @@ class Flavor(RequestHandler):
     """Whether ``n`` > 1 gets extra choices."""
     EMPTY_MESSAGES: ClassVar[str] = "Messages should not be empty."
     """The 400 message for a chat request without messages."""
+    OUTPUT_LIMIT_FIELDS: ClassVar[tuple[str, ...]] = ("max_tokens",)
+    """Request fields this server reads as the answer's token cap; any other is dropped unread (serde and pydantic
+    ignore unknown keys). llama-api-server >= 0.23 and gaia-nexus read only ``max_completion_tokens``."""
+    REPLAYS_STREAM: ClassVar[bool] = False
+    """True for servers that wait for the whole answer and then replay it as a stream (gaia-nexus >= 0.8.1): the
+    generation time passes before the first chunk, and the chunks follow back to back."""
+    INCLUDE_USAGE: ClassVar[bool] = False
+    """Whether the server was started with ``--include-usage`` (a usage chunk when ``stream_options`` is absent)."""
 
     # --- the node ----------------------------------------------------------------------------------------------
 
@@ -229,6 +237,9 @@ class Flavor(RequestHandler):
         self.delay(self.node.latency_ms)
         answer = self.answer(question, model)
         finish = "length" if "[[context-full]]" in question else "stop"
+        limit = self.output_limit(request)
+        if limit is not None and count_tokens(answer) > limit:
+            answer, finish = "".join(word_pieces(answer)[:limit]).rstrip(), "length"
         completion_id = self.completion_id(request)
         usage = self.usage(messages, answer)
         completion = Completion(request, completion_id, int(time.time()), model, question, answer, finish, usage)
@@ -256,6 +267,21 @@ class Flavor(RequestHandler):
 
     def check_chat(self, messages: list[dict[str, Any]]) -> None:
         """Reject messages this server refuses to answer (default: none)."""
+
+    def output_limit(self, request: dict[str, Any]) -> int | None:
+        """The answer's token cap: the smallest positive integer among the fields this server reads."""
+        caps = [v for f in self.OUTPUT_LIMIT_FIELDS
+                if isinstance(v := request.get(f), int) and not isinstance(v, bool) and v > 0]
+        return min(caps) if caps else None
+
+    def include_usage(self, request: dict[str, Any]) -> bool:
+        """llama-core's rule for the usage chunk: ``stream_options.include_usage`` when the request has
+        ``stream_options``, else the server's start flag."""
+        options = request.get("stream_options")
+        if isinstance(options, dict):
+            return bool(options.get("include_usage"))
+        flag = self.node.include_usage
+        return self.INCLUDE_USAGE if flag is None else flag
 
     def fails(self, question: str) -> bool:
         """Whether the chat request fails with a 500 before answering (``[[fail]]``)."""
@@ -286,14 +312,16 @@ class Flavor(RequestHandler):
 
     def stream(self, completion: Completion) -> None:
         """Send the completion as this server's SSE stream (cut halfway for ``[[cut]]`` or a ``truncate`` fault)."""
-        self.start_stream()
         events = self.stream_events(completion)
+        if self.REPLAYS_STREAM:  # the whole answer is generated downstream first, at the node's time per token
+            self.delay(self.node.chunk_delay_ms * len(events))
+        self.start_stream()
         cut_at = max(1, len(events) // 2) if "[[cut]]" in completion.question or self.fault == "truncate" else None
         for i, event in enumerate(events):
             if (cut_at is not None and i == cut_at) or event is ABORT:
                 self.cut()
                 return
-            self.send_event(event, spaced=self.SPACED_JSON)
+            self.send_event(event, spaced=self.SPACED_JSON, pause=not self.REPLAYS_STREAM)
         self.end_stream()
 
     def stream_events(self, completion: Completion) -> list[StreamEvent]:
@@ -336,6 +364,52 @@ class Flavor(RequestHandler):
             self.cut(encoded[: len(encoded) // 2])
             return
         self.send(200, encoded, "application/json")
+
+    def create_response(self, body: bytes) -> None:
+        """``/v1/responses`` (llama-api-server >= 0.28, llama-nexus main): ``{model, input, instructions?}`` →
+        a ``response`` object with one ``output_text`` message. Only flavours that have the route list it."""
+        request = self.parse(body, "responses", "input")
+        raw = request["input"]
+        if isinstance(raw, str):
+            question = raw
+        elif isinstance(raw, list) and raw and all(isinstance(m, dict) for m in raw):
+            question = last_user_text(raw)
+        else:
+            raise ClientError(400, "Fail to deserialize responses request: invalid type for `input`")
+        if not question:
+            raise ClientError(400, "No user input found.")
+        if self.fails(question):
+            raise ClientError(500, "Failed to get the response: the model crashed (emulated)", "internal_error")
+        self.delay(self.node.latency_ms)
+        model = self.resolve_chat_model(request.get("model"))
+        answer = self.answer(question, model)
+        limit = request.get("max_output_tokens")
+        status = "completed"
+        if isinstance(limit, int) and 0 < limit < count_tokens(answer):
+            answer, status = "".join(word_pieces(answer)[:limit]).rstrip(), "incomplete"
+        messages = [{"role": "system", "content": request.get("instructions") or ""}, {"role": "user",
+                                                                                      "content": question}]
+        usage = self.response_usage(messages, answer)
+        response = {
+            "id": self.response_id(), "object": "response", "created_at": int(time.time()), "status": status,
+            "model": model, "instructions": request.get("instructions"),
+            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": answer, "annotations": []}]}],
+            "usage": usage,
+        }
+        self.send_json(200, response)
+
+    def response_id(self) -> str:
+        """``resp_<uuid>`` (0.28.0 returned one hard-coded id for every reply: ``fixed_response_id``)."""
+        if self.node.fixed_response_id:
+            return "resp_67ccd3a9da748190baa7f1570fe91ac604becb25984b3b1c"
+        return f"resp_{uuid.uuid4().hex}"
+
+    def response_usage(self, messages: Sequence[dict[str, Any]], answer: str) -> dict[str, int]:
+        """``/v1/responses`` usage: input/output/total tokens (counted, as llama-api-server does)."""
+        prompt, completion = prompt_tokens(messages), count_tokens(answer)
+        return {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
 
     def models(self, body: bytes) -> None:
         """``/v1/models``."""

@@ -1,20 +1,24 @@
-"""Gaia node 0.4.28 to 0.6: gaia-nexus, the axum gateway in front of llama-api-server (protocol reference §1, §8, §9B).
+"""llama-nexus, the open-source line of gaia-nexus (Gaia node >= 0.4.28), as on its main branch (protocol reference §1,
+§8, §9B, §14).
 
 Models and info are GET-only (other methods: a bare 405) and ``/v1/retrieve`` is gone (the static web UI fallback: POST
 405, GET a 404 page). axum rejects bodies before the handler as text: 415 without a JSON Content-Type, 400 for broken
 JSON, 422 for the wrong shape. The nexus's own errors are OpenAI-style JSON. Streaming is simulated: the whole answer
 replayed in ~10-character word-aligned chunks whose ``choices[0].index`` counts chunks, with ``finish_reason`` and usage
-on the last one (an empty answer is only ``[DONE]``). Requests are served concurrently.
+on the last one (an empty answer is only ``[DONE]``); the generation time passes before the first chunk. ``/v1/info``
+is ``{"models": {kind: [...]}}``; ``max_tokens`` is dropped unread (only ``max_completion_tokens`` caps an answer). The
+main branch adds ``POST /v1/responses`` (usage *estimated*: characters / 4) and ``GET /health``. Requests are served
+concurrently. Gaia node 0.6 itself (gaia-nexus 0.8.2) is :mod:`.node06`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, Sequence
 
 import orjson
 
 from .content import word_pieces
-from .flavor import Completion, Flavor, FlavorSpec, StreamEvent
+from .flavor import Completion, Endpoint, Flavor, FlavorSpec, StreamEvent
 from .server import Handled, NodeBase
 
 _CODES = {404: "not_found", 401: "invalid_api_key"}
@@ -22,12 +26,31 @@ _CODES = {404: "not_found", 401: "invalid_api_key"}
 
 
 class Nexus(Flavor):
-    """gaia-nexus 0.8 (llama-nexus 0.8.2 line) on a Gaia node 0.4.28 and later."""
+    """llama-nexus main (the gaia-nexus 0.8 line) in front of llama-api-server."""
 
     NAME: ClassVar[str] = "nexus"
     SPEC: ClassVar[FlavorSpec] = FlavorSpec(("Qwen3-4B",), "Nomic-embed-text-v1.5")
+    OUTPUT_LIMIT_FIELDS: ClassVar[tuple[str, ...]] = ("max_completion_tokens",)  # endpoints 0.35: no max_tokens
+    REPLAYS_STREAM: ClassVar[bool] = True
 
     # --- routes and errors ---------------------------------------------------------------------------------------
+
+    def routes(self) -> dict[str, tuple[str, Endpoint]]:
+        """Chat, embeddings, models, info, and the main branch's responses."""
+        return {**super().routes(), "/v1/responses": ("POST", self.create_response)}
+
+    def serve_public(self, method: str, path: str) -> bool:
+        """``GET /health`` (main branch)."""
+        if path == "/health" and method == "GET":
+            self.send_json(200, {"status": "ok"})
+            return True
+        return False
+
+    def response_usage(self, messages: Sequence[dict[str, Any]], answer: str) -> dict[str, int]:
+        """Estimated from characters (/ 4): the nexus does not count tokens."""
+        prompt = sum(len(m.get("content") or "") for m in messages) // 4
+        output = len(answer) // 4
+        return {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output}
 
     def unknown_route(self, method: str, path: str) -> None:
         """The static web UI fallback: POST gives a bare 405, other methods its 404 page."""

@@ -34,6 +34,7 @@ class Rag(Flavor):
     SPEC: ClassVar[FlavorSpec] = FlavorSpec(("Llama-3.2-3B-Instruct",), "Nomic-embed-text-v1.5")
     SERIALIZED: ClassVar[bool] = True
     ROUTES_ON_PATH_ALONE: ClassVar[bool] = True
+    INCLUDE_USAGE: ClassVar[bool] = True  # Gaia starts it with --include-usage
 
     # --- routes and errors ---------------------------------------------------------------------------------------
 
@@ -102,8 +103,7 @@ class Rag(Flavor):
                     "created": c.created, "model": c.model, "system_fingerprint": SYSTEM_FINGERPRINT,
                     "object": "chat.completion.chunk"}
 
-        options = c.request.get("stream_options")
-        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else True  # --include-usage
+        include_usage = self.include_usage(c.request)
         usage_chunk = {"id": c.id, "choices": [], "created": c.created, "model": c.model,
                        "system_fingerprint": SYSTEM_FINGERPRINT, "object": "chat.completion.chunk", "usage": c.usage}
         if "[[tool]]" in c.question:
@@ -120,8 +120,10 @@ class Rag(Flavor):
             events.append(event)
         if "[[inband-error]]" in c.question:  # llama-core aborts the HTTP body on a backend error
             return events[: max(1, len(events) // 2)] + [ABORT]
-        if c.finish == "length":
+        if c.finish == "length" and "[[context-full]]" in c.question:
             events.append(chunk({"content": CONTEXT_FULL_MARKER, "role": "assistant"}, "length"))
+        elif c.finish == "length":  # the token cap was reached
+            events.append(chunk({"content": "", "role": "assistant"}, "length"))
         if include_usage:
             events.append(usage_chunk)
         return events

@@ -103,6 +103,10 @@ class NodeBase:
     retry_after: str | None
     slow_ms: float
     cumulative_usage: bool
+    include_usage: bool | None
+    node_domains: tuple[str, ...]
+    fixed_response_id: bool
+    degraded: bool
     outage: int | None
     stats: Counter[str]
     max_in_flight: int
@@ -114,6 +118,7 @@ class NodeBase:
         self._stats_lock = threading.Lock()
         self._serial = threading.Lock()  # taken by flavours that answer one request at a time
         self._in_flight = 0
+        self._answered = 0
         self._knowledge = KnowledgeBase(self.dim)
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -191,6 +196,16 @@ class NodeBase:
         with self._stats_lock:
             return {"flavor": self.flavor, "requests": dict(self.stats)}
 
+    def gateway_headers(self) -> list[tuple[str, str]]:
+        """Headers a domain gateway adds to a /v1 answer: ``X-Node-Domain`` naming the node it picked (round robin
+        over ``node_domains``; none when the node is reached directly)."""
+        if not self.node_domains:
+            return []
+        with self._stats_lock:
+            picked = self.node_domains[self._answered % len(self.node_domains)]
+            self._answered += 1
+        return [("X-Node-Domain", picked)]
+
     def draw_fault(self) -> str | None:
         """The fault this request meets, if any (thread-safe, reproducible for a given seed and request order)."""
         if self.fault_rate <= 0:
@@ -234,6 +249,8 @@ class RequestHandler(BaseHTTPRequestHandler):
     server: EmulatorHTTPServer
     fault: str | None = None
     """The fault drawn for the request being served (``truncate`` and ``slow`` reach the flavour's handlers)."""
+    extra_headers: list[tuple[str, str]] = []
+    """Headers added to every answer of the request being served (a domain gateway's ``X-Node-Domain``)."""
 
     SERIALIZED: ClassVar[bool] = False
     """True for servers that answer one request at a time (others wait)."""
@@ -291,6 +308,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_json(200, node.stats_body())
             return
         node.count(method, path)
+        self.extra_headers = node.gateway_headers() if path.startswith("/v1/") else []
         try:
             with node.serving(self.SERIALIZED):
                 self._serve(method, path, body)
@@ -356,7 +374,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
-        for name, value in headers:
+        for name, value in [*headers, *self.extra_headers]:
             self.send_header(name, value)
         self.end_headers()
 
@@ -366,10 +384,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_head(status, len(body), content_type, headers)
         self.wfile.write(body)
 
-    def send_json(self, status: int, obj: Any, spaced: bool = False) -> None:
+    def send_json(self, status: int, obj: Any, spaced: bool = False, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Send ``obj`` as JSON: compact by orjson (numpy arrays allowed), or ``json.dumps``'s spaced form."""
         body = json.dumps(obj).encode() if spaced else orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-        self.send(status, body, "application/json")
+        self.send(status, body, "application/json", headers)
 
     def send_text(self, status: int, message: str) -> None:
         """Send ``message`` as ``text/plain; charset=utf-8``."""
@@ -395,6 +413,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
+        for name, value in self.extra_headers:
+            self.send_header(name, value)
         self.end_headers()
 
     def write_chunk(self, data: bytes) -> None:
@@ -402,17 +422,19 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def send_event(self, payload: Any, spaced: bool = False) -> None:
-        """Send one ``data: <json>`` event (``payload`` as is when a string), then wait ``chunk_delay_ms``."""
+    def send_event(self, payload: Any, spaced: bool = False, pause: bool = True) -> None:
+        """Send one ``data: <json>`` event (``payload`` as is when a string), then wait ``chunk_delay_ms`` (when
+        ``pause``: a live stream's time per token)."""
         if isinstance(payload, str):
             text = payload
         else:
             text = json.dumps(payload) if spaced else orjson.dumps(payload).decode()
         self.write_chunk(f"data: {text}\n\n".encode())
-        self.delay(self.node.chunk_delay_ms)
+        if pause:
+            self.delay(self.node.chunk_delay_ms)
 
     def end_stream(self) -> None:
         """Send ``data: [DONE]`` and the last chunk."""
-        self.send_event("[DONE]")
+        self.send_event("[DONE]", pause=False)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
