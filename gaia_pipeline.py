@@ -28,7 +28,7 @@ from dlt.common.pipeline import LoadInfo
 from dlt.extract.source import DltSource
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from gaia_source import RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
+from gaia_source import DEFAULT_RESOURCE_NAMES, RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
 from gaia_source.batch import CHAT_TABLES, export_batch_output
 from gaia_source.emulator import FLAVORS, NodeEmulator
 from gaia_source.endpoints import ENDPOINT_BY_NAME
@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
 
 
 def load_all(pipeline: dlt.Pipeline, **source_args: Any) -> LoadInfo:
-    """Load all six resources from the node configured in .dlt/ (or given in ``source_args``)."""
+    """Load every default resource (all but ``responses``) from the node configured in .dlt/ (or ``source_args``)."""
     return pipeline.run(gaia_source(**source_args))
 
 
@@ -74,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     node = parser.add_argument_group("node")
     node.add_argument("--demo", action="store_true", help="start a local emulated node and load built-in sample data")
     node.add_argument("--demo-flavor", choices=FLAVORS, default="rag",
-                      help="server generation the demo emulates: rag (Gaia <= 0.4, all six endpoints; default), "
-                      "nexus (Gaia >= 0.5), amd (AMD GAIA)")
+                      help="server the demo emulates: rag (Gaia <= 0.4 with a knowledge base, every endpoint but "
+                      "responses; default), llama (llama-api-server 0.28), nexus (llama-nexus), node06 (Gaia node 0.6: "
+                      "gaia-nexus 0.8.2 + llama-api-server 0.27), amd (AMD GAIA 0.25)")
     node.add_argument("--base-url", help="node URL, e.g. http://localhost:8080/v1 (overrides config)")
     node.add_argument("--node-id", help="hosted node id: https://{node_id}.gaia.domains/v1")
     node.add_argument("--chat-model", help="chat model (default: discovered from the node)")
@@ -88,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="texts to embed: text lines, .jsonl (text/id/metadata) or .csv (text column)")
     data.add_argument("--queries-file", help="retrieval queries: text lines, .jsonl or .csv (query column)")
     data.add_argument("--system-prompt", help="system message for every prompt that has none")
+    data.add_argument("--max-tokens", type=int, metavar="N",
+                      help="cap every answer at N tokens (sent as max_tokens and max_completion_tokens, so that every "
+                      "server generation honours it)")
     load = parser.add_argument_group("load")
     load.add_argument("--resources", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
     load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb)")
@@ -124,6 +128,7 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "texts_file": args.texts_file,
         "queries_file": args.queries_file,
         "system_prompt": args.system_prompt,
+        "max_tokens": args.max_tokens,
         "refresh": True if args.refresh else None,
         "shard": args.shard,
     }
@@ -136,21 +141,14 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
     return source_args
 
 
-def _select(source: DltSource, wanted: Sequence[str]) -> List[str]:
-    """Keep ``wanted`` resources selected (the source has already deselected those without inputs); return the
-    wanted ones that will not run for lack of inputs."""
-    idle = []
-    for name, resource in source.resources.items():
-        if name not in wanted:
-            resource.selected = False
-        elif not resource.selected:
-            idle.append(name)
-    return idle
+def _idle(source: DltSource, wanted: Sequence[str]) -> List[str]:
+    """The wanted resources the source deselected: they have no inputs."""
+    return [name for name, resource in source.resources.items() if name in wanted and not resource.selected]
 
 
-def _resources(spec: Optional[str]) -> List[str]:
-    if not spec:
-        return list(RESOURCE_NAMES)
+def _resources(spec: Optional[str], demo: bool = False) -> List[str]:
+    if not spec:  # a demo shows every table; a real run leaves out what sends prompts a third time (responses)
+        return list(RESOURCE_NAMES if demo else DEFAULT_RESOURCE_NAMES)
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in RESOURCE_NAMES]
     if unknown or not names:
@@ -211,15 +209,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
     progress = args.progress or ("log" if sys.stderr.isatty() else "none")
     try:
-        resources = _resources(args.resources)
+        resources = _resources(args.resources, args.demo)
         with _demo_node(args.demo, args.demo_flavor) as emulator:
             source_args = _source_args(args, emulator.base_url if emulator else None)
             pipeline = dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
                 progress=None if progress == "none" else progress,
             )
-            source = gaia_source(**source_args)
-            idle = _select(source, resources)
+            source = gaia_source(resources=resources, **source_args)
+            idle = _idle(source, resources)
             load_info = pipeline.run(source)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,17 +1,19 @@
-"""A dlt source for Gaia LLM nodes: GaiaNet nodes (<= 0.4 rag-api-server and >= 0.5 gaia-nexus) and AMD GAIA servers.
+"""A dlt source for Gaia LLM nodes: GaiaNet nodes (<= 0.4 rag-api-server, >= 0.5 gaia-nexus, 0.6 gaia-nexus 0.8 +
+llama-api-server 0.27) and AMD GAIA servers.
 
-Six resources, one table each (plus ``retrieve__points`` and ``failed_requests``), declared in the endpoint catalogue
-(:mod:`gaia_source.endpoints`):
+Seven resources, one table each (plus ``retrieve__points`` and ``failed_requests``), declared in the endpoint catalogue
+(:mod:`gaia_source.endpoints`); ``responses`` runs only when asked for by name:
 
 ==========================  =========================  =================================================
 resource                    request                    table
 ==========================  =========================  =================================================
 ``models``                  GET /v1/models             one row per model, merged by (node_url, id)
-``info``                    GET /v1/info               one snapshot per run, appended (a history)
+``info``                    GET /v1/info (AMD: /health) one snapshot per run, appended (a history)
 ``chat_completions``        POST /v1/chat/completions  one row per prompt, merged by request id
 ``chat_completions_stream`` POST … ``stream: true``    one row per prompt, with time to first token
 ``embeddings``              POST /v1/embeddings        one row per text, the vector in one column
 ``retrieve``                POST /v1/retrieve          one row per query; points in ``retrieve__points``
+``responses``               POST /v1/responses         one row per prompt, merged by request id
 ==========================  =========================  =================================================
 
 Usage::
@@ -34,7 +36,7 @@ from dlt.sources import DltResource
 from .client import NodeClient, Reply
 from .config import NodeSettings, resolve_base_url, resolve_base_urls, resolve_node_settings
 from .context import RunContext
-from .endpoints import ENDPOINTS, RESOURCE_NAMES, Plan
+from .endpoints import DEFAULT_RESOURCE_NAMES, ENDPOINTS, RESOURCE_NAMES, Plan
 from .errors import (
     EndpointNotAvailable,
     GaiaAuthError,
@@ -71,6 +73,7 @@ __all__ = [
     "EndpointNotAvailable",
     "GaiaResponseError",
     "RESOURCE_NAMES",
+    "DEFAULT_RESOURCE_NAMES",
     "INPUT_SETTINGS",
 ]
 
@@ -103,6 +106,7 @@ def gaia_source(
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
     refresh: bool = False,
     shard: Optional[str] = None,
+    resources: Optional[Sequence[str]] = None,
     **node_settings: Any,
 ) -> Sequence[DltResource]:
     """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
@@ -124,7 +128,8 @@ def gaia_source(
         embedding_model: Model for embeddings; discovered when absent.
         temperature: Chat sampling temperature.
         top_p: Chat nucleus sampling.
-        max_tokens: Chat output limit.
+        max_tokens: Chat output limit, sent as ``max_tokens`` and ``max_completion_tokens`` so that every server
+            generation honours it (``max_output_tokens`` on ``responses``).
         stop: Stop sequence(s); a single string is sent as a one-element list (nodes require a list).
         presence_penalty: Chat presence penalty.
         frequency_penalty: Chat frequency penalty.
@@ -134,6 +139,7 @@ def gaia_source(
         refresh: Send every prompt and embed every text again, even those already loaded.
         shard: ``"i/n"``: load only partition ``i`` of ``n`` of the inputs (by request id), so ``n`` workers can share
             one job without overlap or gaps; ``models`` and ``info`` are loaded by shard 0.
+        resources: The resources to run (default: every one but ``responses``); those without inputs are not run.
         node_settings: How to reach the node(s): any field of :class:`~gaia_source.config.NodeSettings` —
             ``base_url`` or ``node_id`` (one or a list), ``api_key`` (a secret: ``.dlt/secrets.toml``), ``timeout``,
             ``max_concurrency``, ``max_attempts``, ``retry_backoff``, ``retry_max_wait``, ``max_response_mb``,
@@ -141,8 +147,13 @@ def gaia_source(
             comes from ``[sources.gaia_source]`` config.
 
     Returns:
-        The six resources: models, info, chat_completions, chat_completions_stream, embeddings, retrieve.
+        The seven resources: models, info, chat_completions, chat_completions_stream, embeddings, retrieve,
+        responses; those not wanted or without inputs are deselected.
     """
+    wanted = list(DEFAULT_RESOURCE_NAMES if resources is None else resources)
+    unknown = [name for name in wanted if name not in RESOURCE_NAMES]
+    if unknown:
+        raise GaiaConfigError(f"resources: unknown resource(s) {unknown}; choose from {', '.join(RESOURCE_NAMES)}")
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
     settings = resolve_node_settings(**node_settings)
@@ -170,12 +181,11 @@ def gaia_source(
     declare_tables(dlt.current.source_schema())
     # Read every input once now: a malformed line stops the run before the first request.
     counts = {kind: validate(getattr(plan, kind)()) for kind in INPUT_SETTINGS}
-    resources = source_resources(plan, RunContext(settings))
+    made = source_resources(plan, RunContext(settings))
     idle = [e.name for e in ENDPOINTS if e.inputs is not None and counts[e.inputs] == 0]
-    for resource in resources:
-        if resource.name in idle:
-            resource.selected = False
+    for resource in made:
+        resource.selected = resource.name in wanted and resource.name not in idle
     if idle:
         logger.debug("not run, no inputs: %s", ", ".join(
             f"{e.name} ({INPUT_SETTINGS[e.inputs]})" for e in ENDPOINTS if e.name in idle and e.inputs))
-    return resources
+    return made

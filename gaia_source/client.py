@@ -31,7 +31,7 @@ from .errors import (
     describe_body,
     redact,
 )
-from .settings import AUTH_STATUS, DEFAULT_CONNECT_TIMEOUT, HEADERS_OF_INTEREST, USER_AGENT
+from .settings import API_PREFIX, AUTH_STATUS, DEFAULT_CONNECT_TIMEOUT, HEADERS_OF_INTEREST, USER_AGENT
 from .streaming import STATUS_COMPLETED, STATUS_INTERRUPTED, ChatStreamAccumulator, StreamResult
 
 logger = logging.getLogger("gaia_source")
@@ -136,8 +136,12 @@ class NodeClient:
         )
 
     def url(self, path: str) -> str:
-        """Full URL of an endpoint path such as ``chat/completions``."""
-        return f"{self.base_url}/{path.lstrip('/')}"
+        """Full URL of an endpoint path: ``chat/completions`` is under ``/v1``; ``/health`` (a leading slash) is at the
+        server's root."""
+        if path.startswith("/"):
+            root = self.base_url[: -len(API_PREFIX)] if self.base_url.endswith(API_PREFIX) else self.base_url
+            return f"{root}{path}"
+        return f"{self.base_url}/{path}"
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -21,7 +21,7 @@ from .config import NodeSettings
 from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline
 from .errors import GaiaAuthError, GaiaError, is_transient
 from .pool import NodePool
-from .rows import model_ids, models_from_info
+from .rows import NodeInfo, model_ids, models_from_info, read_info
 from .settings import INFO_PATH, MODELS_PATH
 
 logger = logging.getLogger("gaia_source")
@@ -53,6 +53,7 @@ class RunContext:
         self._metadata: Dict[Tuple[str, str], Any] = {}
         self._metadata_locks: Dict[Tuple[str, str], threading.Lock] = {}
         self._models: Optional[Tuple[Optional[str], Optional[str]]] = None
+        self._amd: Optional[bool] = None
         self._seen: Dict[str, Set[str]] = {}
         self._endpoints: Dict[str, bool] = {}
 
@@ -82,6 +83,7 @@ class RunContext:
         self._metadata.clear()
         self._metadata_locks.clear()
         self._models = None
+        self._amd = None
         self._seen = {}
         self._endpoints = {}
 
@@ -175,3 +177,26 @@ class RunContext:
         with self._lock:
             self._models = (chat, embedding)
         return chat, embedding
+
+    def node_info(self, node_url: str) -> NodeInfo:
+        """What ``node_url``'s ``/v1/info`` says (asked once per run; an unreadable answer reads as ``unknown``)."""
+        return read_info(self._optional_metadata(node_url, INFO_PATH))
+
+    def serves_amd_gaia(self) -> bool:
+        """Whether a node of the pool is an AMD GAIA server (its ``/v1/models`` lists agents owned by ``amd-gaia``).
+
+        Asked only when an input needs it (a prompt AMD GAIA would refuse), once per run.
+        """
+        with self._lock:
+            if self._amd is not None:
+                return self._amd
+        amd = False
+        for node in self.pool.nodes:
+            body = self._optional_metadata(node.base_url, MODELS_PATH)
+            data = body.get("data") if isinstance(body, dict) else None
+            if any(isinstance(m, dict) and m.get("owned_by") == "amd-gaia" for m in data or []):
+                amd = True
+                break
+        with self._lock:
+            self._amd = amd
+        return amd

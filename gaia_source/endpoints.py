@@ -18,15 +18,18 @@ from dlt.common.schema.typing import TTableSchemaColumns
 from .client import Reply
 from .context import RunContext
 from .destination import skip_loaded, unique
+from .errors import GaiaError, GaiaInputRefused
 from .inputs import ChatInput, QueryInput, TextInput
 from .payloads import (
     PreparedRequest,
     Shard,
+    amd_gaia_refusal,
     chat_request,
     embedding_id,
     embeddings_request,
     in_shard,
-    normalize_chat_params,
+    merge_chat_params,
+    responses_request,
     retrieve_request,
 )
 from .rows import (
@@ -35,15 +38,26 @@ from .rows import (
     EMBEDDING_COLUMNS,
     INFO_COLUMNS,
     MODEL_COLUMNS,
+    RESPONSE_COLUMNS,
     RETRIEVE_COLUMNS,
     chat_completion_row,
     chat_stream_row,
     embedding_table,
     info_row,
     model_rows,
+    response_row,
     retrieve_row,
 )
-from .settings import CHAT_PATH, DEFAULT_EMBEDDING_BATCH_SIZE, EMBEDDINGS_PATH, INFO_PATH, MODELS_PATH, RETRIEVE_PATH
+from .settings import (
+    CHAT_PATH,
+    DEFAULT_EMBEDDING_BATCH_SIZE,
+    EMBEDDINGS_PATH,
+    HEALTH_PATH,
+    INFO_PATH,
+    MODELS_PATH,
+    RESPONSES_PATH,
+    RETRIEVE_PATH,
+)
 
 logger = logging.getLogger("gaia_source")
 
@@ -92,6 +106,12 @@ class Endpoint:
         vectors: Rows carry a vector column (Arrow where the destination takes it, a native column prepared first).
         append_when_new: Rows are known new (looked up first) and appended; merged on ``refresh`` or when the
             destination cannot be asked what it holds.
+        by_default: Part of a run that does not name its resources (False: only when asked for by name).
+        fallback_path: Per-node metadata asked here when ``path`` is not a route of the server (AMD GAIA's
+            ``/health`` for ``/v1/info``).
+        refuse: Says why a request must not be sent to this run's nodes (it becomes a ``failed_requests`` row with 0
+            attempts), or None.
+        estimates_usage: Rows get ``usage_estimated`` from the answering node's server type.
     """
 
     name: str
@@ -106,6 +126,10 @@ class Endpoint:
     stream: bool = False
     vectors: bool = False
     append_when_new: bool = False
+    by_default: bool = True
+    fallback_path: Optional[str] = None
+    refuse: Optional[Callable[[PreparedRequest, RunContext], Optional[GaiaError]]] = None
+    estimates_usage: bool = False
 
 
 def _one(build: Callable[[PreparedRequest, Reply], Dict[str, Any]]) -> RowBuilder:
@@ -137,17 +161,31 @@ def _request_id(request: PreparedRequest) -> str:
     return request.request_id
 
 
-def _chat_requests(stream: bool) -> RequestBuilder:
+PromptRequest = Callable[[ChatInput, Optional[str], Dict[str, Any]], PreparedRequest]
+"""Builds one request from a prompt, the model to ask for and the merged parameters."""
+
+
+def _chat(stream: bool) -> PromptRequest:
+    def build(item: ChatInput, model: Optional[str], params: Dict[str, Any]) -> PreparedRequest:
+        return chat_request(item.messages, model, params, stream, item.custom_id, item.source)
+
+    return build
+
+
+def _response(item: ChatInput, model: Optional[str], params: Dict[str, Any]) -> PreparedRequest:
+    return responses_request(item.messages, model, params, item.custom_id, item.source)
+
+
+def _prompt_requests(build: PromptRequest) -> RequestBuilder:
     def requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
-        """Chat requests for the plan's prompts; prompts with a ``completed`` row are skipped unless ``refresh``."""
+        """One request per prompt; prompts with a ``completed`` row are skipped unless ``refresh``."""
         items = plan.prompts()
         first = next(items, None)
         if first is None:
             return
         model = plan.chat_model or context.discover_models()[0]
         built = (
-            chat_request(item.messages, item.model or model, {**plan.chat_params, **normalize_chat_params(item.params)},
-                         stream, item.custom_id, item.source)
+            build(item, item.model or model, merge_chat_params(plan.chat_params, item.params))
             for item in itertools.chain([first], items)
         )
         sharded = (r for r in built if in_shard(r.request_id, plan.shard))
@@ -190,22 +228,37 @@ def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> It
             yield request
 
 
+def refuse_for_amd_gaia(request: PreparedRequest, context: RunContext) -> Optional[GaiaError]:
+    """A prompt an AMD GAIA server would answer with a 400 is not sent to one (see
+    :func:`~gaia_source.payloads.amd_gaia_refusal`); the node is asked what it is only for such a prompt."""
+    problem = amd_gaia_refusal(request.body.get("messages") or [])
+    if problem is None or not context.serves_amd_gaia():
+        return None
+    return GaiaInputRefused(f"{request.source or 'a prompt'}: not sent: {problem}")
+
+
 # --- the catalogue ----------------------------------------------------------------------------------------------
 
 ENDPOINTS: Tuple[Endpoint, ...] = (
     Endpoint("models", "GET", MODELS_PATH, per_node_requests, model_rows, MODEL_COLUMNS,
              ("node_url", "id"), "merge"),
-    Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, (), "append"),
-    Endpoint("chat_completions", "POST", CHAT_PATH, _chat_requests(stream=False), _one(chat_completion_row),
-             CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts"),
-    Endpoint("chat_completions_stream", "POST", CHAT_PATH, _chat_requests(stream=True), _one(chat_stream_row),
-             CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True),
+    Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, (), "append",
+             fallback_path=HEALTH_PATH),
+    Endpoint("chat_completions", "POST", CHAT_PATH, _prompt_requests(_chat(stream=False)), _one(chat_completion_row),
+             CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts", refuse=refuse_for_amd_gaia),
+    Endpoint("chat_completions_stream", "POST", CHAT_PATH, _prompt_requests(_chat(stream=True)),
+             _one(chat_stream_row), CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True,
+             refuse=refuse_for_amd_gaia),
     Endpoint("embeddings", "POST", EMBEDDINGS_PATH, embedding_requests, embedding_table, EMBEDDING_COLUMNS,
              "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True),
     Endpoint("retrieve", "POST", RETRIEVE_PATH, retrieve_requests, _one(retrieve_row), RETRIEVE_COLUMNS,
              "request_id", "merge", inputs="queries"),
+    Endpoint("responses", "POST", RESPONSES_PATH, _prompt_requests(_response), _one(response_row), RESPONSE_COLUMNS,
+             "request_id", "merge", inputs="prompts", by_default=False, estimates_usage=True),
 )
 """Every endpoint the source loads, in the order of its resources."""
 
 ENDPOINT_BY_NAME: Dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in ENDPOINTS}
 RESOURCE_NAMES: Tuple[str, ...] = tuple(ENDPOINT_BY_NAME)
+DEFAULT_RESOURCE_NAMES: Tuple[str, ...] = tuple(e.name for e in ENDPOINTS if e.by_default)
+"""What a run loads when it does not name its resources (``responses`` sends every prompt once more: ask for it)."""

@@ -99,10 +99,23 @@ class EndpointNotAvailable(GaiaRequestError):
 
 
 _MISSING_HINTS = {
-    "retrieve": "Only Gaia nodes <= 0.4 (rag-api-server) serve /v1/retrieve; gaia-nexus (>= 0.5) and AMD GAIA do not.",
+    "retrieve": "Only Gaia nodes <= 0.4 (rag-api-server) serve /v1/retrieve; gaia-nexus (>= 0.5) and AMD GAIA do not "
+                "(a 0.6 node retrieves inside the nexus and returns no chunks).",
+    "responses": "Only llama-api-server >= 0.28 and llama-nexus main serve /v1/responses; Gaia node 0.6 (gaia-nexus "
+                 "0.8.2) and AMD GAIA do not.",
     "embeddings": "AMD GAIA servers have no embeddings; use a GaiaNet node for them.",
-    "info": "AMD GAIA servers have no /v1/info; the models table still describes the server.",
+    "info": "Neither /v1/info nor /health answered; the models table still describes the server.",
 }
+
+
+class GaiaInputRefused(GaiaError):
+    """An input the server would refuse, so it was not sent (it is recorded in ``failed_requests``, with 0 attempts).
+
+    Args:
+        message: What is wrong, and where the input came from (``file:line``).
+    """
+
+    attempts = 0
 
 
 class GaiaLookupError(GaiaError):

@@ -20,12 +20,12 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import orjson
 
 from .errors import GaiaConfigError
-from .settings import CHAT_PARAM_NAMES
+from .settings import CHAT_PARAM_NAMES, OUTPUT_LIMIT_FIELDS
 
 T = TypeVar("T")
 Message = Dict[str, Any]
@@ -155,6 +155,22 @@ def _custom_id(value: Any, where: str) -> Optional[str]:
     raise GaiaConfigError(f"{where}: custom_id must be a non-empty string, got {value!r}")
 
 
+def output_limit(params: Mapping[str, Any], where: str = "chat parameters") -> Optional[int]:
+    """The token cap the parameters ask for (either name), or None.
+
+    Raises:
+        GaiaConfigError: a cap that is not a positive integer, or the two names with different values.
+    """
+    given = {name: params[name] for name in OUTPUT_LIMIT_FIELDS if params.get(name) is not None}
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise GaiaConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if len(set(given.values())) > 1:
+        raise GaiaConfigError(f"{where}: max_tokens={given['max_tokens']} and max_completion_tokens="
+                              f"{given['max_completion_tokens']} disagree; give one of them")
+    return next(iter(given.values()), None)
+
+
 def chat_input_from_object(obj: Any, where: str) -> ChatInput:
     """Interpret one JSON value / config item as a chat input."""
     if isinstance(obj, str):
@@ -177,13 +193,17 @@ def chat_input_from_object(obj: Any, where: str) -> ChatInput:
         if not isinstance(body, dict):
             raise GaiaConfigError(f"{where}: batch line 'body' must be an object")
         params = {k: v for k, v in body.items() if k not in ("messages", "model", "stream", "stream_options")}
+        output_limit(params, where)
         model = body.get("model")
         return ChatInput(_check_messages(body.get("messages"), where), custom_id, params, model, where)
-    if "messages" in obj:
+    if "messages" in obj or "prompt" in obj:
         params = {k: obj[k] for k in CHAT_PARAM_NAMES if k in obj}
-        return ChatInput(_check_messages(obj["messages"], where), custom_id, params, obj.get("model"), where)
-    if "prompt" in obj:
-        return ChatInput(_prompt_text(obj["prompt"], where), custom_id, source=where)
+        output_limit(params, where)
+        if "messages" in obj:
+            messages = _check_messages(obj["messages"], where)
+        else:
+            messages = _prompt_text(obj["prompt"], where)
+        return ChatInput(messages, custom_id, params, obj.get("model"), where)
     raise GaiaConfigError(f"{where}: object has none of 'body', 'messages' or 'prompt' (keys: {sorted(obj)})")
 
 

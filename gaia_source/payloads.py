@@ -14,8 +14,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import orjson
 
 from .errors import GaiaConfigError
-from .inputs import Message
-from .settings import CHAT_PATH, EMBEDDINGS_PATH, RETRIEVE_PATH
+from .inputs import Message, output_limit
+from .settings import CHAT_PATH, EMBEDDINGS_PATH, OUTPUT_LIMIT_FIELDS, RESPONSES_PATH, RETRIEVE_PATH
 
 
 def canonical_json(value: Any) -> bytes:
@@ -60,11 +60,23 @@ def normalize_chat_params(params: Mapping[str, Any]) -> Dict[str, Any]:
 
     ``stop`` must be a JSON array on Gaia nodes (a string is a 400 on rag-api-server, a 422 on gaia-nexus), so a
     single string becomes a one-element list.
+
+    Raises:
+        GaiaConfigError: a token cap that is not a positive integer, or given twice with different values.
     """
     out = {k: v for k, v in params.items() if v is not None}
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]
+    output_limit(out)
     return out
+
+
+def merge_chat_params(run: Mapping[str, Any], item: Mapping[str, Any]) -> Dict[str, Any]:
+    """A prompt's parameters over the run's: a prompt's token cap (under either name) replaces the run's."""
+    item = normalize_chat_params(item)
+    if any(name in item for name in OUTPUT_LIMIT_FIELDS):
+        run = {k: v for k, v in run.items() if k not in OUTPUT_LIMIT_FIELDS}
+    return {**run, **item}
 
 
 @dataclass(frozen=True)
@@ -80,11 +92,27 @@ class PreparedRequest:
     """Caller data carried into rows (e.g. text ids and metadata of an embeddings batch)."""
     node: Optional[str] = None
     """Send every attempt to this node (per-node metadata such as /v1/info); None: the best node of the pool."""
+    wire_body: Optional[Dict[str, Any]] = None
+    """What goes on the wire when it differs from ``body`` (fields every server generation needs); ``body`` is what the
+    user asked for, and defines the id."""
 
     @property
     def request_id(self) -> str:
         """Deterministic id: hash of endpoint and body."""
         return request_id(self.endpoint, self.body)
+
+    @property
+    def sent_body(self) -> Dict[str, Any]:
+        """The JSON body sent to the node."""
+        return self.body if self.wire_body is None else self.wire_body
+
+
+def with_output_limit(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """``body`` with its token cap under both names, so every server generation honours it (None: no cap set)."""
+    limit = output_limit(body)
+    if limit is None or all(body.get(name) == limit for name in OUTPUT_LIMIT_FIELDS):
+        return None
+    return {**body, **{name: limit for name in OUTPUT_LIMIT_FIELDS}}
 
 
 def chat_request(
@@ -98,7 +126,8 @@ def chat_request(
     """Build a POST /v1/chat/completions request.
 
     A streaming request asks for usage explicitly (``stream_options.include_usage``): Gaia nodes send it by default,
-    other OpenAI-compatible servers only when asked.
+    other OpenAI-compatible servers only when asked. A token cap goes out under both of its names (see
+    :data:`OUTPUT_LIMIT_FIELDS`); the request id is computed from the body as the user gave it.
     """
     body: Dict[str, Any] = {"messages": list(messages)}
     if model:
@@ -108,7 +137,51 @@ def chat_request(
     if stream:
         body["stream"] = True
         body.setdefault("stream_options", {"include_usage": True})
-    return PreparedRequest(CHAT_PATH, body, custom_id=custom_id, source=source)
+    return PreparedRequest(CHAT_PATH, body, custom_id=custom_id, source=source, wire_body=with_output_limit(body))
+
+
+def responses_request(
+    messages: Sequence[Message],
+    model: Optional[str],
+    params: Mapping[str, Any],
+    custom_id: Optional[str] = None,
+    source: Optional[str] = None,
+) -> PreparedRequest:
+    """Build a POST /v1/responses request from a prompt's messages.
+
+    System and developer messages become ``instructions``; a single user message is sent as the ``input`` string, a
+    conversation as a list of ``{role, content}`` items. A token cap (either name) is sent as ``max_output_tokens``.
+    """
+    instructions = "\n\n".join(str(m["content"]) for m in messages
+                                if m.get("role") in ("system", "developer") and isinstance(m.get("content"), str))
+    turns = [dict(m) for m in messages if m.get("role") not in ("system", "developer")]
+    single = len(turns) == 1 and turns[0].get("role") == "user" and isinstance(turns[0].get("content"), str)
+    body: Dict[str, Any] = {"input": turns[0]["content"] if single else turns}
+    if model:
+        body["model"] = model
+    if instructions:
+        body["instructions"] = instructions
+    params = normalize_chat_params(params)
+    limit = output_limit(params)
+    body.update({k: v for k, v in params.items() if k not in OUTPUT_LIMIT_FIELDS})
+    if limit is not None:
+        body["max_output_tokens"] = limit
+    return PreparedRequest(RESPONSES_PATH, body, custom_id=custom_id, source=source)
+
+
+def amd_gaia_refusal(messages: Sequence[Message]) -> Optional[str]:
+    """Why an AMD GAIA server would refuse these messages (it answers only a final ``user`` message, and takes text
+    content parts only), or None."""
+    role = messages[-1].get("role") if messages else None
+    if role != "user":
+        return f"its last message is a {role!r} message; AMD GAIA answers only when the last message is a user message"
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text":
+                return f"messages[{i}] has a {kind!r} content part; AMD GAIA takes text parts only"
+    return None
 
 
 def embeddings_request(

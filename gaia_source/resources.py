@@ -24,8 +24,9 @@ from .client import Reply
 from .context import RunContext
 from .destination import DestinationCapabilities
 from .endpoints import ENDPOINTS, Endpoint, Plan
+from .errors import GaiaAuthError, GaiaRequestError, looks_like_missing_route
 from .payloads import PreparedRequest
-from .rows import FAILED_REQUEST_COLUMNS
+from .rows import FAILED_REQUEST_COLUMNS, usage_estimated_by
 from .runner import Outcome, outcome_of, run_requests
 from .settings import FAILED_REQUESTS_TABLE
 from .vectors import ensure_vector_column
@@ -76,13 +77,24 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
 
         def send(request: PreparedRequest, probe: bool) -> Reply:
             if request.node is not None and endpoint.method == "GET":
-                return context.metadata(request.node, endpoint.path, missing_is_transient=not probe)
-            body = request.body if endpoint.method == "POST" else None
+                return _metadata(context, endpoint, request.node, missing_is_transient=not probe)
+            body = request.sent_body if endpoint.method == "POST" else None
             return pool.send(endpoint.method, endpoint.path, body, stream=endpoint.stream, node=request.node,
                              missing_is_transient=not probe)
 
+        def rows(request: PreparedRequest, reply: Reply) -> Any:
+            built = endpoint.rows(request, reply)
+            if endpoint.estimates_usage:
+                estimated = usage_estimated_by(endpoint.name, context.node_info(reply.node_url))
+                for row in built:
+                    row["usage_estimated"] = estimated
+            return built
+
         def execute(request: PreparedRequest, probe: bool, prior_attempts: int) -> Outcome:
-            return outcome_of(request, lambda: send(request, probe), lambda reply: endpoint.rows(request, reply),
+            refusal = endpoint.refuse(request, context) if endpoint.refuse is not None else None
+            if refusal is not None:  # not sent: a failed request with 0 attempts
+                return Outcome(request, None, refusal, prior_attempts)
+            return outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply),
                               prior_attempts)
 
         verdict = context.endpoint_exists(endpoint.name)
@@ -96,6 +108,21 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
         if endpoint.vectors:
             items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))
         yield from _with_table_hints(endpoint, plan, context.destination, items)
+
+
+def _metadata(context: RunContext, endpoint: Endpoint, node: str, missing_is_transient: bool) -> Reply:
+    """One node's metadata GET (once per run), from the endpoint's fallback path where the server lacks the route."""
+    try:
+        return context.metadata(node, endpoint.path, missing_is_transient=missing_is_transient)
+    except GaiaRequestError as exc:
+        if endpoint.fallback_path is None or not looks_like_missing_route(exc):
+            raise
+        try:
+            return context.metadata(node, endpoint.fallback_path, missing_is_transient=False)
+        except GaiaRequestError as fallback_exc:
+            if isinstance(fallback_exc, GaiaAuthError) or not looks_like_missing_route(fallback_exc):
+                raise
+            raise exc from None
 
 
 def _with_vector_column(context: RunContext, items: Iterable[Any]) -> Iterator[Any]:

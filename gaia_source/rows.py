@@ -9,8 +9,10 @@ kept whole in JSON columns, so nothing the node said is lost. A body of the wron
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 import orjson
@@ -23,6 +25,7 @@ from .payloads import PreparedRequest, chat_params_of, content_hash, embedding_i
 from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
+logger = logging.getLogger("gaia_source")
 
 
 def _json() -> TColumnSchema:  # a fresh dict per column: dlt writes the column name into hint dicts
@@ -39,6 +42,7 @@ CHAT_COLUMNS: TTableSchemaColumns = {
     "status": {"data_type": "text"},
     "error": {"data_type": "text"},
     "node_url": {"data_type": "text"},
+    "served_by": {"data_type": "text"},
     "model_requested": {"data_type": "text"},
     "model": {"data_type": "text"},
     "response_id": {"data_type": "text"},
@@ -64,6 +68,7 @@ CHAT_NONSTREAM_COLUMNS: TTableSchemaColumns = {**CHAT_COLUMNS, "attempt_latency_
 CHAT_STREAM_COLUMNS: TTableSchemaColumns = {
     **CHAT_COLUMNS,
     "ttft_ms": {"data_type": "double"},
+    "stream_mode": {"data_type": "text"},
     "duration_ms": {"data_type": "double"},
     "chunk_count": {"data_type": "bigint"},
 }
@@ -72,6 +77,7 @@ EMBEDDING_COLUMNS: TTableSchemaColumns = {
     "text_id": {"data_type": "text"},
     "text": {"data_type": "text"},
     "node_url": {"data_type": "text"},
+    "served_by": {"data_type": "text"},
     "model_requested": {"data_type": "text"},
     "model": {"data_type": "text"},
     "input_index": {"data_type": "bigint"},
@@ -88,6 +94,7 @@ RETRIEVE_COLUMNS: TTableSchemaColumns = {
     "custom_id": {"data_type": "text"},
     "query": {"data_type": "text"},
     "node_url": {"data_type": "text"},
+    "served_by": {"data_type": "text"},
     "response_shape": {"data_type": "text"},
     "point_count": {"data_type": "bigint"},
     "collection_count": {"data_type": "bigint"},
@@ -103,6 +110,7 @@ MODEL_COLUMNS: TTableSchemaColumns = {
     "id": {"data_type": "text", "nullable": False, "primary_key": True},
     "object": {"data_type": "text"},
     "owned_by": {"data_type": "text"},
+    "served_by": {"data_type": "text"},
     "created_at": _ts(),
     "last_seen_at": _ts(),
     "attempts": {"data_type": "bigint"},
@@ -110,9 +118,12 @@ MODEL_COLUMNS: TTableSchemaColumns = {
 }
 INFO_COLUMNS: TTableSchemaColumns = {
     "node_url": {"data_type": "text"},
+    "served_by": {"data_type": "text"},
     "fetched_at": _ts(),
     "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
+    "info_shape": {"data_type": "text"},
+    "status": {"data_type": "text"},
     "server_type": {"data_type": "text"},
     "node_version": {"data_type": "text"},
     "server_version": {"data_type": "text"},
@@ -120,6 +131,32 @@ INFO_COLUMNS: TTableSchemaColumns = {
     "embedding_model": {"data_type": "text"},
     "info_hash": {"data_type": "text"},
     "body": _json(),
+}
+RESPONSE_COLUMNS: TTableSchemaColumns = {
+    "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "custom_id": {"data_type": "text"},
+    "status": {"data_type": "text"},
+    "node_url": {"data_type": "text"},
+    "served_by": {"data_type": "text"},
+    "model_requested": {"data_type": "text"},
+    "model": {"data_type": "text"},
+    "response_id": {"data_type": "text"},
+    "response_status": {"data_type": "text"},
+    "created_at": _ts(),
+    "requested_at": _ts(),
+    "instructions": {"data_type": "text"},
+    "content": {"data_type": "text"},
+    "input_tokens": {"data_type": "bigint"},
+    "output_tokens": {"data_type": "bigint"},
+    "total_tokens": {"data_type": "bigint"},
+    "usage_reported": {"data_type": "bool"},
+    "usage_estimated": {"data_type": "bool"},
+    "attempts": {"data_type": "bigint"},
+    "latency_ms": {"data_type": "double"},
+    "input": _json(),
+    "params": _json(),
+    "output": _json(),
+    "usage": _json(),
 }
 FAILED_REQUEST_COLUMNS: TTableSchemaColumns = {
     "resolved": {"data_type": "bool", "hard_delete": True},  # a tombstone (True) deletes the row on merge
@@ -181,8 +218,14 @@ def sent_at(reply: Reply) -> datetime:
     return utc_now() - timedelta(seconds=reply.latency_s)
 
 
+def served_by(reply: Reply) -> Optional[str]:
+    """The node that answered behind a domain gateway (its ``X-Node-Domain`` header), when the gateway names it."""
+    return reply.headers.get("x-node-domain") or None
+
+
 def _reply_columns(reply: Reply) -> Row:
-    return {"node_url": reply.node_url, "attempts": reply.attempts, "latency_ms": reply.latency_s * 1000.0}
+    return {"node_url": reply.node_url, "served_by": served_by(reply), "attempts": reply.attempts,
+            "latency_ms": reply.latency_s * 1000.0}
 
 
 def _request_columns(request: PreparedRequest, reply: Reply) -> Row:
@@ -283,6 +326,7 @@ def chat_stream_row(request: PreparedRequest, reply: Reply) -> Row:
         "choices": None,
         **usage,
         "ttft_ms": None if result.ttft_s is None else result.ttft_s * 1000.0,
+        "stream_mode": result.stream_mode,
         "duration_ms": result.duration_s * 1000.0,
         "chunk_count": result.chunk_count,
     }
@@ -328,6 +372,7 @@ def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
             "text_id": pa.array([t.id for t in texts], pa.string()),
             "text": [t.text for t in texts],
             "node_url": [node_url] * rows,
+            "served_by": pa.array([served_by(reply)] * rows, pa.string()),
             "model_requested": pa.array([requested_model] * rows, pa.string()),
             "model": pa.array([model] * rows, pa.string()),
             "input_index": pa.array(order, pa.int64()),
@@ -408,36 +453,181 @@ def model_rows(request: PreparedRequest, reply: Reply) -> List[Row]:
     return rows
 
 
-def _server_type(info: Dict[str, Any]) -> Optional[str]:
-    api_server = info.get("api_server")
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a node's ``/v1/info`` (or an AMD GAIA server's ``/health``) says, read from any of its shapes.
+
+    Attributes:
+        shape: ``rag-api-server``, ``llama-api-server``, ``gaia-nexus`` (``servers{}``), ``llama-nexus``
+            (``models{}``), ``documented`` (the public docs' stale ``models[]``), ``amd-gaia-health``, or ``unknown``.
+        server_type: ``rag``, ``llama``, ``nexus`` or ``amd-gaia`` (None when the shape is unknown).
+        node_version: The Gaia node's version, when the server reports it.
+        server_version: The version of the server that answers chat (behind a nexus: its chat server's).
+        chat_model: The loaded chat model (AMD GAIA: the LLM behind its agents).
+        embedding_model: The loaded embedding model.
+        status: AMD GAIA's health: ``ok`` or ``degraded``.
+    """
+
+    shape: str
+    server_type: Optional[str] = None
+    node_version: Optional[str] = None
+    server_version: Optional[str] = None
+    chat_model: Optional[str] = None
+    embedding_model: Optional[str] = None
+    status: Optional[str] = None
+
+
+def _name(obj: Any) -> Optional[str]:
+    return obj["name"] if isinstance(obj, dict) and isinstance(obj.get("name"), str) else None
+
+
+def _text(value: Any) -> Optional[str]:
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def read_info(body: Any) -> NodeInfo:
+    """Read a ``/v1/info`` body of any server generation (or AMD GAIA's ``/health``); see :class:`NodeInfo`."""
+    if not isinstance(body, dict):
+        return NodeInfo("unknown")
+    node_version = _text(body.get("node_version"))
+    chat, embedding = _name(body.get("chat_model")), _name(body.get("embedding_model"))
+    api_server = body.get("api_server")
     if isinstance(api_server, dict) and isinstance(api_server.get("type"), str):
-        return str(api_server["type"])  # "rag" (rag-api-server) or "llama" (llama-api-server) on Gaia <= 0.4
-    if isinstance(info.get("models"), dict):
-        return "nexus"
-    if isinstance(info.get("servers"), dict):
-        return "nexus"
-    return None
+        # Gaia <= 0.4: rag-api-server 0.13, or llama-api-server 0.16 on a node without a knowledge base
+        kind = str(api_server["type"])
+        shape = "rag-api-server" if kind == "rag" else "llama-api-server"
+        return NodeInfo(shape, kind, node_version, _text(api_server.get("version")), chat, embedding)
+    servers = body.get("servers")
+    if isinstance(servers, dict):  # gaia-nexus (Gaia >= 0.5): {"node_version", "servers": {"<kind>-server-<id>": …}}
+        entries = [server for server in servers.values() if isinstance(server, dict)]
+        chat = next((n for server in entries if (n := _name(server.get("chat_model")))), None)
+        embedding = next((n for server in entries if (n := _name(server.get("embedding_model")))), None)
+        chat_server = next((server for server in entries if _name(server.get("chat_model"))), None)
+        version = _text(chat_server.get("version")) if chat_server else None
+        return NodeInfo("gaia-nexus", "nexus", node_version, version, chat, embedding)
+    models = body.get("models")
+    if isinstance(models, dict):  # llama-nexus: {"models": {"chat": [...], "embedding": [...], ...}}
+        chat = next((n for m in models.get("chat") or [] if (n := _name(m))), None)
+        embedding = next((n for m in models.get("embedding") or [] if (n := _name(m))), None)
+        return NodeInfo("llama-nexus", "nexus", node_version, None, chat, embedding)
+    if isinstance(body.get("type"), str) and "version" in body:
+        # llama-api-server >= 0.17 on its own: {"type": "llama", "version", "ggml_plugin_version", "chat_model"?, …}
+        return NodeInfo("llama-api-server", str(body["type"]), node_version, _text(body.get("version")), chat,
+                        embedding)
+    if isinstance(models, list):  # the public docs' stale shape: {"version", "models": [{"name", "type"}, ...]}
+        for m in models:
+            if isinstance(m, dict) and m.get("type") == "chat":
+                chat = chat or _name(m)
+            elif isinstance(m, dict) and m.get("type") == "embedding":
+                embedding = embedding or _name(m)
+        return NodeInfo("documented", None, node_version or _text(body.get("version")), None, chat, embedding)
+    components = body.get("components")
+    if body.get("service") == "gaia-api" or (isinstance(components, dict) and isinstance(body.get("status"), str)):
+        llm = components.get("llm") if isinstance(components, dict) else None
+        model = _text(llm.get("model")) if isinstance(llm, dict) else None
+        return NodeInfo("amd-gaia-health", "amd-gaia", None, None, model, None, _text(body.get("status")))
+    if chat or embedding:  # a server we do not know that still names its models the llama-core way
+        return NodeInfo("unknown", None, node_version, None, chat, embedding)
+    return NodeInfo("unknown", None, node_version)
 
 
 def info_row(request: PreparedRequest, reply: Reply) -> Row:
-    """One ``info`` snapshot row: a few columns pulled out for convenience, the whole body kept in ``body``."""
+    """One ``info`` snapshot row: the node's versions and models read from any info shape, the whole body in ``body``.
+
+    On an AMD GAIA server (no ``/v1/info``) the row is a snapshot of ``GET /health``: ``status`` (``ok``/``degraded``)
+    and, in ``body``, every component's status.
+    """
     body, url = reply.body, f"{reply.node_url}/{request.endpoint}"
     if not isinstance(body, dict):
         raise GaiaResponseError("GET", url, f"expected a JSON object, got {type(body).__name__}")
-    chat, embedding = models_from_info(body)
-    api_server: Dict[str, Any] = body["api_server"] if isinstance(body.get("api_server"), dict) else {}
-    version = body.get("node_version") or body.get("version")
+    info = read_info(body)
+    if info.shape == "unknown":
+        logger.warning("%s answered an info shape this version does not know (keys: %s); the row keeps the body "
+                       "whole and leaves its version and model columns empty", url, ", ".join(sorted(body))[:200])
     return {
         **_reply_columns(reply),
         "fetched_at": sent_at(reply),
-        "server_type": _server_type(body),
-        "node_version": str(version) if version is not None else None,
-        "server_version": _str_or_none(api_server.get("version")),
-        "chat_model": chat,
-        "embedding_model": embedding,
+        "info_shape": info.shape,
+        "status": info.status,
+        "server_type": info.server_type,
+        "node_version": info.node_version,
+        "server_version": info.server_version,
+        "chat_model": info.chat_model,
+        "embedding_model": info.embedding_model,
         "info_hash": content_hash(body),
         "body": body,
     }
+
+
+def response_row(request: PreparedRequest, reply: Reply) -> Row:
+    """One ``responses`` row from POST /v1/responses: the output text, usage in input/output tokens, the whole output.
+
+    ``status`` is ours (``completed``: answered); ``response_status`` is the server's (``incomplete`` when the token
+    cap cut the answer).
+
+    Keyed by our request id: a server's response id is not unique everywhere (llama-api-server 0.28.0 returned one
+    hard-coded id for every reply). ``usage_estimated`` is filled in from the server type (see
+    :func:`usage_estimated_by`).
+    """
+    body, node_url = reply.body, reply.node_url
+    if not isinstance(body, dict):
+        raise _fail(request, node_url, f"expected a JSON object, got {type(body).__name__}")
+    if "output" not in body and body.get("error"):
+        error = body["error"]
+        text = error.get("message", error) if isinstance(error, dict) else error
+        raise _fail(request, node_url, f"the node answered HTTP 200 with an error: {str(text):.200}")
+    output = body.get("output")
+    if not isinstance(output, list):
+        raise _fail(request, node_url, f"'output' is {output!r:.80}; expected a list")
+    _check_types(request, node_url, body, "", id=str, model=str, created_at=(int, float), usage=dict, status=str)
+    texts: List[str] = []
+    for i, item in enumerate(output):
+        if not isinstance(item, dict):
+            raise _fail(request, node_url, f"output[{i}] is not an object")
+        parts = item.get("content") if item.get("type") == "message" else None
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    usage = body.get("usage")
+    counts = usage if isinstance(usage, dict) else {}
+    input_field = request.body.get("input")
+    return {
+        "request_id": request.request_id,
+        "custom_id": request.custom_id,
+        "status": STATUS_COMPLETED,
+        **_reply_columns(reply),
+        "model_requested": request.body.get("model"),
+        "model": _str_or_none(body.get("model")),
+        "response_id": _str_or_none(body.get("id")),
+        "response_status": _str_or_none(body.get("status")),
+        "created_at": _epoch(body.get("created_at")),
+        "requested_at": sent_at(reply),
+        "instructions": _str_or_none(request.body.get("instructions")),
+        "content": "".join(texts),
+        "input_tokens": _int_or_none(counts.get("input_tokens")),
+        "output_tokens": _int_or_none(counts.get("output_tokens")),
+        "total_tokens": _int_or_none(counts.get("total_tokens")),
+        "usage_reported": isinstance(usage, dict),
+        "usage_estimated": None,
+        "input": input_field if isinstance(input_field, list) else [{"role": "user", "content": input_field}],
+        "params": {k: v for k, v in request.body.items() if k not in ("input", "model", "instructions")} or None,
+        "output": output,
+        "usage": usage if isinstance(usage, dict) else None,
+    }
+
+
+USAGE_ESTIMATED_BY: Dict[str, FrozenSet[str]] = {
+    "responses": frozenset({"llama-nexus"}),
+}
+"""Info shapes of servers whose usage for an endpoint is an estimate, not a count (llama-nexus's /v1/responses
+divides characters by four)."""
+
+
+def usage_estimated_by(endpoint: str, info: NodeInfo) -> Optional[bool]:
+    """Whether the node that answered ``endpoint`` estimates usage (None: its info could not be read)."""
+    if info.shape == "unknown":
+        return None
+    return info.shape in USAGE_ESTIMATED_BY.get(endpoint, frozenset())
 
 
 def failed_request_row(resource: str, request: PreparedRequest, error: GaiaError) -> Row:
@@ -458,7 +648,7 @@ def failed_request_row(resource: str, request: PreparedRequest, error: GaiaError
         "error_message": str(error),
         "attempts": getattr(error, "attempts", 1),
         "failed_at": utc_now(),
-        "request_body": request.body,
+        "request_body": request.sent_body,
     }
 
 
@@ -469,23 +659,9 @@ def model_ids(models_body: Any) -> List[str]:
 
 
 def models_from_info(info: Any) -> Tuple[Optional[str], Optional[str]]:
-    """(chat model, embedding model) named in a /v1/info body of any server generation."""
-    if not isinstance(info, dict):
+    """(chat model, embedding model) a ``/v1/info`` body of any server generation names (see :func:`read_info`);
+    never from an AMD GAIA health body, whose model is the LLM behind the agents, not a model id the API takes."""
+    read = read_info(info)
+    if read.shape == "amd-gaia-health":
         return None, None
-
-    def name(obj: Any) -> Optional[str]:
-        return obj["name"] if isinstance(obj, dict) and isinstance(obj.get("name"), str) else None
-
-    # rag-api-server / llama-api-server (Gaia <= 0.4): {"chat_model": {...}, "embedding_model": {...}}
-    chat, embedding = name(info.get("chat_model")), name(info.get("embedding_model"))
-    models = info.get("models")
-    if isinstance(models, dict):  # gaia-nexus (Gaia >= 0.5): {"models": {"chat": [...], "embedding": [...]}}
-        chat = chat or next((name(m) for m in models.get("chat") or [] if name(m)), None)
-        embedding = embedding or next((name(m) for m in models.get("embedding") or [] if name(m)), None)
-    elif isinstance(models, list):  # the stale documented shape: {"models": [{"name", "type"}, ...]}
-        for m in models:
-            if isinstance(m, dict) and m.get("type") == "chat":
-                chat = chat or name(m)
-            elif isinstance(m, dict) and m.get("type") == "embedding":
-                embedding = embedding or name(m)
-    return chat, embedding
+    return read.chat_model, read.embedding_model

@@ -149,6 +149,13 @@ def run_requests(
     if first is None:
         return
     probe = execute(first, verdict is None, 0)
+    while verdict is None and probe.attempts == 0 and probe.error is not None:
+        # refused before sending (see Endpoint.refuse): it tells nothing about the endpoint; the next one probes
+        yield from _emit(resource, probe, failing)
+        first = next(iterator, None)
+        if first is None:
+            return
+        probe = execute(first, True, 0)
     if verdict is None:
         missing = isinstance(probe.error, GaiaRequestError) and looks_like_missing_route(probe.error)
         on_verdict(not missing)

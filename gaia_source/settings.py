@@ -17,6 +17,9 @@ EMBEDDINGS_PATH: Final = "embeddings"
 RETRIEVE_PATH: Final = "retrieve"
 MODELS_PATH: Final = "models"
 INFO_PATH: Final = "info"
+RESPONSES_PATH: Final = "responses"
+HEALTH_PATH: Final = "/health"
+"""At the server's root, not under /v1: AMD GAIA's status (it has no /v1/info)."""
 
 # --- tables -----------------------------------------------------------------------------------------------------
 FAILED_REQUESTS_TABLE: Final = "failed_requests"
@@ -75,6 +78,10 @@ CHAT_PARAM_NAMES: Final = (
     "logit_bias",
 )
 """OpenAI chat parameters taken by name from prompt objects; anything else goes in ``chat_params``."""
+OUTPUT_LIMIT_FIELDS: Final = ("max_completion_tokens", "max_tokens")
+"""The two names of a chat answer's token cap. rag-api-server 0.13 and amd-gaia read ``max_tokens``; llama-api-server
+>= 0.23 and gaia-nexus (Gaia node >= 0.5) read only ``max_completion_tokens`` and drop ``max_tokens`` unread, so a cap
+is sent under both names."""
 CONTEXT_FULL_MARKER: Final = "<|WASMEDGE-GGML-CONTEXT-FULL|>"
 """llama-core ends a stream whose context window filled with this text and ``finish_reason: "length"``."""
 SSE_DONE: Final = "[DONE]"

@@ -14,6 +14,13 @@ A stream that reaches ``[DONE]`` without any ``finish_reason`` (llama-core's nor
 (``tool_calls`` when it carried tool calls), as the same request's non-streaming response would say.
 
 Usage is the *last* usage object seen, never a sum (some servers repeat cumulative usage on every chunk).
+
+**Live or replayed.** gaia-nexus >= 0.8.1 waits for the whole answer downstream and then replays it as a stream, so the
+time to its first chunk is the whole generation time, not time to first token. :func:`stream_mode` tells the two
+apart: a replay carries gaia-nexus's chunk counter in ``choices[0].index`` (0, 1, 2, …), or its content chunks arrive
+back to back (at most :data:`REPLAY_MAX_GAP_S` apart on average) after a first chunk that took at least
+:data:`REPLAY_MIN_TTFT_RATIO` times as long as all of them together. A stream with fewer than two content chunks and
+no counter cannot be told apart: its mode is None.
 """
 
 from __future__ import annotations
@@ -29,6 +36,34 @@ from .settings import CONTEXT_FULL_MARKER, SSE_DONE
 STATUS_COMPLETED = "completed"
 STATUS_INTERRUPTED = "interrupted"
 STATUS_ERROR = "error"
+STREAM_LIVE = "live"
+STREAM_REPLAYED = "replayed"
+REPLAY_MAX_GAP_S = 0.005
+"""Content chunks of a replayed stream follow each other within this many seconds on average (a live model takes
+tens of milliseconds per token)."""
+REPLAY_MIN_TTFT_RATIO = 10.0
+"""A replayed stream's first chunk takes at least this many times as long as the rest of its content chunks."""
+
+
+def stream_mode(
+    ttft_s: Optional[float], span_s: float, content_chunks: int, counted_chunks: bool
+) -> Optional[str]:
+    """``live``, ``replayed``, or None when the stream is too short to tell (see the module docs).
+
+    Args:
+        ttft_s: Seconds to the first content chunk.
+        span_s: Seconds from the first content chunk to the last one.
+        content_chunks: Chunks that carried content.
+        counted_chunks: ``choices[0].index`` counted chunks (gaia-nexus's replay).
+    """
+    if counted_chunks:
+        return STREAM_REPLAYED
+    if ttft_s is None or content_chunks < 2:
+        return None
+    mean_gap = span_s / (content_chunks - 1)
+    if mean_gap <= REPLAY_MAX_GAP_S and ttft_s >= REPLAY_MIN_TTFT_RATIO * max(span_s, 0.001):
+        return STREAM_REPLAYED
+    return STREAM_LIVE
 
 
 @dataclass
@@ -52,6 +87,8 @@ class StreamResult:
     """Seconds from sending the request to the end of the stream."""
     error: Optional[str] = None
     done_received: bool = False
+    stream_mode: Optional[str] = None
+    """``live`` or ``replayed`` (see :func:`stream_mode`); None when the stream was too short to tell."""
 
 
 @dataclass
@@ -76,6 +113,10 @@ class ChatStreamAccumulator:
     system_fingerprint: Optional[str] = None
     chunk_count: int = 0
     first_token_at: Optional[float] = None
+    last_content_at: Optional[float] = None
+    content_chunks: int = 0
+    _next_index: int = 0
+    """The ``choices[0].index`` a chunk counter would give the next content chunk (-1: the indexes do not count)."""
     error: Optional[str] = None
     done: bool = False
 
@@ -130,6 +171,7 @@ class ChatStreamAccumulator:
                 if content:
                     self._parts.append(content)
                     self._mark_first_token()
+                    self._count_content(choice.get("index"))
             if delta.get("tool_calls"):
                 self._add_tool_calls(delta["tool_calls"])
             if choice.get("finish_reason"):
@@ -138,6 +180,12 @@ class ChatStreamAccumulator:
     def _mark_first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+
+    def _count_content(self, index: Any) -> None:
+        self.content_chunks += 1
+        self.last_content_at = time.perf_counter()
+        if self._next_index >= 0:
+            self._next_index = self._next_index + 1 if index == self._next_index else -1
 
     def _add_tool_calls(self, deltas: Any) -> None:
         if not isinstance(deltas, list):
@@ -188,6 +236,9 @@ class ChatStreamAccumulator:
             # llama-core ends a normal stream with no finish_reason chunk: [DONE] after content means "stop".
             finish_reason = "tool_calls" if self._tool_calls else "stop"
         end = time.perf_counter()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started_at
+        span = (self.last_content_at or 0.0) - (self.first_token_at or 0.0)
+        counted = self._next_index >= 3  # 0, 1, 2, … on three or more content chunks
         return StreamResult(
             status=status,
             content=self.content,
@@ -200,10 +251,11 @@ class ChatStreamAccumulator:
             created=self.created,
             system_fingerprint=self.system_fingerprint,
             chunk_count=self.chunk_count,
-            ttft_s=None if self.first_token_at is None else self.first_token_at - self.started_at,
+            ttft_s=ttft,
             duration_s=end - self.started_at,
             error=error,
             done_received=self.done,
+            stream_mode=stream_mode(ttft, span, self.content_chunks, counted),
         )
 
 

@@ -58,7 +58,7 @@ def make_node() -> Iterator[Callable[..., NodeEmulator]]:
         node.stop()
 
 
-@pytest.fixture(params=["rag", "nexus", "amd"])
+@pytest.fixture(params=["rag", "llama", "nexus", "node06", "amd"])
 def flavor(request: pytest.FixtureRequest) -> str:
     """Each of the three server flavours."""
     return str(request.param)

@@ -30,7 +30,8 @@ def test_demo_loads_all_six_tables(tmp_path: Path) -> None:
 EXPECTED = {
     "rag": ({"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "retrieve__points"}, []),
     "nexus": ({"models", "info", "chat_completions", "chat_completions_stream", "embeddings"}, ["/v1/retrieve"]),
-    "amd": ({"models", "chat_completions", "chat_completions_stream"}, ["/v1/info", "/v1/embeddings", "/v1/retrieve"]),
+    "node06": ({"models", "info", "chat_completions", "chat_completions_stream", "embeddings"}, ["/v1/retrieve"]),
+    "amd": ({"models", "info", "chat_completions", "chat_completions_stream"}, ["/v1/embeddings", "/v1/retrieve"]),
 }
 
 
@@ -41,7 +42,7 @@ def _input_files(folder: Path) -> List[str]:
     return ["--prompts-file", "prompts.txt", "--texts-file", "texts.txt", "--queries-file", "queries.txt"]
 
 
-@pytest.mark.parametrize("flavor", ["rag", "nexus", "amd"])
+@pytest.mark.parametrize("flavor", ["rag", "nexus", "node06", "amd"])
 def test_base_url_against_each_flavour(make_node, tmp_path: Path, flavor: str) -> None:
     node = make_node(flavor)
     result = run_cli(tmp_path, "--base-url", node.base_url, *_input_files(tmp_path))

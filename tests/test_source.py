@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import numpy as np
 import pytest
 from conftest import as_vector, data_tables, query, table_rows
@@ -19,10 +20,13 @@ QUERIES = ["Where is Paris located?", "zebra quantum xylophone"]
 
 SUPPORTED = {
     "rag": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "retrieve__points"},
+    "llama": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings"},
     "nexus": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings"},
-    "amd": {"models", "chat_completions", "chat_completions_stream"},
+    "node06": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings"},
+    "amd": {"models", "info", "chat_completions", "chat_completions_stream"},  # info: a snapshot of GET /health
 }
-MISSING = {"rag": [], "nexus": ["/v1/retrieve"], "amd": ["/v1/info", "/v1/embeddings", "/v1/retrieve"]}
+MISSING = {"rag": [], "llama": ["/v1/retrieve"], "nexus": ["/v1/retrieve"], "node06": ["/v1/retrieve"],
+           "amd": ["/v1/embeddings", "/v1/retrieve"]}
 
 
 def _load(make_node, make_pipeline, flavor: str, **kwargs):
@@ -93,7 +97,7 @@ def test_stream_assembles_the_same_text_as_the_plain_completion(make_node, make_
         assert paris["usage_reported"] is True and paris["completion_tokens"] == len(paris["content"].split())
     river = next(r for r in streamed if "river" in r["messages"])
     # gaia-nexus re-streams a finished answer and always ends with "stop" (protocol reference §9B)
-    assert river["finish_reason"] == ("stop" if flavor == "nexus" else "length")
+    assert river["finish_reason"] == ("stop" if flavor in ("nexus", "node06") else "length")
     assert "WASMEDGE" not in river["content"] and river["content"] == plain[river["messages"]]
 
 
@@ -157,14 +161,25 @@ def test_models_and_info(make_node, make_pipeline, flavor: str) -> None:
     assert [m["id"] for m in models] == [m["id"] for m in expected]
     assert all(m["node_url"] == node.base_url and m["last_seen_at"] is not None for m in models)
     assert models[0]["owned_by"] == expected[0]["owned_by"]
-    if flavor == "amd":
-        assert models[0]["max_output_tokens"] == 8192 and models[0]["description"].startswith("GAIA agent")
-        return
     [info] = table_rows(pipeline, "info", "fetched_at")
-    assert json.loads(info["body"]) == node.info_body()
-    assert info["chat_model"] == node.default_chat_model and info["embedding_model"] == "Nomic-embed-text-v1.5"
-    assert info["server_type"] == ("rag" if flavor == "rag" else "nexus")
-    assert info["node_version"] == ("0.4.27" if flavor == "rag" else None)
+    columns = ("info_shape", "server_type", "node_version", "server_version", "chat_model", "embedding_model", "status")
+    assert tuple(info[c] for c in columns) == INFO_READINGS[flavor]
+    if flavor == "amd":  # no /v1/info: the row is a snapshot of GET /health
+        assert models[0]["max_output_tokens"] == 8192 and models[0]["description"].startswith("GAIA agent")
+        assert node.requests_to("/v1/info") == 1 and node.requests_to("/health") == 1
+        assert json.loads(info["body"]) == httpx.get(f"{node.root_url}/health").json()
+    else:
+        assert json.loads(info["body"]) == node.info_body()
+
+
+# what each server's info says, read off the protocol reference's four /v1/info shapes (§5, §14) and AMD's /health
+INFO_READINGS = {
+    "rag": ("rag-api-server", "rag", "0.4.27", "0.13.15", "Llama-3.2-3B-Instruct", "Nomic-embed-text-v1.5", None),
+    "llama": ("llama-api-server", "llama", None, "0.28.1", "Llama-3.2-1B-Instruct", "nomic-embed-text-v1.5", None),
+    "nexus": ("llama-nexus", "nexus", None, None, "Qwen3-4B", "Nomic-embed-text-v1.5", None),
+    "node06": ("gaia-nexus", "nexus", "0.6.0", "0.27.0", "Qwen3-4B-Q5_K_M", "nomic-embed-text-v1.5", None),
+    "amd": ("amd-gaia-health", "amd-gaia", None, None, "Qwen3-Coder-30B-A3B-Instruct-GGUF", None, "ok"),
+}
 
 
 def test_rerun_merges_chat_and_appends_info_snapshots(make_node, make_pipeline) -> None:
