@@ -50,6 +50,14 @@ def example_prompts() -> Dict[str, str]:
             for line in lines}
 
 
+def example_answer(custom_id: str, model: str) -> str:
+    """The emulator's answer to an example prompt, cut at the line's ``max_tokens`` (the emulator counts words)."""
+    lines = [json.loads(line) for line in (EXAMPLES / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    [body] = [line["body"] for line in lines if line["custom_id"] == custom_id]
+    words = answer_for(example_prompts()[custom_id], model).split()
+    return " ".join(words[: body.get("max_tokens") or len(words)])
+
+
 def example_texts() -> Dict[str, Dict[str, Any]]:
     """id → the line of examples/texts.jsonl."""
     lines = [json.loads(line) for line in (EXAMPLES / "texts.jsonl").read_text().splitlines() if line.strip()]
@@ -183,9 +191,9 @@ def test_workflow_command_as_shipped_loads_exactly_the_example_inputs(
                                                      "WHERE table_schema = '{s}' AND table_name NOT LIKE '\\_dlt%%'")}
     assert tables - {"retrieve__points"} == {"models", "info", *CHAT_TABLES, "embeddings", "retrieve"}  # no failures
     prompts, texts, queries = example_prompts(), example_texts(), example_queries()
-    for table in CHAT_TABLES:  # one row per example prompt, answered with that prompt's own text
+    for table in CHAT_TABLES:  # one row per example prompt, answered with its own text, capped at its max_tokens
         rows = pg_rows(postgres_schema, f"SELECT custom_id, content, model, status FROM {{s}}.{table}")
-        assert {r[0]: r[1] for r in rows} == {cid: answer_for(q, rows[0][2]) for cid, q in prompts.items()}
+        assert {r[0]: r[1] for r in rows} == {cid: example_answer(cid, rows[0][2]) for cid in prompts}
         assert len(rows) == len(prompts) and {r[3] for r in rows} == {"completed"}
     rows = pg_rows(postgres_schema, "SELECT text_id, text, metadata, dim FROM {s}.embeddings")
     assert {r[0]: (r[1], r[2]) for r in rows} == {i: (t["text"], t["metadata"]) for i, t in texts.items()}
