@@ -127,6 +127,11 @@ class NodeEmulator(NodeBase):
     """llama flavour: return llama-api-server 0.28.0's one hard-coded ``/v1/responses`` id for every reply."""
     degraded: bool = False
     """amd flavour: ``/health`` says ``degraded`` (the LLM backend is unavailable)."""
+    record_bodies: bool = False
+    """Keep every request body (see ``bodies``): for tests that check what was sent, not only how often."""
+    loaded_model: str | None = None
+    """The chat model loaded now (None: the flavour's). Set it while serving to emulate an operator swapping the model
+    under the same URL: answers, ``/v1/models`` and ``/v1/info`` change with it."""
     outage: int | None = None
     """When set, every /v1 request is answered with this HTTP status in the flavour's dialect (a failing node)."""
     stats: Counter[str] = field(default_factory=Counter, init=False)
@@ -149,11 +154,11 @@ class NodeEmulator(NodeBase):
     @property
     def default_chat_model(self) -> str:
         """The model a Gaia node answers with whatever is asked (AMD GAIA: its first agent)."""
-        return self.spec.chat_models[0]
+        return self.flavor_class.chat_models(self)[0]
 
     def resolve_chat_model(self, requested: Any) -> str:
         """Gaia nodes answer with their loaded model whatever is asked; AMD GAIA needs a known agent id."""
-        return self.flavor_class.resolve_chat_model(requested)
+        return self.flavor_class.resolve_chat_model(requested, self)
 
     def models_body(self) -> dict[str, Any]:
         """What ``GET /v1/models`` answers."""

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, NoReturn, Sequence
 import orjson
 
 from .flavor import Completion, Endpoint, Flavor, FlavorSpec, StreamEvent
-from .server import ClientError, Handled
+from .server import ClientError, Handled, NodeBase
 
 MISSING_KEY = "Missing API key. Send 'Authorization: Bearer <key>' matching GAIA_API_KEY on the server."
 
@@ -77,9 +77,9 @@ class Amd(Flavor):
     # --- chat ----------------------------------------------------------------------------------------------------
 
     @classmethod
-    def resolve_chat_model(cls, requested: Any) -> str:
+    def resolve_chat_model(cls, requested: Any, node: NodeBase) -> str:
         """The agent asked for: an unknown id is a 404."""
-        if requested not in cls.SPEC.chat_models:
+        if requested not in cls.chat_models(node):
             raise ClientError(404, f"Model '{requested}' not found")
         return str(requested)
 

@@ -93,16 +93,22 @@ class Flavor(RequestHandler):
     # --- the node ----------------------------------------------------------------------------------------------
 
     @classmethod
-    def resolve_chat_model(cls, requested: Any) -> str:
-        """The model that answers: the node's loaded model whatever is asked (Gaia nodes)."""
-        if isinstance(requested, str) and requested in cls.SPEC.chat_models:
-            return requested
-        return cls.SPEC.chat_models[0]
+    def chat_models(cls, node: NodeBase) -> tuple[str, ...]:
+        """The chat models loaded now: the node's ``loaded_model`` when an operator swapped it, else the flavour's."""
+        return (node.loaded_model,) if node.loaded_model else cls.SPEC.chat_models
 
     @classmethod
-    def listed_models(cls) -> list[str]:
+    def resolve_chat_model(cls, requested: Any, node: NodeBase) -> str:
+        """The model that answers: the node's loaded model whatever is asked (Gaia nodes)."""
+        models = cls.chat_models(node)
+        if isinstance(requested, str) and requested in models:
+            return requested
+        return models[0]
+
+    @classmethod
+    def listed_models(cls, node: NodeBase) -> list[str]:
         """Model ids in ``/v1/models`` order: chat models, then the embedding model."""
-        ids = list(cls.SPEC.chat_models)
+        ids = list(cls.chat_models(node))
         if cls.SPEC.embedding_model:
             ids.append(cls.SPEC.embedding_model)
         return ids
@@ -115,7 +121,7 @@ class Flavor(RequestHandler):
     @classmethod
     def models_body(cls, node: NodeBase) -> dict[str, Any]:
         """The ``/v1/models`` body."""
-        return {"object": "list", "data": [cls.model_card(m, node.started_at) for m in cls.listed_models()]}
+        return {"object": "list", "data": [cls.model_card(m, node.started_at) for m in cls.listed_models(node)]}
 
     @classmethod
     def info_body(cls, node: NodeBase) -> dict[str, Any]:
@@ -228,7 +234,7 @@ class Flavor(RequestHandler):
         request = self.parse(body, "chat completion", "messages")
         messages = self.messages(request)
         self.check_chat(messages)
-        model = self.resolve_chat_model(request.get("model"))
+        model = self.resolve_chat_model(request.get("model"), self.node)
         question = last_user_text(messages)
         if self.answer_malformed(question, stream=bool(request.get("stream"))):
             return
@@ -381,7 +387,7 @@ class Flavor(RequestHandler):
         if self.fails(question):
             raise ClientError(500, "Failed to get the response: the model crashed (emulated)", "internal_error")
         self.delay(self.node.latency_ms)
-        model = self.resolve_chat_model(request.get("model"))
+        model = self.resolve_chat_model(request.get("model"), self.node)
         answer = self.answer(question, model)
         limit = request.get("max_output_tokens")
         status = "completed"

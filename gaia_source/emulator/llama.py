@@ -41,7 +41,7 @@ class Llama(Rag):
         return {
             "type": "llama", "version": "0.28.1", "ggml_plugin_version": "b6273 (commit 5fd160bb)",
             "port": str(node.port),
-            "chat_model": cls.model_config(cls.SPEC.chat_models[0], "chat", 4096, "Llama3Chat"),
+            "chat_model": cls.model_config(cls.chat_models(node)[0], "chat", 4096, "Llama3Chat"),
             "embedding_model": cls.model_config(cls.SPEC.embedding_model, "embedding", 8192, "Embedding"),
             "extras": {},
         }

@@ -111,14 +111,14 @@ class Nexus(Flavor):
     # --- models and info -----------------------------------------------------------------------------------------
 
     @classmethod
-    def listed_models(cls) -> list[str]:
+    def listed_models(cls, node: NodeBase) -> list[str]:
         """Hash-map order: embedding model first, so that clients must not rely on chat-first."""
-        return list(reversed(super().listed_models()))
+        return list(reversed(super().listed_models(node)))
 
     @classmethod
     def info_body(cls, node: NodeBase) -> dict[str, Any]:
         """llama-nexus's ``{"models": {kind: [model config]}}``."""
-        chat = cls.model_config(cls.SPEC.chat_models[0], "chat", 16384, "Llama3Chat")
+        chat = cls.model_config(cls.chat_models(node)[0], "chat", 16384, "Llama3Chat")
         embedding = cls.model_config(cls.SPEC.embedding_model, "embedding", 8192, "Embedding")
         return {"models": {"chat": [chat], "embedding": [embedding], "image": [], "tts": [], "translate": [],
                            "transcribe": []}}

@@ -55,7 +55,7 @@ class Node06(Nexus):
                                "ggml_plugin_version": GGML_PLUGIN_VERSION, "port": str(port),
                                f"{'embedding' if kind == 'embeddings' else 'chat'}_model": model, "extras": {}}
 
-        chat = cls.model_config(cls.SPEC.chat_models[0], "chat", 16384, "ChatML")
+        chat = cls.model_config(cls.chat_models(node)[0], "chat", 16384, "ChatML")
         embedding = cls.model_config(cls.SPEC.embedding_model, "embedding", 8192, "Embedding")
         return {"node_version": "0.6.0", "servers": dict([server("chat", 9068, chat),
                                                           server("embeddings", 9069, embedding)])}

@@ -131,7 +131,7 @@ class Rag(Flavor):
     @classmethod
     def info_body(cls, node: NodeBase) -> dict[str, Any]:
         """rag-api-server's ``ServerInfo``: api_server, chat and embedding model, rag policy, Qdrant config list."""
-        chat = cls.model_config(cls.SPEC.chat_models[0], "chat", 16384, "Llama3Chat")
+        chat = cls.model_config(cls.chat_models(node)[0], "chat", 16384, "Llama3Chat")
         embedding = cls.model_config(cls.SPEC.embedding_model, "embedding", 8192, "Embedding")
         return {
             "node_version": "0.4.27",

@@ -107,6 +107,8 @@ class NodeBase:
     node_domains: tuple[str, ...]
     fixed_response_id: bool
     degraded: bool
+    loaded_model: str | None
+    record_bodies: bool
     outage: int | None
     stats: Counter[str]
     max_in_flight: int
@@ -119,6 +121,7 @@ class NodeBase:
         self._serial = threading.Lock()  # taken by flavours that answer one request at a time
         self._in_flight = 0
         self._answered = 0
+        self._bodies: list[tuple[str, bytes]] = []
         self._knowledge = KnowledgeBase(self.dim)
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -173,6 +176,11 @@ class NodeBase:
         """Count one request (stats key ``"<METHOD> <path>"``)."""
         with self._stats_lock:
             self.stats[f"{method} {path}"] += 1
+
+    def bodies(self, path: str) -> list[Any]:
+        """The JSON bodies received on ``path``, in arrival order (only with ``record_bodies``)."""
+        with self._stats_lock:
+            return [json.loads(body) for p, body in self._bodies if p == path and body]
 
     def requests_to(self, path: str, method: str | None = None) -> int:
         """How many requests reached ``path`` (e.g. ``/v1/chat/completions``), optionally for one method."""
@@ -308,6 +316,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_json(200, node.stats_body())
             return
         node.count(method, path)
+        if node.record_bodies:
+            with node._stats_lock:
+                node._bodies.append((path, body))
         self.extra_headers = node.gateway_headers() if path.startswith("/v1/") else []
         try:
             with node.serving(self.SERIALIZED):
