@@ -29,7 +29,7 @@ from dlt.extract.source import DltSource
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from gaia_source import DEFAULT_RESOURCE_NAMES, RESOURCE_NAMES, GaiaAuthError, GaiaConfigError, GaiaError, gaia_source
-from gaia_source.batch import CHAT_TABLES, export_batch_output
+from gaia_source.batch import CHAT_TABLES, export_batch_output, export_batch_output_per_target, targets
 from gaia_source.emulator import FLAVORS, NodeEmulator
 from gaia_source.endpoints import ENDPOINT_BY_NAME
 from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXTS
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                       "gaia-nexus 0.8.2 + llama-api-server 0.27), amd (AMD GAIA 0.25)")
     node.add_argument("--base-url", help="node URL, e.g. http://localhost:8080/v1 (overrides config)")
     node.add_argument("--node-id", help="hosted node id: https://{node_id}.gaia.domains/v1")
-    node.add_argument("--chat-model", help="chat model (default: discovered from the node)")
+    node.add_argument("--chat-model", help="chat model, or models a,b (every prompt goes to each; default: discovered)")
     node.add_argument("--embedding-model", help="embedding model (default: discovered from the node)")
     node.add_argument("--timeout", type=float, help="seconds to wait for a response")
     node.add_argument("--max-concurrency", type=int, help="requests in flight at once")
@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="texts to embed: text lines, .jsonl (text/id/metadata) or .csv (text column)")
     data.add_argument("--queries-file", help="retrieval queries: text lines, .jsonl or .csv (query column)")
     data.add_argument("--system-prompt", help="system message for every prompt that has none")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--compare-nodes", action="store_true",
+                            help="send every prompt to every --base-url node (rows per node) instead of spreading them")
+    evaluation.add_argument("--samples", type=int, metavar="N",
+                            help="send every prompt N times (rows carry sample_index; a re-run fills missing ones)")
+    evaluation.add_argument("--no-drift", action="store_true",
+                            help="never send an answered prompt again, even after the node's configuration changed")
     data.add_argument("--max-tokens", type=int, metavar="N",
                       help="cap every answer at N tokens (sent as max_tokens and max_completion_tokens, so that every "
                       "server generation honours it)")
@@ -129,6 +136,9 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "queries_file": args.queries_file,
         "system_prompt": args.system_prompt,
         "max_tokens": args.max_tokens,
+        "compare_nodes": True if args.compare_nodes else None,
+        "samples": args.samples,
+        "drift": False if args.no_drift else None,
         "refresh": True if args.refresh else None,
         "shard": args.shard,
     }
@@ -233,7 +243,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if idle:
         print("\nnot run (no inputs): " + ", ".join(f"{name} (--{ENDPOINT_BY_NAME[name].inputs}-file)" for name in idle)
               + "; inputs can also be set in [sources.gaia_source] (prompts, texts, queries and their *_file keys)")
-    if args.export_batch_output:
+    if args.export_batch_output and len(targets(pipeline, args.export_table)) > 1:  # comparing: a file per target
+        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table)
+        for path, lines in written.items():
+            print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")
+    elif args.export_batch_output:
         lines = export_batch_output(pipeline, args.export_batch_output, args.export_table)
         print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
     if load_info.has_failed_jobs:

@@ -28,7 +28,7 @@ Usage::
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import dlt
 from dlt.sources import DltResource
@@ -48,7 +48,7 @@ from .errors import (
     GaiaStreamError,
     GaiaStreamInterrupted,
 )
-from .inputs import iter_prompts, iter_queries, iter_texts, validate
+from .inputs import iter_prompts, iter_queries, iter_texts, model_list, validate
 from .payloads import normalize_chat_params, parse_shard
 from .pool import NodePool
 from .resources import declare_tables, source_resources
@@ -93,7 +93,7 @@ def gaia_source(
     texts_file: Optional[str] = None,
     queries: Optional[List[Any]] = None,
     queries_file: Optional[str] = None,
-    chat_model: Optional[str] = None,
+    chat_model: Optional[Union[str, Sequence[str]]] = None,
     embedding_model: Optional[str] = None,
     temperature: Optional[float] = None,
     top_p: Optional[float] = None,
@@ -107,6 +107,9 @@ def gaia_source(
     refresh: bool = False,
     shard: Optional[str] = None,
     resources: Optional[Sequence[str]] = None,
+    compare_nodes: bool = False,
+    samples: int = 1,
+    drift: bool = True,
     **node_settings: Any,
 ) -> Sequence[DltResource]:
     """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
@@ -124,7 +127,8 @@ def gaia_source(
         texts_file: A plain-text, .jsonl or .csv (``text`` column) file of texts to embed.
         queries: Retrieval queries.
         queries_file: A plain-text, .jsonl (``{"query"}``/``{"messages"}``) or .csv (``query`` column) file.
-        chat_model: Model for chat requests; discovered from /v1/info or /v1/models when absent.
+        chat_model: Model for chat requests, or a list of models (``"a,b"`` or ``["a", "b"]``): every prompt goes to
+            each. Discovered from /v1/info or /v1/models when absent.
         embedding_model: Model for embeddings; discovered when absent.
         temperature: Chat sampling temperature.
         top_p: Chat nucleus sampling.
@@ -140,6 +144,13 @@ def gaia_source(
         shard: ``"i/n"``: load only partition ``i`` of ``n`` of the inputs (by request id), so ``n`` workers can share
             one job without overlap or gaps; ``models`` and ``info`` are loaded by shard 0.
         resources: The resources to run (default: every one but ``responses``); those without inputs are not run.
+        compare_nodes: Send every prompt to every node of ``base_url`` (rows keyed per node) instead of spreading
+            prompts across them.
+        samples: Send every prompt this many times; rows carry ``sample_index`` and a re-run fills missing samples.
+            With ``seed`` set, sample ``i`` is sent with ``seed + i``.
+        drift: When a node's configuration changes (a new ``info_hash``: model, version, template…), send pinned
+            prompts again and keep both generations (joinable on ``prompt_id``). False: answered prompts are never
+            sent again.
         node_settings: How to reach the node(s): any field of :class:`~gaia_source.config.NodeSettings` —
             ``base_url`` or ``node_id`` (one or a list), ``api_key`` (a secret: ``.dlt/secrets.toml``), ``timeout``,
             ``max_concurrency``, ``max_attempts``, ``retry_backoff``, ``retry_max_wait``, ``max_response_mb``,
@@ -154,6 +165,8 @@ def gaia_source(
     unknown = [name for name in wanted if name not in RESOURCE_NAMES]
     if unknown:
         raise GaiaConfigError(f"resources: unknown resource(s) {unknown}; choose from {', '.join(RESOURCE_NAMES)}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise GaiaConfigError(f"samples must be an integer >= 1, got {samples!r}")
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
     settings = resolve_node_settings(**node_settings)
@@ -171,12 +184,15 @@ def gaia_source(
         prompts=lambda: iter_prompts(prompts, prompts_file, system_prompt),
         texts=lambda: iter_texts(texts, texts_file),
         queries=lambda: iter_queries(queries, queries_file),
-        chat_model=chat_model,
+        chat_models=model_list(chat_model),
         embedding_model=embedding_model,
         chat_params=params,
         embedding_batch_size=embedding_batch_size,
         refresh=refresh,
         shard=parse_shard(shard),
+        compare_nodes=bool(compare_nodes),
+        samples=samples,
+        drift=bool(drift),
     )
     declare_tables(dlt.current.source_schema())
     # Read every input once now: a malformed line stops the run before the first request.

@@ -9,8 +9,9 @@ none use their request id, so a round trip from Batch input keeps every id.
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import datetime
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import dlt
 import orjson
@@ -59,8 +60,15 @@ def _completion_body(row: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def batch_output_lines(pipeline: dlt.Pipeline, table: str = "chat_completions") -> Iterator[Dict[str, Any]]:
-    """Yield Batch output objects for every request of ``table`` (answered ones, then failing ones)."""
+Target = Tuple[Optional[str], Optional[str]]
+"""(node URL, model requested): one side of a comparison."""
+
+
+def batch_output_lines(
+    pipeline: dlt.Pipeline, table: str = "chat_completions", target: Optional[Target] = None
+) -> Iterator[Dict[str, Any]]:
+    """Yield Batch output objects for every request of ``table`` (answered ones, then failing ones), or only for
+    those of one ``target``."""
     if table not in CHAT_TABLES:
         raise ValueError(f"table must be one of {CHAT_TABLES}, got {table!r}")
     with pipeline.sql_client() as client:
@@ -68,6 +76,8 @@ def batch_output_lines(pipeline: dlt.Pipeline, table: str = "chat_completions") 
         failed = client.make_qualified_table_name(FAILED_REQUESTS_TABLE)
     with contextlib.suppress(DatabaseUndefinedRelation):
         for row in _rows(pipeline, f"SELECT * FROM {qualified} ORDER BY custom_id, request_id"):
+            if target is not None and (row.get("node_url"), row.get("model_requested")) != target:
+                continue
             request_id = row["request_id"]
             line: Dict[str, Any] = {"id": f"batch_req_{request_id}", "custom_id": row.get("custom_id") or request_id}
             if row.get("status") == "completed":
@@ -80,6 +90,9 @@ def batch_output_lines(pipeline: dlt.Pipeline, table: str = "chat_completions") 
     with contextlib.suppress(DatabaseUndefinedRelation):
         sql = f"SELECT * FROM {failed} WHERE resource = '{table}' ORDER BY custom_id, request_id"
         for row in _rows(pipeline, sql):
+            model = (_json(row.get("request_body")) or {}).get("model")
+            if target is not None and (row.get("node_url"), model) != target:
+                continue
             request_id = row["request_id"]
             status = row.get("http_status")
             yield {
@@ -90,11 +103,42 @@ def batch_output_lines(pipeline: dlt.Pipeline, table: str = "chat_completions") 
             }
 
 
-def export_batch_output(pipeline: dlt.Pipeline, path: str, table: str = "chat_completions") -> int:
-    """Write ``table`` as OpenAI Batch output JSONL to ``path``; return the number of lines written."""
+def export_batch_output(
+    pipeline: dlt.Pipeline, path: str, table: str = "chat_completions", target: Optional[Target] = None
+) -> int:
+    """Write ``table`` (or one target's rows of it) as OpenAI Batch output JSONL to ``path``; return the line count."""
     count = 0
     with open(path, "wb") as fh:
-        for line in batch_output_lines(pipeline, table):
+        for line in batch_output_lines(pipeline, table, target):
             fh.write(orjson.dumps(line) + b"\n")
             count += 1
     return count
+
+
+def targets(pipeline: dlt.Pipeline, table: str = "chat_completions") -> List[Target]:
+    """The (node URL, model requested) pairs ``table`` has rows for."""
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+    with contextlib.suppress(DatabaseUndefinedRelation):
+        sql = f"SELECT DISTINCT node_url, model_requested FROM {qualified} ORDER BY 1, 2"
+        return [(row["node_url"], row["model_requested"]) for row in _rows(pipeline, sql)]
+    return []
+
+
+def target_path(path: str, target: Target) -> str:
+    """``out.jsonl`` → ``out.<node>.<model>.jsonl``: one Batch output file per compared node and model."""
+    def slug(value: Optional[str]) -> str:
+        text = re.sub(r"^https?://", "", value or "default")
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "default"
+
+    stem, dot, ext = path.rpartition(".")
+    base, suffix = (stem, f".{ext}") if dot and "/" not in ext else (path, "")
+    return f"{base}.{slug(target[0])}.{slug(target[1])}{suffix}"
+
+
+def export_batch_output_per_target(
+    pipeline: dlt.Pipeline, path: str, table: str = "chat_completions"
+) -> Dict[str, int]:
+    """One Batch output file per (node, model) of ``table`` (see :func:`target_path`); returns lines per file."""
+    return {target_path(path, t): export_batch_output(pipeline, target_path(path, t), table, t)
+            for t in targets(pipeline, table)}

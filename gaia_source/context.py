@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Set, Tuple
 
 import dlt
 
@@ -20,11 +20,20 @@ from .client import Reply
 from .config import NodeSettings
 from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline
 from .errors import GaiaAuthError, GaiaError, is_transient
+from .payloads import content_hash
 from .pool import NodePool
-from .rows import NodeInfo, model_ids, models_from_info, read_info
-from .settings import INFO_PATH, MODELS_PATH
+from .rows import NodeInfo, configuration_hash, model_ids, models_from_info, read_info
+from .settings import HEALTH_PATH, INFO_PATH, MODELS_PATH
 
 logger = logging.getLogger("gaia_source")
+
+
+def _configuration_state() -> Dict[str, Any]:
+    """The baseline configuration of each set of nodes (in the source's dlt state; a dict outside a pipeline)."""
+    try:
+        return dlt.current.source_state().setdefault("configurations", {})  # type: ignore[no-any-return]
+    except Exception:  # outside a pipeline run: no baseline survives, every configuration is the first
+        return {}
 
 
 def _run_key() -> Optional[str]:
@@ -178,9 +187,34 @@ class RunContext:
             self._models = (chat, embedding)
         return chat, embedding
 
+    def _info_body(self, node_url: str) -> Any:
+        """``/v1/info`` of a node, or AMD GAIA's ``/health`` where there is none (each asked once per run)."""
+        body = self._optional_metadata(node_url, INFO_PATH)
+        return body if body is not None else self._optional_metadata(node_url, HEALTH_PATH)
+
     def node_info(self, node_url: str) -> NodeInfo:
-        """What ``node_url``'s ``/v1/info`` says (asked once per run; an unreadable answer reads as ``unknown``)."""
-        return read_info(self._optional_metadata(node_url, INFO_PATH))
+        """What ``node_url``'s ``/v1/info`` (or ``/health``) says; an unreadable answer reads as ``unknown``."""
+        return read_info(self._info_body(node_url))
+
+    def node_configuration(self, node_url: str) -> Optional[str]:
+        """The node's configuration hash (the ``info_hash`` of its rows), None when it reports none."""
+        body = self._info_body(node_url)
+        return configuration_hash(body) if isinstance(body, dict) else None
+
+    def generation(self, nodes: Sequence[str]) -> Optional[str]:
+        """Which configuration generation of ``nodes`` answers this run, for request ids (drift).
+
+        The first configuration a pipeline sees for a set of nodes is its baseline (kept in the source's dlt state)
+        and gives None: ids as without drift, so rows loaded before stay valid. A different configuration gives its
+        hash, so pinned prompts get new ids and are answered again, and both generations stay in the table.
+        """
+        hashes = [self.node_configuration(node) for node in nodes]
+        if all(h is None for h in hashes):
+            return None
+        current = hashes[0] if len(hashes) == 1 else content_hash(hashes)
+        baselines = _configuration_state()
+        baseline = baselines.setdefault(" ".join(sorted(nodes)), current)
+        return None if current == baseline else current
 
     def serves_amd_gaia(self) -> bool:
         """Whether a node of the pool is an AMD GAIA server (its ``/v1/models`` lists agents owned by ``amd-gaia``).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from dlt.common.schema.typing import TTableSchemaColumns
@@ -27,6 +27,7 @@ from .payloads import (
     chat_request,
     embedding_id,
     embeddings_request,
+    for_target,
     in_shard,
     merge_chat_params,
     responses_request,
@@ -76,12 +77,19 @@ class Plan:
     prompts: Callable[[], Iterator[ChatInput]] = _nothing
     texts: Callable[[], Iterator[TextInput]] = _nothing
     queries: Callable[[], Iterator[QueryInput]] = _nothing
-    chat_model: Optional[str] = None
+    chat_models: Tuple[str, ...] = ()
+    """Models every prompt is sent to (empty: the node's, discovered)."""
     embedding_model: Optional[str] = None
     chat_params: Dict[str, Any] = field(default_factory=dict)
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
     refresh: bool = False
     shard: Optional[Shard] = None
+    compare_nodes: bool = False
+    """Send every prompt to every node (pinned, one row per node) instead of spreading prompts across them."""
+    samples: int = 1
+    """Send every prompt this many times (rows carry ``sample_index``)."""
+    drift: bool = True
+    """Send pinned prompts again when the answering node's configuration changed (see ``RunContext.generation``)."""
 
 
 RequestBuilder = Callable[["Endpoint", Plan, RunContext], Iterator[PreparedRequest]]
@@ -165,15 +173,22 @@ PromptRequest = Callable[[ChatInput, Optional[str], Dict[str, Any]], PreparedReq
 """Builds one request from a prompt, the model to ask for and the merged parameters."""
 
 
+def _labels(item: ChatInput) -> Dict[str, Any]:
+    """What a prompt's rows carry besides the request: its reference answer and labels."""
+    return {"expected": item.expected, "metadata": item.metadata}
+
+
 def _chat(stream: bool) -> PromptRequest:
     def build(item: ChatInput, model: Optional[str], params: Dict[str, Any]) -> PreparedRequest:
-        return chat_request(item.messages, model, params, stream, item.custom_id, item.source)
+        request = chat_request(item.messages, model, params, stream, item.custom_id, item.source)
+        return replace(request, extra=_labels(item))
 
     return build
 
 
 def _response(item: ChatInput, model: Optional[str], params: Dict[str, Any]) -> PreparedRequest:
-    return responses_request(item.messages, model, params, item.custom_id, item.source)
+    request = responses_request(item.messages, model, params, item.custom_id, item.source)
+    return replace(request, extra=_labels(item))
 
 
 def _prompt_requests(build: PromptRequest) -> RequestBuilder:
@@ -183,11 +198,22 @@ def _prompt_requests(build: PromptRequest) -> RequestBuilder:
         first = next(items, None)
         if first is None:
             return
-        model = plan.chat_model or context.discover_models()[0]
-        built = (
-            build(item, item.model or model, merge_chat_params(plan.chat_params, item.params))
-            for item in itertools.chain([first], items)
-        )
+        models = plan.chat_models or (context.discover_models()[0],)
+        every_node = [node.base_url for node in context.pool.nodes]
+        targets: List[Optional[str]] = list(every_node) if plan.compare_nodes else [None]
+        generation = {target: context.generation([target] if target else every_node) if plan.drift else None
+                      for target in targets}
+
+        def expand(item: ChatInput) -> Iterator[PreparedRequest]:
+            params = merge_chat_params(plan.chat_params, item.params)
+            for model in (item.model,) if item.model else models:
+                request = build(item, model, params)
+                for target in targets:
+                    for sample in range(plan.samples):
+                        seed = int(params.get("seed") or 0) + sample if plan.samples > 1 else None
+                        yield for_target(request, target, sample, generation[target], seed)
+
+        built = (request for item in itertools.chain([first], items) for request in expand(item))
         sharded = (r for r in built if in_shard(r.request_id, plan.shard))
         if plan.refresh:
             yield from sharded
@@ -221,9 +247,11 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
 
 
 def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
-    """One retrieval request per query."""
+    """One retrieval request per query (its expected sources ride along, for ``hit_rank`` and ``hits``)."""
     for query in plan.queries():
         request = retrieve_request(query.query, query.custom_id, query.source)
+        if query.expected_sources is not None:
+            request = replace(request, extra={**request.extra, "expected_sources": list(query.expected_sources)})
         if in_shard(request.request_id, plan.shard):
             yield request
 

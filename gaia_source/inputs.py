@@ -5,11 +5,14 @@ Prompt files, by extension:
 * ``.jsonl`` / ``.json`` — one JSON value per line, any of:
   an OpenAI Batch input line ``{"custom_id", "method", "url", "body": {"messages": […], …}}``;
   ``{"messages": […], "custom_id"?: …, <chat params>?}``; ``{"prompt": "…", "custom_id"?: …}``; or a JSON string.
-* ``.csv`` — a header row with a ``prompt`` column (optional ``custom_id`` and ``system`` columns).
+  Any object may carry ``expected`` (the reference answer, a string) and ``metadata`` (an object of labels).
+* ``.csv`` — a header row with a ``prompt`` column (optional ``custom_id``, ``system`` and ``expected`` columns; every
+  other column becomes ``metadata``).
 * anything else — one plain prompt per non-empty line.
 
 Text files (embeddings) follow the same rule with ``text`` (JSONL ``{"text", "id"?, "metadata"?}``, CSV ``text``
-column with optional ``id``); query files (retrieve) with ``query`` (JSONL may also give ``messages``).
+column with optional ``id``); query files (retrieve) with ``query`` (JSONL may also give ``messages``, and
+``expected_sources``: the passages or ids a good retrieval finds; CSV: an ``expected_sources`` column, ``|``-separated).
 
 Files are streamed, never loaded whole. :func:`validate` reads an input once without sending anything, so that a
 malformed line stops the run before the first request.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import orjson
@@ -43,6 +46,10 @@ class ChatInput:
     params: Dict[str, Any] = field(default_factory=dict)
     model: Optional[str] = None
     source: str = ""
+    expected: Optional[str] = None
+    """The reference answer (for pass rates in SQL or the notebook)."""
+    metadata: Optional[Dict[str, Any]] = None
+    """Free labels carried into the row (category, difficulty, …)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class QueryInput:
     query: str
     custom_id: Optional[str] = None
     source: str = ""
+    expected_sources: Optional[Tuple[str, ...]] = None
+    """Passages (or ids that appear in them) a good retrieval returns: each row gets ``hit_rank`` and ``hits``."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -171,8 +180,32 @@ def output_limit(params: Mapping[str, Any], where: str = "chat parameters") -> O
     return next(iter(given.values()), None)
 
 
+def _expected(value: Any, where: str) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise GaiaConfigError(f"{where}: 'expected' must be a string (the reference answer), got {type(value).__name__}")
+
+
+def _metadata(value: Any, where: str) -> Optional[Dict[str, Any]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise GaiaConfigError(f"{where}: 'metadata' must be an object, got {type(value).__name__}")
+    return value
+
+
 def chat_input_from_object(obj: Any, where: str) -> ChatInput:
     """Interpret one JSON value / config item as a chat input."""
+    item = _chat_input(obj, where)
+    if isinstance(obj, dict) and ("expected" in obj or "metadata" in obj):
+        return replace(item, expected=_expected(obj.get("expected"), where),
+                       metadata=_metadata(obj.get("metadata"), where))
+    return item
+
+
+def _chat_input(obj: Any, where: str) -> ChatInput:
     if isinstance(obj, str):
         return ChatInput(_prompt_text(obj, where), source=where)
     if isinstance(obj, list):
@@ -210,8 +243,7 @@ def chat_input_from_object(obj: Any, where: str) -> ChatInput:
 def with_system_prompt(item: ChatInput, system_prompt: Optional[str]) -> ChatInput:
     if not system_prompt or any(m.get("role") == "system" for m in item.messages):
         return item
-    messages = [{"role": "system", "content": system_prompt}, *item.messages]
-    return ChatInput(messages, item.custom_id, item.params, item.model, item.source)
+    return replace(item, messages=[{"role": "system", "content": system_prompt}, *item.messages])
 
 
 def _iter_inputs(
@@ -264,7 +296,10 @@ def iter_prompts(
         messages = _prompt_text(row.get(prompt_column), where)
         if row.get("system"):
             messages = [{"role": "system", "content": row["system"]}, *messages]
-        return ChatInput(messages, _custom_id(row.get("custom_id") or None, where), source=where)
+        known = {prompt_column, "system", "custom_id", "expected"}
+        labels = {k: v for k, v in row.items() if k not in known and k is not None and v not in (None, "")}
+        return ChatInput(messages, _custom_id(row.get("custom_id") or None, where), source=where,
+                         expected=row.get("expected") or None, metadata=labels or None)
 
     items = _iter_inputs("prompts", prompts, prompts_file, chat_input_from_object, prompt_column, from_csv_row)
     for item in items:
@@ -317,15 +352,26 @@ def _query_from_object(obj: Any, where: str) -> QueryInput:
         return QueryInput(obj, source=where)
     if isinstance(obj, dict):
         custom_id = _custom_id(obj.get("custom_id"), where)
+        expected = _expected_sources(obj.get("expected_sources"), where)
         if "query" in obj:
-            return QueryInput(_query_from_object(obj["query"], where).query, custom_id, where)
+            return QueryInput(_query_from_object(obj["query"], where).query, custom_id, where, expected)
         if "messages" in obj:
             messages = _check_messages(obj["messages"], where)
             users = [m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
             if not users:
                 raise GaiaConfigError(f"{where}: no user message with text content to retrieve for")
-            return QueryInput(users[-1], custom_id, where)
+            return QueryInput(users[-1], custom_id, where, expected)
     raise GaiaConfigError(f"{where}: expected a query string, {{query}} or {{messages}}")
+
+
+def _expected_sources(value: Any, where: str) -> Optional[Tuple[str, ...]]:
+    """``expected_sources``: a list of non-empty strings (a single string is a list of one)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, (str, int)) and str(v).strip() for v in items):
+        raise GaiaConfigError(f"{where}: 'expected_sources' must be a list of non-empty strings, got {value!r:.80}")
+    return tuple(str(v).strip() for v in items)
 
 
 def iter_queries(queries: Optional[Iterable[Any]] = None, queries_file: Optional[str] = None) -> Iterator[QueryInput]:
@@ -336,9 +382,22 @@ def iter_queries(queries: Optional[Iterable[Any]] = None, queries_file: Optional
     """
 
     def from_csv_row(row: Dict[str, Any], where: str) -> QueryInput:
-        return _query_from_object({"query": row.get("query"), "custom_id": row.get("custom_id") or None}, where)
+        sources = [v for v in (row.get("expected_sources") or "").split("|") if v.strip()] or None
+        return _query_from_object({"query": row.get("query"), "custom_id": row.get("custom_id") or None,
+                                   "expected_sources": sources}, where)
 
     return _iter_inputs("queries", queries, queries_file, _query_from_object, "query", from_csv_row)
+
+
+def model_list(value: Any, setting: str = "chat_model") -> Tuple[str, ...]:
+    """One model name, a comma-separated list, or a list of names → a tuple of names (empty: discover)."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise GaiaConfigError(f"{setting} must be a model name or a list of names, got {value!r:.80}")
+    cleaned = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    return cleaned
 
 
 def validate(items: Iterable[Any]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import orjson
@@ -95,11 +95,28 @@ class PreparedRequest:
     wire_body: Optional[Dict[str, Any]] = None
     """What goes on the wire when it differs from ``body`` (fields every server generation needs); ``body`` is what the
     user asked for, and defines the id."""
+    key: Dict[str, Any] = field(default_factory=dict)
+    """What else tells this request apart from another with the same body: the node it is pinned to when comparing
+    nodes, its sample index, the node configuration it is answered under (see :func:`for_target`). Empty: the id is
+    the hash of endpoint and body alone."""
 
     @property
     def request_id(self) -> str:
-        """Deterministic id: hash of endpoint and body."""
-        return request_id(self.endpoint, self.body)
+        """Deterministic id: hash of endpoint and body (and :attr:`key`, when it has anything)."""
+        if not self.key:
+            return request_id(self.endpoint, self.body)
+        return content_hash(self.endpoint, self.body, self.key)
+
+    @property
+    def prompt_id(self) -> str:
+        """The id of the prompt as asked (endpoint, and the body without its model): the same for every node, model,
+        sample and configuration, so answers to one prompt join on it."""
+        return request_id(self.endpoint, {k: v for k, v in self.body.items() if k != "model"})
+
+    @property
+    def sample_index(self) -> int:
+        """Which of a prompt's samples this is (0 when sent once)."""
+        return int(self.key.get("sample", 0))
 
     @property
     def sent_body(self) -> Dict[str, Any]:
@@ -138,6 +155,37 @@ def chat_request(
         body["stream"] = True
         body.setdefault("stream_options", {"include_usage": True})
     return PreparedRequest(CHAT_PATH, body, custom_id=custom_id, source=source, wire_body=with_output_limit(body))
+
+
+def for_target(
+    request: PreparedRequest,
+    node: Optional[str] = None,
+    sample: int = 0,
+    configuration: Optional[str] = None,
+    seed: Optional[int] = None,
+) -> PreparedRequest:
+    """The request as sent to one target of an evaluation.
+
+    Args:
+        request: The prompt's request.
+        node: Pin it to this node (comparing nodes); the node is part of its id.
+        sample: Its sample index; samples after the first are part of its id (the first keeps the plain id, so asking
+            for more samples later sends only the new ones).
+        configuration: A node configuration generation (see ``RunContext.generation``) that is part of its id, so a
+            changed node answers again.
+        seed: Sent as ``seed`` (on the wire only: the prompt id stays the same for every sample).
+    """
+    key: Dict[str, Any] = {}
+    if node is not None:
+        key["node"] = node
+    if sample:
+        key["sample"] = sample
+    if configuration is not None:
+        key["configuration"] = configuration
+    wire = None
+    if seed is not None:
+        wire = {**request.sent_body, "seed": seed}
+    return replace(request, node=node, key=key, wire_body=wire if wire is not None else request.wire_body)
 
 
 def responses_request(

@@ -84,11 +84,12 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
 
         def rows(request: PreparedRequest, reply: Reply) -> Any:
             built = endpoint.rows(request, reply)
+            if endpoint.inputs is None:  # per-node metadata: its own rows describe the node
+                return built
+            node: Dict[str, Any] = {"info_hash": context.node_configuration(reply.node_url)}
             if endpoint.estimates_usage:
-                estimated = usage_estimated_by(endpoint.name, context.node_info(reply.node_url))
-                for row in built:
-                    row["usage_estimated"] = estimated
-            return built
+                node["usage_estimated"] = usage_estimated_by(endpoint.name, context.node_info(reply.node_url))
+            return _with_columns(built, node)
 
         def execute(request: PreparedRequest, probe: bool, prior_attempts: int) -> Outcome:
             refusal = endpoint.refuse(request, context) if endpoint.refuse is not None else None
@@ -108,6 +109,20 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
         if endpoint.vectors:
             items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))
         yield from _with_table_hints(endpoint, plan, context.destination, items)
+
+
+def _with_columns(rows: Any, values: Dict[str, Any]) -> Any:
+    """Rows (dicts or an Arrow table) with ``values`` set on every row: what the answering node tells about them."""
+    if isinstance(rows, pa.Table):
+        for name, value in values.items():
+            column = pa.array([value] * rows.num_rows, pa.string() if isinstance(value, str) or value is None
+                              else pa.bool_())
+            index = rows.schema.get_field_index(name)
+            rows = rows.set_column(index, name, column) if index >= 0 else rows.append_column(name, column)
+        return rows
+    for row in rows:
+        row.update(values)
+    return rows
 
 
 def _metadata(context: RunContext, endpoint: Endpoint, node: str, missing_is_transient: bool) -> Reply:

@@ -21,7 +21,7 @@ from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
 from .client import Reply
 from .errors import GaiaError, GaiaResponseError
-from .payloads import PreparedRequest, chat_params_of, content_hash, embedding_id
+from .payloads import PreparedRequest, canonical_json, chat_params_of, content_hash, embedding_id
 from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
@@ -58,6 +58,11 @@ CHAT_COLUMNS: TTableSchemaColumns = {
     "output_tokens_per_s": {"data_type": "double"},
     "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
+    "prompt_id": {"data_type": "text"},
+    "sample_index": {"data_type": "bigint"},
+    "info_hash": {"data_type": "text"},
+    "expected": {"data_type": "text"},
+    "metadata": _json(),
     "messages": _json(),
     "params": _json(),
     "tool_calls": _json(),
@@ -85,6 +90,7 @@ EMBEDDING_COLUMNS: TTableSchemaColumns = {
     "embedding": _json(),  # ONE column per vector, never a child table with a row per float
     "metadata": _json(),
     "request_id": {"data_type": "text"},
+    "info_hash": {"data_type": "text"},
     "embedded_at": _ts(),
     "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
@@ -103,6 +109,10 @@ RETRIEVE_COLUMNS: TTableSchemaColumns = {
     "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
     "retrieved_at": _ts(),
+    "info_hash": {"data_type": "text"},
+    "hit_rank": {"data_type": "bigint"},
+    "hits": {"data_type": "bigint"},
+    "expected_sources": _json(),
     "messages": _json(),
 }
 MODEL_COLUMNS: TTableSchemaColumns = {
@@ -153,6 +163,11 @@ RESPONSE_COLUMNS: TTableSchemaColumns = {
     "usage_estimated": {"data_type": "bool"},
     "attempts": {"data_type": "bigint"},
     "latency_ms": {"data_type": "double"},
+    "prompt_id": {"data_type": "text"},
+    "sample_index": {"data_type": "bigint"},
+    "info_hash": {"data_type": "text"},
+    "expected": {"data_type": "text"},
+    "metadata": _json(),
     "input": _json(),
     "params": _json(),
     "output": _json(),
@@ -228,11 +243,22 @@ def _reply_columns(reply: Reply) -> Row:
             "latency_ms": reply.latency_s * 1000.0}
 
 
+def _prompt_columns(request: PreparedRequest) -> Row:
+    """What ties a row to its prompt across nodes, models, samples and node configurations."""
+    return {
+        "prompt_id": request.prompt_id,
+        "sample_index": request.sample_index,
+        "expected": request.extra.get("expected"),
+        "metadata": request.extra.get("metadata"),
+    }
+
+
 def _request_columns(request: PreparedRequest, reply: Reply) -> Row:
     return {
         "request_id": request.request_id,
         "custom_id": request.custom_id,
         **_reply_columns(reply),
+        **_prompt_columns(request),
         "model_requested": request.body.get("model"),
         "requested_at": sent_at(reply),
         "messages": request.body.get("messages"),
@@ -382,6 +408,7 @@ def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
                 [None if t.metadata is None else orjson.dumps(t.metadata).decode() for t in texts], pa.string()
             ),
             "request_id": [request.request_id] * rows,
+            "info_hash": pa.array([None] * rows, pa.string()),  # set from the answering node's configuration
             "embedded_at": pa.array([embedded_at] * rows, pa.timestamp("us", tz="UTC")),
             "attempts": pa.array([reply.attempts] * rows, pa.int64()),
             "latency_ms": pa.array([reply.latency_s * 1000.0] * rows, pa.float64()),
@@ -421,6 +448,8 @@ def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:
         point["rank"] = rank
         point["source_hash"] = content_hash(point["source"])
     first = objects[0] if objects and isinstance(objects[0], dict) else {}
+    expected = request.extra.get("expected_sources")
+    hit_rank, hits = retrieval_hits(points, expected) if expected is not None else (None, None)
     return {
         "request_id": request.request_id,
         "custom_id": request.custom_id,
@@ -432,9 +461,23 @@ def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:
         "limit": _int_or_none(first.get("limit")),
         "score_threshold": threshold if isinstance(threshold := first.get("score_threshold"), (int, float)) else None,
         "retrieved_at": utc_now(),
+        "hit_rank": hit_rank,
+        "hits": hits,
+        "expected_sources": expected,
         "messages": request.body.get("messages"),
         "points": points,
     }
+
+
+def source_matches(source: str, expected: str) -> bool:
+    """Whether a retrieved point is an expected source: the same text, or a text (an id, a sentence) found in it."""
+    return expected.strip() in source or source.strip() == expected.strip()
+
+
+def retrieval_hits(points: List[Row], expected: List[str]) -> Tuple[Optional[int], int]:
+    """(rank of the first point that is an expected source, or None; how many points are)."""
+    matching = [p["rank"] for p in points if any(source_matches(p["source"], e) for e in expected)]
+    return (matching[0] if matching else None), len(matching)
 
 
 def model_rows(request: PreparedRequest, reply: Reply) -> List[Row]:
@@ -531,6 +574,29 @@ def read_info(body: Any) -> NodeInfo:
     return NodeInfo("unknown", None, node_version)
 
 
+def configuration_hash(body: Dict[str, Any]) -> str:
+    """A hash of a node's configuration from its info body: what it serves and how, not its moment.
+
+    gaia-nexus names each downstream server with a fresh uuid on every start (``servers{"chat-server-<uuid>": …}``),
+    and AMD GAIA's ``/health`` reports moment-to-moment status: neither is configuration, so servers are hashed
+    without their names and ``status`` keys are left out. Any other change (a new model, version, prompt template,
+    context size, quantization in the model name) gives a new hash.
+    """
+
+    def stable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: stable(v) for k, v in value.items() if k != "status"}
+        if isinstance(value, list):
+            return [stable(v) for v in value]
+        return value
+
+    normalized = stable(body)
+    servers = normalized.get("servers")
+    if isinstance(servers, dict):
+        normalized["servers"] = sorted(servers.values(), key=lambda v: canonical_json(v))
+    return content_hash(normalized)
+
+
 def info_row(request: PreparedRequest, reply: Reply) -> Row:
     """One ``info`` snapshot row: the node's versions and models read from any info shape, the whole body in ``body``.
 
@@ -554,7 +620,7 @@ def info_row(request: PreparedRequest, reply: Reply) -> Row:
         "server_version": info.server_version,
         "chat_model": info.chat_model,
         "embedding_model": info.embedding_model,
-        "info_hash": content_hash(body),
+        "info_hash": configuration_hash(body),
         "body": body,
     }
 
@@ -596,6 +662,7 @@ def response_row(request: PreparedRequest, reply: Reply) -> Row:
         "custom_id": request.custom_id,
         "status": STATUS_COMPLETED,
         **_reply_columns(reply),
+        **_prompt_columns(request),
         "model_requested": request.body.get("model"),
         "model": _str_or_none(body.get("model")),
         "response_id": _str_or_none(body.get("id")),

@@ -28,7 +28,14 @@ from .config import resolve_node_settings
 from .context import RunContext
 from .endpoints import ENDPOINT_BY_NAME, Plan
 from .errors import GaiaConfigError
-from .inputs import ChatInput, TextInput, chat_input_from_object, text_input_from_object, with_system_prompt
+from .inputs import (
+    ChatInput,
+    TextInput,
+    chat_input_from_object,
+    model_list,
+    text_input_from_object,
+    with_system_prompt,
+)
 from .payloads import normalize_chat_params
 from .resources import declare_tables, extract, table_key, write_disposition
 from .settings import DEFAULT_EMBEDDING_BATCH_SIZE
@@ -89,7 +96,7 @@ def _chat_from(stream: bool) -> Callable[..., DltResource]:
                 if id_field and record.get(id_field) is not None:
                     obj["custom_id"] = str(record[id_field])
                 inputs.append(with_system_prompt(chat_input_from_object(obj, where), system_prompt))
-            return Plan(prompts=lambda: iter(inputs), chat_model=chat_model,
+            return Plan(prompts=lambda: iter(inputs), chat_models=model_list(chat_model),
                         chat_params=normalize_chat_params(chat_params or {}), refresh=refresh)
 
         return _transformer(table, plan_of, refresh, node_settings)

@@ -1,0 +1,212 @@
+"""Evaluation runs: nodes × models side by side, repeated samples, expected answers and labels, retrieval hit rates,
+and drift — over HTTP to emulated nodes, into DuckDB, values asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import query, run_cli, table_rows
+
+from gaia_source import gaia_source
+from gaia_source.emulator import KNOWLEDGE_BASE, answer_for
+from gaia_source.payloads import request_id
+
+PROMPTS = ["What is the capital of France?", "What does dlt do?"]
+
+
+# --- nodes × models ---------------------------------------------------------------------------------------------
+
+
+def test_compare_nodes_sends_every_prompt_to_every_node_and_model(make_node, make_pipeline) -> None:
+    old, new = make_node("rag"), make_node("node06")
+    pipeline = make_pipeline()
+
+    def run(prompts):
+        source = gaia_source(base_url=[old.base_url, new.base_url], prompts=prompts, compare_nodes=True,
+                             chat_model="model-a,model-b")
+        pipeline.run(source.with_resources("chat_completions"))
+
+    run(PROMPTS)
+    rows = table_rows(pipeline, "chat_completions", "request_id")
+    assert len(rows) == 2 * 2 * 2  # prompts x nodes x models
+    cells = {(json.loads(r["messages"])[-1]["content"], r["node_url"], r["model_requested"]): r for r in rows}
+    for prompt in PROMPTS:
+        for node in (old, new):
+            for model in ("model-a", "model-b"):
+                row = cells[(prompt, node.base_url, model)]
+                # a Gaia node answers with its loaded model, whatever is asked: the row says which
+                assert row["model"] == node.default_chat_model
+                assert row["content"] == answer_for(prompt, node.default_chat_model)
+    # one prompt, one prompt_id across its four cells (nodes and models): the join key of a side-by-side view
+    assert len({r["prompt_id"] for r in rows}) == 2 and len({r["request_id"] for r in rows}) == 8
+    assert old.requests_to("/v1/chat/completions") == 4 and new.requests_to("/v1/chat/completions") == 4
+    # a re-run with one more prompt sends only its four cells
+    run([*PROMPTS, "Name a river"])
+    assert old.requests_to("/v1/chat/completions") == 6 and new.requests_to("/v1/chat/completions") == 6
+    assert query(pipeline, "SELECT count(*) FROM chat_completions") == [(12,)]
+
+
+def test_without_compare_nodes_prompts_are_spread_once(make_node, make_pipeline) -> None:
+    a, b = make_node("nexus"), make_node("nexus")
+    pipeline = make_pipeline()
+    prompts = [f"Question {i}" for i in range(8)]
+    pipeline.run(gaia_source(base_url=[a.base_url, b.base_url], prompts=prompts).with_resources("chat_completions"))
+    sent = a.requests_to("/v1/chat/completions") + b.requests_to("/v1/chat/completions")
+    assert sent == 8 and query(pipeline, "SELECT count(*), count(DISTINCT prompt_id) FROM chat_completions") == [(8, 8)]
+
+
+def test_export_writes_one_batch_file_per_node_and_model(make_node, tmp_path: Path) -> None:
+    a, b = make_node("rag"), make_node("llama")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    result = run_cli(tmp_path, "--base-url", f"{a.base_url},{b.base_url}", "--compare-nodes", "--prompts-file",
+                     "prompts.txt", "--resources", "chat_completions", "--chat-model", "m1,m2",
+                     "--export-batch-output", "out.jsonl")
+    assert result.returncode == 0, result.stderr
+    files = sorted(tmp_path.glob("out.*.jsonl"))
+    assert len(files) == 4, result.stdout
+    for file in files:
+        lines = [json.loads(line) for line in file.read_text().splitlines()]
+        node = a if f"{a.port}" in file.name else b
+        assert len(lines) == 2 and {line["response"]["body"]["model"] for line in lines} == {node.default_chat_model}
+        model = "m1" if file.name.endswith(".m1.jsonl") else "m2"
+        assert file.name.endswith(f".{model}.jsonl")
+
+
+# --- samples ----------------------------------------------------------------------------------------------------
+
+
+def test_samples_are_rows_of_their_own_and_a_rerun_fills_only_the_missing(make_node, make_pipeline) -> None:
+    node = make_node("llama", record_bodies=True)
+    pipeline = make_pipeline()
+
+    def run(samples: int) -> None:
+        source = gaia_source(base_url=node.base_url, prompts=PROMPTS, samples=samples, seed=7)
+        pipeline.run(source.with_resources("chat_completions"))
+
+    run(3)
+    rows = table_rows(pipeline, "chat_completions", "request_id")
+    assert sorted((json.loads(r["messages"])[-1]["content"], r["sample_index"]) for r in rows) == [
+        (p, i) for p in sorted(PROMPTS) for i in range(3)]
+    assert len({r["request_id"] for r in rows}) == 6 and len({r["prompt_id"] for r in rows}) == 2
+    # sample i is sent with seed 7 + i; the row's params keep what was asked (seed 7)
+    assert sorted(b["seed"] for b in node.bodies("/v1/chat/completions")) == [7, 7, 8, 8, 9, 9]
+    assert {json.loads(r["params"])["seed"] for r in rows} == {7}
+    run(5)  # two more samples per prompt: only those are sent
+    assert node.requests_to("/v1/chat/completions") == 6 + 4
+    assert query(pipeline, "SELECT sample_index, count(*) FROM chat_completions GROUP BY 1 ORDER BY 1") == [
+        (i, 2) for i in range(5)]
+    run(5)  # complete: nothing is sent
+    assert node.requests_to("/v1/chat/completions") == 10
+
+
+def test_one_sample_on_one_node_keeps_the_request_id_rows_had_before(make_node, make_pipeline) -> None:
+    """Rows loaded before samples, comparisons and drift existed are sample 0 of the baseline: asking for more samples
+    later does not re-send them. Their id is still the hash of endpoint and body alone."""
+    node = make_node("rag")
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS).with_resources("chat_completions"))
+    rows = table_rows(pipeline, "chat_completions", "request_id")
+    for row in rows:
+        body = {"messages": json.loads(row["messages"]), "model": row["model_requested"]}
+        assert row["request_id"] == request_id("chat/completions", body) and row["sample_index"] == 0
+
+
+# --- expected answers and labels ----------------------------------------------------------------------------------
+
+
+def test_expected_and_metadata_land_next_to_the_answer(make_node, make_pipeline, tmp_path: Path) -> None:
+    node = make_node("rag")
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text(
+        json.dumps({"custom_id": "q1", "prompt": "What is the capital of France?", "expected": "Paris",
+                    "metadata": {"topic": "geography", "difficulty": 1}}) + "\n"
+        + json.dumps({"custom_id": "q2", "method": "POST", "url": "/v1/chat/completions", "expected": "warehouses",
+                      "body": {"messages": [{"role": "user", "content": "What does dlt do?"}]}}) + "\n")
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("custom_id,prompt,expected,topic,owner\nc1,Name a river,Seine,geography,ana\n")
+    pipeline = make_pipeline()
+    for prompts_file in (jsonl, csv):
+        pipeline.run(gaia_source(base_url=node.base_url, prompts_file=str(prompts_file)).with_resources(
+            "chat_completions", "chat_completions_stream"))
+    for table in ("chat_completions", "chat_completions_stream"):
+        rows = {r["custom_id"]: r for r in table_rows(pipeline, table, "custom_id")}
+        assert {k: (r["expected"], r["metadata"] and json.loads(r["metadata"])) for k, r in rows.items()} == {
+            "q1": ("Paris", {"topic": "geography", "difficulty": 1}),
+            "q2": ("warehouses", None),
+            "c1": ("Seine", {"topic": "geography", "owner": "ana"}),
+        }
+    # a pass rate is one aggregate
+    assert query(pipeline, "SELECT count(*) FILTER (WHERE contains(lower(content), lower(expected))), count(*) "
+                           "FROM chat_completions WHERE expected IS NOT NULL") == [(2, 3)]
+
+
+# --- retrieval evaluation ---------------------------------------------------------------------------------------
+
+
+def test_hit_rank_and_hits_make_hit_rate_and_mrr_one_aggregate(make_node, make_pipeline, tmp_path: Path) -> None:
+    node = make_node("rag", retrieve_limit=3)
+    queries = tmp_path / "queries.jsonl"
+    lines = [
+        {"custom_id": "paris", "query": "Where is Paris located?", "expected_sources": [KNOWLEDGE_BASE[0]]},
+        # an id that appears in the passage text counts too: "Le Havre" is in the Seine passage
+        {"custom_id": "seine", "query": "Where does the Seine flow?", "expected_sources": ["Le Havre"]},
+        {"custom_id": "miss", "query": "Where is the Eiffel Tower?", "expected_sources": ["Tokyo is in Japan."]},
+        {"custom_id": "none", "query": "What is a Gaia domain?"},
+    ]
+    queries.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=node.base_url, queries_file=str(queries)).with_resources("retrieve"))
+    rows = {r["custom_id"]: r for r in table_rows(pipeline, "retrieve", "custom_id")}
+    # what the emulator's knowledge base returns for each query, ranked
+    ranks = {cid: [p["source"] for p in node.retrieve(q)] for cid, q in
+             [("paris", "Where is Paris located?"), ("seine", "Where does the Seine flow?")]}
+    assert rows["paris"]["hit_rank"] == ranks["paris"].index(KNOWLEDGE_BASE[0]) + 1 == 1
+    seine_rank = next(i for i, s in enumerate(ranks["seine"], 1) if "Le Havre" in s)
+    assert (rows["seine"]["hit_rank"], rows["seine"]["hits"]) == (seine_rank, 1)
+    assert (rows["miss"]["hit_rank"], rows["miss"]["hits"]) == (None, 0)
+    assert (rows["none"]["hit_rank"], rows["none"]["hits"], rows["none"]["expected_sources"]) == (None, None, None)
+    [(hit_at_3, mrr)] = query(pipeline, "SELECT avg(CASE WHEN hit_rank <= 3 THEN 1 ELSE 0 END), "
+                                        "avg(coalesce(1.0 / hit_rank, 0)) FROM retrieve WHERE hits IS NOT NULL")
+    assert hit_at_3 == 2 / 3 and abs(mrr - (1 + 1 / seine_rank) / 3) < 1e-9
+
+
+# --- drift --------------------------------------------------------------------------------------------------------
+
+
+def test_a_changed_model_sends_pinned_prompts_again_and_keeps_both_generations(make_node, make_pipeline) -> None:
+    node = make_node("node06")
+    pipeline = make_pipeline()
+
+    def run(**kwargs) -> None:  # the model name is pinned: a node swapping what it serves under it is not seen there
+        pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS, chat_model="Qwen3-4B-Q5_K_M",
+                                 **kwargs).with_resources("chat_completions", "info"))
+
+    run()
+    run()  # unchanged node: nothing is sent again
+    assert node.requests_to("/v1/chat/completions") == 2
+    node.loaded_model = "Qwen3-8B-Q4_K_M"  # the operator swaps the model under the same URL
+    run(drift=False)  # who opts out keeps today's skip-forever behaviour
+    assert node.requests_to("/v1/chat/completions") == 2
+    run()
+    assert node.requests_to("/v1/chat/completions") == 4
+    rows = table_rows(pipeline, "chat_completions", "requested_at")
+    assert len(rows) == 4 and len({r["info_hash"] for r in rows}) == 2
+    # both generations, joinable by prompt: before/after side by side
+    pairs = query(pipeline, """
+        SELECT b.content, a.content FROM chat_completions b JOIN chat_completions a USING (prompt_id)
+        WHERE b.model = 'Qwen3-4B-Q5_K_M' AND a.model = 'Qwen3-8B-Q4_K_M' ORDER BY 1""")
+    assert pairs == sorted((answer_for(p, "Qwen3-4B-Q5_K_M"), answer_for(p, "Qwen3-8B-Q4_K_M")) for p in PROMPTS)
+    # each row's info_hash is a snapshot of the info table: the drift is visible there too
+    assert {h for (h,) in query(pipeline, "SELECT info_hash FROM info")} == {r["info_hash"] for r in rows}
+    run()  # the new configuration is answered: nothing more is sent
+    assert node.requests_to("/v1/chat/completions") == 4
+
+
+def test_the_configuration_hash_ignores_what_a_restart_changes(make_node, make_pipeline) -> None:
+    """gaia-nexus names its servers with fresh ids on each start: two identical 0.6 nodes have one info_hash."""
+    a, b = make_node("node06"), make_node("node06")
+    assert a.info_body() != b.info_body()  # different server ids
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=[a.base_url, b.base_url]).with_resources("info"))
+    assert query(pipeline, "SELECT count(*), count(DISTINCT info_hash) FROM info") == [(2, 1)]
