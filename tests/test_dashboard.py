@@ -16,6 +16,7 @@ from conftest import REPO_ROOT, run_cli
 
 TABLES = ["chat_completions", "chat_completions_stream", "embeddings", "info", "models", "retrieve"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = os.environ.get("GAIA_TEST_ARTIFACTS")  # read at import: each test's environment is cleaned of GAIA_*
 
 
 def _free_port() -> int:
@@ -94,3 +95,110 @@ def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
     assert "\\u003Cem\\u003ENo " not in html  # no section rendered its "no rows yet" notice
     script = subprocess.run([sys.executable, str(notebook)], cwd=demo_dir, capture_output=True, text=True, timeout=300)
     assert script.returncode == 0, script.stderr
+
+
+EVALUATION_PROMPTS = [
+    {"custom_id": "capital", "prompt": "What is the capital of France?", "expected": "Paris"},
+    {"custom_id": "dlt", "prompt": "What does dlt do?", "expected": "loads data"},
+    {"custom_id": "river", "prompt": "Name the river of Paris", "expected": "^Seine$"},
+]
+EVALUATION_QUERIES = [
+    {"custom_id": "where", "query": "Where is Paris located?", "expected_sources": ["northern central France"]},
+    {"custom_id": "seine", "query": "Where does the Seine flow?", "expected_sources": ["Le Havre"]},
+    {"custom_id": "eiffel", "query": "When was the Eiffel Tower built?", "expected_sources": ["Tokyo"]},
+]
+
+
+@pytest.fixture
+def evaluation_dir(tmp_path: Path, make_node) -> Path:
+    """A project folder holding an evaluation run that exercises every page of notebooks/gaia_evaluate.py: two nodes
+    side by side, three sampled answers per prompt, expected answers, graded retrieval, and a model swapped between
+    two runs (drift)."""
+    import dlt
+
+    from gaia_source import gaia_source
+
+    old, new = make_node("rag"), make_node("node06")
+    pipeline = dlt.pipeline("gaia_pipeline", destination=dlt.destinations.duckdb(str(tmp_path / "gaia_pipeline.duckdb")),
+                            dataset_name="gaia_data")
+
+    def run() -> None:
+        source = gaia_source(base_url=[old.base_url, new.base_url], prompts=EVALUATION_PROMPTS,
+                             queries=EVALUATION_QUERIES, compare_nodes=True, samples=3, temperature=0.7)
+        pipeline.run(source.with_resources("chat_completions", "retrieve", "info")).raise_on_failed_jobs()
+
+    run()
+    new.loaded_model = "Qwen3-8B-Q4_K_M"  # the operator of the 0.6 node swaps its model: its prompts are sent again
+    run()
+    return tmp_path
+
+
+def test_evaluation_notebook_runs_headless_and_shows_the_comparison_page(evaluation_dir: Path) -> None:
+    notebook = REPO_ROOT / "notebooks" / "gaia_evaluate.py"
+    report = evaluation_dir / "evaluation.html"
+    result = subprocess.run([sys.executable, "-m", "marimo", "export", "html", str(notebook), "-o", str(report)],
+                            cwd=evaluation_dir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = report.read_text(encoding="utf-8")
+    for heading in ("Answers side by side", "Pass rate against expected answers", "Variance across samples",
+                    "Retrieval hit@k and MRR", "Drift: 3 prompt(s) answered under more than one node configuration"):
+        assert heading in html, heading
+    assert "\\u003Cem\\u003ENo " not in html  # every page had data: none rendered its "no rows yet" notice
+    assert "3 prompts, 2 node/model targets" in html
+    # retrieval: 2 of the 3 graded queries find an expected source at rank 1 (the third expects a passage not there)
+    import duckdb
+
+    with duckdb.connect(str(evaluation_dir / "gaia_pipeline.duckdb")) as db:
+        ranks = db.sql("SELECT custom_id, hit_rank FROM gaia_data.retrieve ORDER BY custom_id").fetchall()
+        assert ranks == [("eiffel", None), ("seine", 1), ("where", 1)]
+        # README's evaluation SQL runs as printed, on this data
+        readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+        section = readme.split("## Evaluating nodes and models", 1)[1].split("\n## ", 1)[0]
+        statements = [q for q in section.split("```sql", 1)[1].split("```", 1)[0].split(";") if q.strip()]
+        assert len(statements) == 5
+        results = [db.sql(statement).fetchall() for statement in statements]
+    assert len(results[1]) == 2 and all(0 < rate < 1 for _, _, rate, _ in results[1])  # pass rate per node
+    assert len(results[4]) == 3 * 3  # drift: 3 prompts x 3 samples on the swapped node, before and after
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
+        return
+    _screenshot_comparison_page(notebook, evaluation_dir)
+
+
+def _screenshot_comparison_page(notebook: Path, folder: Path) -> None:
+    """Serve the notebook as an app and take a full-page screenshot in headless Chromium: a CI artifact
+    (``GAIA_TEST_ARTIFACTS``, which .ci/run sets) to look at."""
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(ARTIFACTS or folder)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "marimo", "run", str(notebook), "--host", "127.0.0.1", "--port",
+                               str(port), "--headless"], cwd=folder, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the notebook app did not start"
+            time.sleep(0.3)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1600, "height": 4400})  # marimo scrolls inside: one tall view
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            for text in ("Answers side by side", "Pass rate against expected", "Retrieval hit@k and MRR",
+                         "Drift: 3 prompt(s)"):
+                page.get_by_text(text).first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1500)  # charts render after their data arrives
+            shot = artifacts / "evaluation-comparison.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert shot.stat().st_size > 50_000
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

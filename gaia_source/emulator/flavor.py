@@ -10,6 +10,7 @@ info), the ``[[...]]`` markers and the ``[[malformed:NAME]]`` answers live here,
 from __future__ import annotations
 
 import enum
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from .server import ClientError, NodeBase, RequestHandler
 
 STATIC_404 = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
 """The 404 page of a node's static web UI (what paths outside the API fall through to)."""
+
+SAMPLED_ENDINGS = ("", " That is the short answer.", " I hope this helps.")
+"""How a sampled answer (``temperature`` > 0) may end."""
 
 Endpoint = Callable[[bytes], None]
 """Answers one request, given its body."""
@@ -241,7 +245,7 @@ class Flavor(RequestHandler):
         if self.fails(question):
             raise ClientError(500, "Failed to get the completion: the model crashed (emulated)", "internal_error")
         self.delay(self.node.latency_ms)
-        answer = self.answer(question, model)
+        answer = self.sampled(self.answer(question, model), request)
         finish = "length" if "[[context-full]]" in question else "stop"
         limit = self.output_limit(request)
         if limit is not None and count_tokens(answer) > limit:
@@ -296,6 +300,14 @@ class Flavor(RequestHandler):
     def answer(self, question: str, model: str) -> str:
         """The answer text (empty for ``[[empty]]``)."""
         return "" if "[[empty]]" in question else answer_for(question, model)
+
+    def sampled(self, answer: str, request: dict[str, Any]) -> str:
+        """With ``temperature`` > 0 a model samples: the same question may get another wording each time. Here one of
+        a few endings, drawn per request (LlamaEdge reads no ``seed``, so none makes it repeatable)."""
+        temperature = request.get("temperature")
+        if not answer or not isinstance(temperature, (int, float)) or temperature <= 0:
+            return answer
+        return answer + random.choice(SAMPLED_ENDINGS)
 
     def completion_id(self, request: dict[str, Any]) -> str:
         """The completion ``id``: the request's ``user`` when given (llama-core), else ``chatcmpl-<uuid4>``."""
