@@ -17,9 +17,7 @@ import dlt
 import orjson
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
-from .settings import FAILED_REQUESTS_TABLE
-
-CHAT_TABLES = ("chat_completions", "chat_completions_stream")
+from .settings import CHAT_TABLES, FAILED_REQUESTS_TABLE
 
 
 def _json(value: Any) -> Any:

@@ -52,10 +52,12 @@ from .rows import (
 from .settings import (
     CHAT_PATH,
     DEFAULT_EMBEDDING_BATCH_SIZE,
+    DEFAULT_RESOURCE_NAMES,
     EMBEDDINGS_PATH,
     HEALTH_PATH,
     INFO_PATH,
     MODELS_PATH,
+    RESOURCE_NAMES,
     RESPONSES_PATH,
     RETRIEVE_PATH,
 )
@@ -287,6 +289,7 @@ ENDPOINTS: Tuple[Endpoint, ...] = (
 """Every endpoint the source loads, in the order of its resources."""
 
 ENDPOINT_BY_NAME: Dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in ENDPOINTS}
-RESOURCE_NAMES: Tuple[str, ...] = tuple(ENDPOINT_BY_NAME)
-DEFAULT_RESOURCE_NAMES: Tuple[str, ...] = tuple(e.name for e in ENDPOINTS if e.by_default)
-"""What a run loads when it does not name its resources (``responses`` sends every prompt once more: ask for it)."""
+_DEFAULTS = tuple(e.name for e in ENDPOINTS if e.by_default)
+if tuple(ENDPOINT_BY_NAME) != RESOURCE_NAMES or _DEFAULTS != DEFAULT_RESOURCE_NAMES:  # read by the CLI from settings
+    raise RuntimeError(f"settings.RESOURCE_NAMES {RESOURCE_NAMES} and DEFAULT_RESOURCE_NAMES {DEFAULT_RESOURCE_NAMES} "
+                       f"must list the endpoints {tuple(ENDPOINT_BY_NAME)} and those run by default {_DEFAULTS}")

@@ -25,6 +25,15 @@ HEALTH_PATH: Final = "/health"
 FAILED_REQUESTS_TABLE: Final = "failed_requests"
 PIPELINE_NAME: Final = "gaia_pipeline"
 DATASET_NAME: Final = "gaia_data"
+RESOURCE_NAMES: Final[Tuple[str, ...]] = (
+    "models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "responses",
+)
+"""The source's resources in order; the endpoint catalogue (:mod:`gaia_source.endpoints`) must declare exactly these.
+Kept here, with no import of dlt, so that the command line can answer ``--help`` and argument errors at once."""
+DEFAULT_RESOURCE_NAMES: Final[Tuple[str, ...]] = RESOURCE_NAMES[:-1]
+"""What a run loads when it does not name its resources (``responses`` sends every prompt once more: ask for it)."""
+CHAT_TABLES: Final[Tuple[str, ...]] = ("chat_completions", "chat_completions_stream")
+"""The tables of chat completions (plain and streamed), which ``--export-batch-output`` can export."""
 CONFIG_SECTIONS: Final[Tuple[str, ...]] = ("sources", "gaia_source", "gaia_source")
 """Where dlt looks for node settings: ``[sources.gaia_source]`` (and the module-qualified section above it)."""
 

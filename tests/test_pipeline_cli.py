@@ -99,3 +99,49 @@ def test_bad_arguments(make_node, tmp_path: Path, args: List[str], message: str)
     result = run_cli(tmp_path, "--base-url", node.base_url, *args)
     assert result.returncode == 2 and message in result.stderr
     assert node.total_requests() == 0
+
+
+HEAVY = ("dlt", "pyarrow", "pandas", "numpy", "duckdb", "httpx", "sqlglot", "ibis", "marimo", "gaia_source.emulator",
+         "gaia_source.source")
+"""What `--help` and an argument error must not import (they answer before the run needs any of it)."""
+
+IMPORTED_AT_EXIT = """
+import atexit, json, os, runpy, sys
+atexit.register(lambda: print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("args,code,allowed", [
+    (["--help"], 0, ()),
+    (["--resources", "nope"], 2, ()),
+    (["--demo", "--demo-flavor", "nope"], 2, ("gaia_source.emulator", "numpy")),  # the flavours are the emulator's
+])
+def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path, args: List[str], code: int,
+                                                       allowed: tuple) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from conftest import SCRIPT
+
+    result = subprocess.run([sys.executable, "-c", IMPORTED_AT_EXIT, SCRIPT, *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stderr
+    modules = json.loads(result.stderr.split("MODULES ", 1)[1])
+    heavy = tuple(h for h in HEAVY if h not in allowed)
+    assert [m for m in modules if (m.split(".")[0] in heavy or m.startswith(heavy)) and not m.startswith(allowed)] == []
+    if code == 0:
+        assert "--resources" in result.stdout and "chat_completions_stream" in result.stdout
+    else:
+        assert "nope" in result.stderr
+
+
+def test_the_run_exits_with_its_code_and_all_its_output(make_node, tmp_path: Path) -> None:
+    """The CLI ends its process without Python's slow teardown: the output and the exit code must still be whole."""
+    node = make_node("nexus")
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "models,info")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().splitlines()[-2:] == [f"{'info':<34}{1:>10}{1:>12}", f"{'models':<34}{2:>10}{2:>12}"]
+    assert counts(tmp_path / "gaia_pipeline.duckdb") == {"info": 1, "models": 2}
