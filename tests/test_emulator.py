@@ -76,6 +76,20 @@ def test_embeddings_are_deterministic_unit_vectors(make_node) -> None:
     np.testing.assert_allclose(vectors[2], embed_text("DuckDB arrays", 64), rtol=1e-6)
 
 
+def test_embeddings_are_dense_and_similar_for_similar_texts(make_node) -> None:
+    """Like a real model's: every one of the 768 floats is set (JSON and storage cost what they would), and texts that
+    share words score higher than texts that do not, so a similarity search still finds what it should."""
+    node = make_node("nexus", dim=768)
+    texts = ["The Seine flows through Paris", "Paris and the river Seine", "DuckDB stores vectors in arrays"]
+    data = httpx.post(f"{node.base_url}/embeddings", json={"input": texts}).json()["data"]
+    vectors = np.array([d["embedding"] for d in data], dtype=np.float32)
+    assert vectors.shape == (3, 768) and np.count_nonzero(vectors) == 3 * 768
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    seine_paris, seine_duckdb = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert seine_paris > 0.4 and abs(seine_duckdb) < 0.2
+    np.testing.assert_array_equal(vectors[2], embed_text(texts[2], 768))  # float32 through JSON and back
+
+
 def test_auth_when_a_key_is_set(make_node) -> None:
     node = make_node("rag", api_key="s3cret-key")
     assert httpx.get(f"{node.base_url}/models").status_code == 401

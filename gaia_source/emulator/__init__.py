@@ -28,7 +28,7 @@ The shared HTTP plumbing (server, request sequence, counting, faults) is in :mod
 share in :mod:`.flavor`, deterministic answers and embeddings in :mod:`.content`, bad answers in :mod:`.malformed`.
 A new generation is one module with a :class:`~.flavor.Flavor` subclass plus an entry in :data:`FLAVOR_CLASSES`.
 
-Answers are deterministic (a function of the last user message and the model); embeddings are deterministic hashed
+Answers are deterministic (a function of the last user message and the model); embeddings are deterministic dense
 bag-of-words vectors (texts sharing words are similar), computed with numpy and serialized with orjson so that the
 emulator is never the bottleneck of a benchmark. Markers in the last user message trigger protocol edge cases:
 

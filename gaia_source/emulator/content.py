@@ -1,14 +1,16 @@
-"""Deterministic content of an emulated node: answers, token counts, word pieces, hashed embeddings, the knowledge base.
+"""Deterministic content of an emulated node: answers, token counts, word pieces, dense embeddings, the knowledge base.
 
 Nothing here knows HTTP or a server generation. Answers are a function of the question and the model; embeddings are
-signed feature hashing of stemmed words (texts sharing words are similar), in numpy so that the emulator is never the
-bottleneck of a benchmark.
+dense, like a real model's: every stemmed word has its own deterministic Gaussian direction, and a text's vector is
+the normalized sum of its words' (texts sharing words are similar). They are computed in numpy, a batch at a time, so
+that the emulator is never the bottleneck of a benchmark.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,21 +53,43 @@ def _tokens(text: str) -> list[str]:
     return [w[:5] for w in words]  # a crude stem: "located"/"location" → "locat"
 
 
+@lru_cache(maxsize=65_536)
+def _word_vector(token: str, dim: int) -> Vector:
+    """The fixed direction of one (stemmed) word: ``dim`` standard normal floats seeded by the word's CRC-32."""
+    seed = zlib.crc32(token.encode("utf-8"))
+    vector: Vector = np.random.default_rng(seed).standard_normal(dim, dtype=np.float32)
+    vector.flags.writeable = False  # shared by every text with this word
+    return vector
+
+
+def _text_tokens(text: str) -> list[str]:
+    return _tokens(text) or [text or "<empty>"]
+
+
 def embed_text(text: str, dim: int) -> Vector:
-    """A deterministic unit vector for ``text``: signed feature hashing of its (stemmed) words, in float32."""
-    vector = np.zeros(dim, dtype=np.float32)
-    tokens = _tokens(text) or [text or "<empty>"]
-    for token in tokens:
-        h = zlib.crc32(token.encode("utf-8"))
-        vector[h % dim] += 1.0 if (h >> 20) & 1 else -1.0
-        vector[(h >> 8) % dim] += 0.5
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm else vector
+    """A deterministic dense unit vector for ``text`` in float32: the normalized sum of its words' directions."""
+    vector: Vector = embed_texts([text], dim)[0]
+    return vector
 
 
 def embed_texts(texts: Sequence[str], dim: int) -> Vector:
-    """Embed texts into a ``(len(texts), dim)`` matrix of unit rows."""
-    return np.stack([embed_text(t, dim) for t in texts]) if texts else np.zeros((0, dim), np.float32)
+    """Embed texts into a ``(len(texts), dim)`` matrix of dense unit rows (one matrix product per batch)."""
+    if not texts:
+        return np.zeros((0, dim), np.float32)
+    index: dict[str, int] = {}
+    rows: list[int] = []
+    columns: list[int] = []
+    for row, text in enumerate(texts):
+        for token in _text_tokens(text):
+            rows.append(row)
+            columns.append(index.setdefault(token, len(index)))
+    width = len(index)
+    flat = np.asarray(rows, dtype=np.int64) * width + np.asarray(columns, dtype=np.int64)
+    counts = np.bincount(flat, minlength=len(texts) * width).astype(np.float32).reshape(len(texts), width)
+    words = np.stack([_word_vector(token, dim) for token in index])
+    vectors: Vector = counts @ words
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
 
 
 def answer_for(question: str, model: str) -> str:
@@ -132,7 +156,7 @@ class KnowledgeBase:
 
     def __init__(self, dim: int, passages: Sequence[str] = KNOWLEDGE_BASE) -> None:
         self.passages = tuple(passages)
-        self._matrix = np.stack([embed_text(p, dim) for p in self.passages])
+        self._matrix = embed_texts(self.passages, dim)
         self._dim = dim
 
     def search(self, query: str, limit: int, threshold: float) -> list[dict[str, Any]]:

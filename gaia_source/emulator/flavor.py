@@ -349,7 +349,7 @@ class Flavor(RequestHandler):
     # --- embeddings, models, info ----------------------------------------------------------------------------------
 
     def embeddings(self, body: bytes) -> None:
-        """``/v1/embeddings``: hashed bag-of-words vectors, one per input (token ids embedded as decimal text)."""
+        """``/v1/embeddings``: dense bag-of-words vectors, one per input (token ids embedded as decimal text)."""
         request = self.parse(body, "embedding", "input")
         raw = request["input"]
         if isinstance(raw, str):
