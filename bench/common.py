@@ -109,3 +109,53 @@ def fmt_row(label: str, values: List[str]) -> str:
 def ratio(a: float, b: Optional[float]) -> float:
     """a / b, guarding b = 0."""
     return a / b if b else float("inf")
+
+
+def run_process(cmd: List[str], cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    """Run a command as a whole process; its wall time, user + sys CPU and peak RSS from the kernel's accounting."""
+    full_env = {**os.environ, **BENCH_ENV, **(env or {})}
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd or str(REPO), env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr.decode(errors='replace')[-2000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+
+
+def paired(a: List[str], b: List[str], runs: int, cwd_a: Optional[str] = None, cwd_b: Optional[str] = None,
+           env: Optional[Dict[str, str]] = None, warmup: int = 1) -> Dict[str, Any]:
+    """Run ``a`` and ``b`` in turn (A B A B ...) after a warm-up of each; the medians and the pair-by-pair ratio A/B.
+
+    The machine is shared and noisy: a ratio taken within each pair holds when its speed drifts between pairs.
+    """
+    for _ in range(warmup):
+        run_process(a, cwd_a, env)
+        run_process(b, cwd_b, env)
+    runs_a, runs_b = [], []
+    for _ in range(runs):
+        runs_a.append(run_process(a, cwd_a, env))
+        runs_b.append(run_process(b, cwd_b, env))
+    ratios = sorted(x["wall_s"] / y["wall_s"] for x, y in zip(runs_a, runs_b, strict=True))
+    return {"a": summary(runs_a), "b": summary(runs_b), "ratio_median": median(ratios), "ratio_min": ratios[0],
+            "ratio_max": ratios[-1]}
+
+
+def median(values: List[float]) -> float:
+    """The median of a non-empty list."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def summary(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    """min and median of each figure of several runs."""
+    out: Dict[str, float] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        out[f"{key}_min"], out[f"{key}_median"] = min(values), median(values)
+    return out
