@@ -12,7 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 
@@ -127,19 +127,23 @@ def run_process(cmd: List[str], cwd: Optional[str] = None, env: Optional[Dict[st
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0}
 
 
-def paired(a: List[str], b: List[str], runs: int, cwd_a: Optional[str] = None, cwd_b: Optional[str] = None,
-           env: Optional[Dict[str, str]] = None, warmup: int = 1) -> Dict[str, Any]:
-    """Run ``a`` and ``b`` in turn (A B A B ...) after a warm-up of each; the medians and the pair-by-pair ratio A/B.
+Command = Tuple[List[str], Optional[str], Optional[Dict[str, str]]]
+"""A command to run as a whole process: argv, working directory, extra environment."""
 
-    The machine is shared and noisy: a ratio taken within each pair holds when its speed drifts between pairs.
+
+def paired(a: Callable[[], Command], b: Callable[[], Command], runs: int, warmup: int = 1) -> Dict[str, Any]:
+    """Run ``a()`` and ``b()`` in turn (A B A B ...) after a warm-up of each: medians and the pair-by-pair ratio A/B.
+
+    Each call returns the command to run (so each run can have a fresh folder). The machine is shared and noisy: a
+    ratio taken within each pair holds when its speed drifts between pairs.
     """
     for _ in range(warmup):
-        run_process(a, cwd_a, env)
-        run_process(b, cwd_b, env)
+        run_process(*a())
+        run_process(*b())
     runs_a, runs_b = [], []
     for _ in range(runs):
-        runs_a.append(run_process(a, cwd_a, env))
-        runs_b.append(run_process(b, cwd_b, env))
+        runs_a.append(run_process(*a()))
+        runs_b.append(run_process(*b()))
     ratios = sorted(x["wall_s"] / y["wall_s"] for x, y in zip(runs_a, runs_b, strict=True))
     return {"a": summary(runs_a), "b": summary(runs_b), "ratio_median": median(ratios), "ratio_min": ratios[0],
             "ratio_max": ratios[-1]}

@@ -1,38 +1,59 @@
-"""Run every benchmark and print its figures: ``python bench/run_all.py`` (``--quick`` for smaller sizes)."""
+"""Run every benchmark and print its figures, each next to its baseline from the same run.
+
+    python bench/run_all.py            # the sizes BENCHMARKS.md quotes (about 25 minutes on 2 cores)
+    python bench/run_all.py --quick    # smaller sizes, a smoke run (a few minutes)
+
+Every script starts its own emulator process and runs each part in a fresh process; see each script's docstring for
+what it measures. The last lines repeat every issue-14 figure with its target.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 HERE = Path(__file__).resolve().parent
-FULL = {
-    "embeddings.py": [],
+FULL: Dict[str, List[str]] = {
+    "startup.py": [],
     "chat_fanout.py": [],
+    "embeddings.py": ["--slice", "500"],
     "streaming.py": [],
     "memory.py": [],
     "nodes.py": [],
 }
-QUICK = {
-    "embeddings.py": ["--texts", "20000", "--slice", "300"],
-    "chat_fanout.py": ["--slice", "50"],
-    "streaming.py": ["--streams", "50"],
-    "memory.py": ["--small", "2000", "--large", "20000"],
-    "nodes.py": ["--prompts", "100"],
+QUICK: Dict[str, List[str]] = {
+    "startup.py": ["--runs", "3"],
+    "chat_fanout.py": ["--slice", "30", "--runs", "2", "--cpu-prompts", "400"],
+    "embeddings.py": ["--texts", "5000", "--slice", "200", "--peer-texts", "2000"],
+    "streaming.py": ["--streams", "30"],
+    "memory.py": ["--small", "1000", "--large", "10000"],
+    "nodes.py": ["--prompts", "60"],
 }
+SUMMARY = re.compile(r"target [<>]=")
+"""Lines that state a figure against its target: repeated at the end."""
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes instead of ~10 minutes)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run of every script")
     args = parser.parse_args()
-    failed = []
+    failed, summary = [], []
     for script, extra in (QUICK if args.quick else FULL).items():
         print(f"\n=== {script} {' '.join(extra)}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / script), *extra]).returncode != 0:
+        proc = subprocess.Popen([sys.executable, str(HERE / script), *extra], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if SUMMARY.search(line):
+                summary.append(f"{script:<16}{line.strip()}")
+        if proc.wait() != 0:
             failed.append(script)
+    print("\n=== every figure against its target (ratios are to baselines measured in the same run)")
+    print("\n".join(summary))
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

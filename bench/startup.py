@@ -30,7 +30,8 @@ def main() -> int:
     args = parser.parse_args()
     python = [sys.executable, "-c", "pass"]
     bare, helps = [], []
-    run_process(python), run_process([sys.executable, CLI, "--help"])  # warm-up
+    run_process(python)  # warm-up
+    run_process([sys.executable, CLI, "--help"])
     for _ in range(args.runs):
         bare.append(run_process(python))
         helps.append(run_process([sys.executable, CLI, "--help"]))
@@ -43,9 +44,10 @@ def main() -> int:
     dlt_env = {"DLT_DATA_DIR": str(gaia_dir / "dlt")}
     with emulator("nexus") as base_url:
         result = paired(
-            [sys.executable, CLI, "--base-url", base_url, "--resources", "models,info"],
-            [sys.executable, RAW, base_url, str(raw_dir / "raw.duckdb")],
-            args.runs, cwd_a=str(gaia_dir), cwd_b=str(raw_dir), env=dlt_env,
+            lambda: ([sys.executable, CLI, "--base-url", base_url, "--resources", "models,info"], str(gaia_dir),
+                     dlt_env),
+            lambda: ([sys.executable, RAW, base_url, str(raw_dir / "raw.duckdb")], str(raw_dir), None),
+            args.runs,
         )
     a, b = result["a"], result["b"]
     print(f"  snapshot --resources models,info         {a['wall_s_min']:6.3f} / {a['wall_s_median']:6.3f} s"
