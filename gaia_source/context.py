@@ -19,7 +19,7 @@ import dlt
 from .client import Reply
 from .config import NodeSettings
 from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline
-from .errors import GaiaAuthError, GaiaError, is_transient
+from .errors import GaiaAuthError, GaiaError, GaiaRequestError, is_transient, looks_like_missing_route
 from .payloads import content_hash
 from .pool import NodePool
 from .rows import NodeInfo, configuration_hash, model_ids, models_from_info, read_info
@@ -188,9 +188,19 @@ class RunContext:
         return chat, embedding
 
     def _info_body(self, node_url: str) -> Any:
-        """``/v1/info`` of a node, or AMD GAIA's ``/health`` where there is none (each asked once per run)."""
-        body = self._optional_metadata(node_url, INFO_PATH)
-        return body if body is not None else self._optional_metadata(node_url, HEALTH_PATH)
+        """``/v1/info`` of a node, or AMD GAIA's ``/health`` where the server has no such route (each asked once per
+        run). None when neither says anything: a failing ``/v1/info`` is not replaced by another server's health."""
+        try:
+            return self.metadata(node_url, INFO_PATH, missing_is_transient=False).body
+        except GaiaAuthError:
+            raise
+        except GaiaRequestError as exc:
+            if not looks_like_missing_route(exc):
+                return None
+        except GaiaError:
+            return None
+        health = self._optional_metadata(node_url, HEALTH_PATH)
+        return health if read_info(health).shape == "amd-gaia-health" else None
 
     def node_info(self, node_url: str) -> NodeInfo:
         """What ``node_url``'s ``/v1/info`` (or ``/health``) says; an unreadable answer reads as ``unknown``."""
