@@ -36,18 +36,38 @@ def _ts() -> TColumnSchema:
     return {"data_type": "timestamp", "timezone": True}
 
 
+def _prompt_request_columns() -> TTableSchemaColumns:
+    """The columns every prompt table starts with: its key, what was asked and who answered."""
+    return {
+        "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+        "custom_id": {"data_type": "text"},
+        "status": {"data_type": "text"},
+        "error": {"data_type": "text"},
+        "node_url": {"data_type": "text"},
+        "served_by": {"data_type": "text"},
+        "model_requested": {"data_type": "text"},
+        "model": {"data_type": "text"},
+        "response_id": {"data_type": "text"},
+        "created_at": _ts(),
+        "requested_at": _ts(),
+    }
+
+
+def _evaluation_columns() -> TTableSchemaColumns:
+    """What ties a prompt table's row to its prompt across nodes, models, samples and node configurations."""
+    return {
+        "attempts": {"data_type": "bigint"},
+        "latency_ms": {"data_type": "double"},
+        "prompt_id": {"data_type": "text"},
+        "sample_index": {"data_type": "bigint"},
+        "info_hash": {"data_type": "text"},
+        "expected": {"data_type": "text"},
+        "metadata": _json(),
+    }
+
+
 CHAT_COLUMNS: TTableSchemaColumns = {
-    "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
-    "custom_id": {"data_type": "text"},
-    "status": {"data_type": "text"},
-    "error": {"data_type": "text"},
-    "node_url": {"data_type": "text"},
-    "served_by": {"data_type": "text"},
-    "model_requested": {"data_type": "text"},
-    "model": {"data_type": "text"},
-    "response_id": {"data_type": "text"},
-    "created_at": _ts(),
-    "requested_at": _ts(),
+    **_prompt_request_columns(),
     "content": {"data_type": "text"},
     "role": {"data_type": "text"},
     "finish_reason": {"data_type": "text"},
@@ -56,13 +76,7 @@ CHAT_COLUMNS: TTableSchemaColumns = {
     "total_tokens": {"data_type": "bigint"},
     "usage_reported": {"data_type": "bool"},
     "output_tokens_per_s": {"data_type": "double"},
-    "attempts": {"data_type": "bigint"},
-    "latency_ms": {"data_type": "double"},
-    "prompt_id": {"data_type": "text"},
-    "sample_index": {"data_type": "bigint"},
-    "info_hash": {"data_type": "text"},
-    "expected": {"data_type": "text"},
-    "metadata": _json(),
+    **_evaluation_columns(),
     "messages": _json(),
     "params": _json(),
     "tool_calls": _json(),
@@ -143,17 +157,8 @@ INFO_COLUMNS: TTableSchemaColumns = {
     "body": _json(),
 }
 RESPONSE_COLUMNS: TTableSchemaColumns = {
-    "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
-    "custom_id": {"data_type": "text"},
-    "status": {"data_type": "text"},
-    "node_url": {"data_type": "text"},
-    "served_by": {"data_type": "text"},
-    "model_requested": {"data_type": "text"},
-    "model": {"data_type": "text"},
-    "response_id": {"data_type": "text"},
+    **_prompt_request_columns(),
     "response_status": {"data_type": "text"},
-    "created_at": _ts(),
-    "requested_at": _ts(),
     "instructions": {"data_type": "text"},
     "content": {"data_type": "text"},
     "input_tokens": {"data_type": "bigint"},
@@ -161,13 +166,7 @@ RESPONSE_COLUMNS: TTableSchemaColumns = {
     "total_tokens": {"data_type": "bigint"},
     "usage_reported": {"data_type": "bool"},
     "usage_estimated": {"data_type": "bool"},
-    "attempts": {"data_type": "bigint"},
-    "latency_ms": {"data_type": "double"},
-    "prompt_id": {"data_type": "text"},
-    "sample_index": {"data_type": "bigint"},
-    "info_hash": {"data_type": "text"},
-    "expected": {"data_type": "text"},
-    "metadata": _json(),
+    **_evaluation_columns(),
     "input": _json(),
     "params": _json(),
     "output": _json(),

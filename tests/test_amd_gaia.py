@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,17 +17,11 @@ from typing import Callable, Dict, Iterator, Optional
 import duckdb
 import httpx
 import pytest
-from conftest import run_cli
+from conftest import free_port, run_cli
 
 SERVE = Path(__file__).parent / "amd_gaia" / "serve.py"
 KEY = "amd-s3cret-key-123"
 AMD_PYTHON = os.environ.get("GAIA_TEST_AMD_PYTHON")  # read at import: each test's environment is cleaned of GAIA_*
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,7 +35,7 @@ def amd_server() -> Iterator[Callable[..., str]]:
     started = []
 
     def start(api_key: Optional[str] = None) -> str:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "GAIA_API_KEY"}
         if api_key:
             env["GAIA_API_KEY"] = api_key

@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator, List
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, free_port, run_cli
 
 TABLES = ["chat_completions", "chat_completions_stream", "embeddings", "info", "models", "retrieve"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = os.environ.get("GAIA_TEST_ARTIFACTS")  # read at import: each test's environment is cleaned of GAIA_*
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def _marimo_app(app: List[str], cwd: Path) -> Iterator[str]:
+    """``marimo run`` a notebook (``app``: its path, then its own arguments) headless; yields its URL once it answers."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "marimo", "run", app[0], "--host", "127.0.0.1", "--port",
+                               str(port), "--headless", *app[1:]], cwd=cwd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, f"marimo did not start {app[0]}"
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
 
 
 @pytest.fixture
@@ -41,42 +63,20 @@ def test_dashboard_shows_the_gaia_tables_in_a_real_browser(demo_dir: Path) -> No
     import dlt._workspace.helpers.dashboard.dlt_dashboard as dashboard
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
     pipelines_dir = Path(os.environ["DLT_DATA_DIR"]) / "pipelines"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "marimo", "run", dashboard.__file__, "--host", "127.0.0.1", "--port", str(port),
-         "--headless", "--", "--pipeline", "gaia_pipeline", "--pipelines-dir", str(pipelines_dir)],
-        cwd=demo_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the dashboard did not start"
-            time.sleep(0.3)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"],
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-            # a JS app: wait for what it renders (locators reach into marimo's shadow DOM)
-            page.get_by_text("Pipeline gaia_pipeline").first.wait_for(timeout=90_000)
-            for table in TABLES:
-                page.get_by_text(table, exact=True).first.wait_for(timeout=60_000)
-            shot = demo_dir / "dashboard.png"
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
-        assert shot.stat().st_size > 20_000
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    app = [dashboard.__file__, "--", "--pipeline", "gaia_pipeline", "--pipelines-dir", str(pipelines_dir)]
+    with _marimo_app(app, demo_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(url, wait_until="domcontentloaded")
+        # a JS app: wait for what it renders (locators reach into marimo's shadow DOM)
+        page.get_by_text("Pipeline gaia_pipeline").first.wait_for(timeout=90_000)
+        for table in TABLES:
+            page.get_by_text(table, exact=True).first.wait_for(timeout=60_000)
+        shot = demo_dir / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 20_000
 
 
 def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
@@ -118,7 +118,7 @@ def evaluation_dir(tmp_path: Path, make_node) -> Path:
 
     from gaia_source import gaia_source
 
-    old, new = make_node("rag"), make_node("node06")
+    old, new = make_node("rag", sampling=True), make_node("node06", sampling=True)
     pipeline = dlt.pipeline("gaia_pipeline", destination=dlt.destinations.duckdb(str(tmp_path / "gaia_pipeline.duckdb")),
                             dataset_name="gaia_data")
 
@@ -173,32 +173,15 @@ def _screenshot_comparison_page(notebook: Path, folder: Path) -> None:
 
     artifacts = Path(ARTIFACTS or folder)
     artifacts.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "marimo", "run", str(notebook), "--host", "127.0.0.1", "--port",
-                               str(port), "--headless"], cwd=folder, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the notebook app did not start"
-            time.sleep(0.3)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1600, "height": 4400})  # marimo scrolls inside: one tall view
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-            for text in ("Answers side by side", "Pass rate against expected", "Retrieval hit@k and MRR",
-                         "Drift: 3 prompt(s)"):
-                page.get_by_text(text).first.wait_for(timeout=90_000)
-            page.wait_for_timeout(1500)  # charts render after their data arrives
-            shot = artifacts / "evaluation-comparison.png"
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
-        assert shot.stat().st_size > 50_000
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    with _marimo_app([str(notebook)], folder) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 4400})  # marimo scrolls inside: one tall view
+        page.goto(url, wait_until="domcontentloaded")
+        for text in ("Answers side by side", "Pass rate against expected", "Retrieval hit@k and MRR",
+                     "Drift: 3 prompt(s)"):
+            page.get_by_text(text).first.wait_for(timeout=90_000)
+        page.wait_for_timeout(1500)  # charts render after their data arrives
+        shot = artifacts / "evaluation-comparison.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 50_000

@@ -127,6 +127,8 @@ class NodeEmulator(NodeBase):
     """llama flavour: return llama-api-server 0.28.0's one hard-coded ``/v1/responses`` id for every reply."""
     degraded: bool = False
     """amd flavour: ``/health`` says ``degraded`` (the LLM backend is unavailable)."""
+    sampling: bool = False
+    """With ``temperature`` > 0 in a chat request, vary the answer's ending per request, as a sampling model does."""
     record_bodies: bool = False
     """Keep every request body (see ``bodies``): for tests that check what was sent, not only how often."""
     loaded_model: str | None = None

@@ -302,10 +302,11 @@ class Flavor(RequestHandler):
         return "" if "[[empty]]" in question else answer_for(question, model)
 
     def sampled(self, answer: str, request: dict[str, Any]) -> str:
-        """With ``temperature`` > 0 a model samples: the same question may get another wording each time. Here one of
-        a few endings, drawn per request (LlamaEdge reads no ``seed``, so none makes it repeatable)."""
+        """With ``sampling`` on the node and ``temperature`` > 0 a model samples: the same question may get another
+        wording each time. Here one of a few endings, drawn per request (LlamaEdge reads no ``seed``, so none makes it
+        repeatable). Off by default: answers stay a function of the question."""
         temperature = request.get("temperature")
-        if not answer or not isinstance(temperature, (int, float)) or temperature <= 0:
+        if not self.node.sampling or not answer or not isinstance(temperature, (int, float)) or temperature <= 0:
             return answer
         return answer + random.choice(SAMPLED_ENDINGS)
 

@@ -109,6 +109,7 @@ class NodeBase:
     degraded: bool
     loaded_model: str | None
     record_bodies: bool
+    sampling: bool
     outage: int | None
     stats: Counter[str]
     max_in_flight: int
