@@ -36,7 +36,9 @@ class DestinationCapabilities:
         name: dlt's destination name (``duckdb``, ``postgres``, ``filesystem``…); None outside a pipeline.
         load_file_format: A file format to ask for (``parquet`` on DuckDB: a fraction of insert_values' memory).
         arrow_vectors: Vectors may go as Arrow fixed-size lists (else plain rows, whose vectors become JSON).
-        vector_column: Which native vector column to create before the first vectors load (``duckdb``: FLOAT[dim]).
+        vector_column: Which native vector column to create before the first vectors load (``duckdb``: FLOAT[dim];
+            ``pgvector``: vector(dim) where the server has the extension, else jsonb), or which store searches them
+            (``lancedb``).
         lookup: How to ask which ids are loaded: ``duckdb`` (one list parameter), ``postgres`` (``= ANY``), ``sql``
             (an ``IN`` list), or None when the destination has no SQL (then rows are merged on their key).
     """
@@ -71,7 +73,7 @@ def capabilities_of(pipeline: Optional[dlt.Pipeline]) -> DestinationCapabilities
         load_file_format="parquet" if duckdb_like else None,
         # PostgreSQL loads Arrow through CSV, which has no list type: plain rows there (vectors as jsonb)
         arrow_vectors=duckdb_like or name == "filesystem",
-        vector_column="duckdb" if name == "duckdb" else None,
+        vector_column={"duckdb": "duckdb", "postgres": "pgvector", "lancedb": "lancedb"}.get(name),
         lookup=lookup,
     )
 

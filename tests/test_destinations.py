@@ -17,12 +17,16 @@ TEXTS = ["Paris is on the Seine.", "DuckDB has array columns."]
 QUERIES = ["Where is Paris located?"]
 
 
-def test_postgres(make_node, tmp_path: Path, postgres_schema: str) -> None:
+def test_postgres(make_node, tmp_path: Path, postgres_schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The machine's PostgreSQL has no pgvector: vectors stay jsonb, and one note says why."""
     node = make_node("rag")
     pipeline = dlt.pipeline("gaia_pg", destination=dlt.destinations.postgres(POSTGRES), dataset_name=postgres_schema,
                             pipelines_dir=str(tmp_path / "pipelines"))
     source = gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS, queries=QUERIES)
-    pipeline.run(source).raise_on_failed_jobs()
+    with caplog.at_level("WARNING", logger="gaia_source"):
+        pipeline.run(source).raise_on_failed_jobs()
+    notes = [r.getMessage() for r in caplog.records if "pgvector" in r.getMessage()]
+    assert len(notes) == 1 and "not installed on this server" in notes[0] and "stays jsonb" in notes[0]
     with pipeline.sql_client() as client:
         chat = {row[0]: row[1:] for row in client.execute_sql(
             "SELECT content, prompt_tokens, completion_tokens, messages->0->>'content', jsonb_typeof(choices) "
