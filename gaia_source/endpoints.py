@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dlt.common.schema.typing import TTableSchemaColumns
 
@@ -112,6 +112,7 @@ class Endpoint:
         refuse: Says why a request must not be sent to this run's nodes (it becomes a ``failed_requests`` row with 0
             attempts), or None.
         estimates_usage: Rows get ``usage_estimated`` from the answering node's server type.
+        split: Splits a failed batch request in halves (see the attribute).
     """
 
     name: str
@@ -130,6 +131,9 @@ class Endpoint:
     fallback_path: Optional[str] = None
     refuse: Optional[Callable[[PreparedRequest, RunContext], Optional[GaiaError]]] = None
     estimates_usage: bool = False
+    split: Optional[Callable[[PreparedRequest], Tuple[PreparedRequest, ...]]] = None
+    """Splits a batch request in two when it failed because of one of its inputs (see
+    :func:`~gaia_source.errors.blames_an_input`), so the bad input is isolated and the others load; None: no batch."""
 
 
 def _one(build: Callable[[PreparedRequest, Reply], Dict[str, Any]]) -> RowBuilder:
@@ -217,7 +221,25 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
         keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts")
     texts = (text for _, text in keyed)
     while batch := list(itertools.islice(texts, plan.embedding_batch_size)):
-        yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
+        yield embeddings_batch(batch, model)
+
+
+def embeddings_batch(batch: Sequence[TextInput], model: Optional[str]) -> PreparedRequest:
+    """One embeddings request for ``batch``; a single text carries its id and source into a ``failed_requests`` row."""
+    one = batch[0] if len(batch) == 1 else None
+    return embeddings_request([t.text for t in batch], model, extra={"inputs": list(batch)},
+                              custom_id=one.id if one else None, source=one.source if one else None)
+
+
+def split_embeddings(request: PreparedRequest) -> Tuple[PreparedRequest, ...]:
+    """The two halves of an embeddings batch (none for a single text): a batch that failed because of one text is
+    split until that text is alone, and every other text loads."""
+    inputs: List[TextInput] = request.extra["inputs"]
+    if len(inputs) < 2:
+        return ()
+    middle = len(inputs) // 2
+    model = request.body.get("model")
+    return embeddings_batch(inputs[:middle], model), embeddings_batch(inputs[middle:], model)
 
 
 def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
@@ -250,7 +272,7 @@ ENDPOINTS: Tuple[Endpoint, ...] = (
              _one(chat_stream_row), CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True,
              refuse=refuse_for_amd_gaia),
     Endpoint("embeddings", "POST", EMBEDDINGS_PATH, embedding_requests, embedding_table, EMBEDDING_COLUMNS,
-             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True),
+             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True, split=split_embeddings),
     Endpoint("retrieve", "POST", RETRIEVE_PATH, retrieve_requests, _one(retrieve_row), RETRIEVE_COLUMNS,
              "request_id", "merge", inputs="queries"),
     Endpoint("responses", "POST", RESPONSES_PATH, _prompt_requests(_response), _one(response_row), RESPONSE_COLUMNS,

@@ -185,13 +185,14 @@ def amd_gaia_refusal(messages: Sequence[Message]) -> Optional[str]:
 
 
 def embeddings_request(
-    texts: Sequence[str], model: Optional[str], extra: Optional[Dict[str, Any]] = None
+    texts: Sequence[str], model: Optional[str], extra: Optional[Dict[str, Any]] = None,
+    custom_id: Optional[str] = None, source: Optional[str] = None,
 ) -> PreparedRequest:
     """Build a POST /v1/embeddings request for a batch of texts."""
     body: Dict[str, Any] = {"input": list(texts)}
     if model:
         body["model"] = model
-    return PreparedRequest(EMBEDDINGS_PATH, body, extra=extra or {})
+    return PreparedRequest(EMBEDDINGS_PATH, body, custom_id=custom_id, source=source, extra=extra or {})
 
 
 def retrieve_request(query: str, custom_id: Optional[str] = None, source: Optional[str] = None) -> PreparedRequest:

@@ -105,6 +105,9 @@ class NodeEmulator(NodeBase):
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
     dim: int = 768
+    embedding_ctx: int = 8192
+    """The embedding model's context in tokens (words here): a longer input fails its whole request with a 500
+    ``Failed to compute embeddings. Reason: …``, as llama-core answers (Gaia's default nomic model: 8,192)."""
     retrieve_shape: str = "list"
     retrieve_limit: int = 3
     score_threshold: float = 0.2
