@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, TypeVar
 
 import dlt
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
@@ -148,6 +148,54 @@ class LoadedIds:
                 "run again once the destination answers (or use refresh to send everything on purpose)."
             ) from None
         return found
+
+
+def remove_orphans(
+    pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, table: str,
+    documents: Dict[str, List[str]],
+) -> int:
+    """Delete the rows of ``table`` that belong to ``documents`` (document id -> the keys of its current chunks) but
+    are none of their current chunks: what a changed document left behind. Returns how many were deleted.
+
+    Nothing to do without SQL (or before the table exists). dlt has no chunk management for SQL destinations
+    (dlt-hub/dlt#1533), so this is ours: it runs on the extracting thread before the new chunks load.
+
+    Raises:
+        GaiaLookupError: the destination failed to answer.
+    """
+    dialect = capabilities.lookup if pipeline is not None else None
+    if dialect is None or not documents:
+        return 0
+    ids = list(documents)
+    keys = [key for chunk_keys in documents.values() for key in chunk_keys]
+    args: List[Any]
+    try:
+        with pipeline.sql_client() as client:  # type: ignore[union-attr]
+            qualified = client.make_qualified_table_name(table)
+            if dialect == "duckdb":
+                condition, args = ("document_id IN (SELECT UNNEST(%s::VARCHAR[])) AND embedding_id NOT IN "
+                                   "(SELECT UNNEST(%s::VARCHAR[]))", [ids, keys])
+            elif dialect == "postgres":
+                condition, args = "document_id = ANY(%s) AND NOT (embedding_id = ANY(%s))", [ids, keys]
+            else:
+                condition = (f"document_id IN ({','.join(['%s'] * len(ids))}) "
+                             f"AND embedding_id NOT IN ({','.join(['%s'] * len(keys))})")
+                args = [*ids, *keys]
+            found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {condition}", *args)
+            count = int(found[0][0]) if found else 0
+            if count:
+                client.execute_sql(f"DELETE FROM {qualified} WHERE {condition}", *args)
+    except DestinationUndefinedEntity:
+        return 0  # nothing loaded yet: nothing to delete
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GaiaLookupError(
+            f"could not delete the old chunks of changed documents from table '{table}' in the {capabilities.name} "
+            f"destination ({type(exc).__name__}: {first_line}). Nothing more was sent; run again once it answers."
+        ) from None
+    if count:
+        logger.info("%s: deleted %d chunk(s) that changed documents no longer have", table, count)
+    return count
 
 
 def unique(items: Iterable[T], key: Callable[[T], str], seen: Set[str]) -> Iterator[T]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from dlt.common.schema.typing import TTableSchemaColumns
 
+from .chunking import chunk_texts
 from .client import Reply
 from .context import RunContext
 from .destination import skip_loaded, unique
@@ -80,6 +81,9 @@ class Plan:
     embedding_model: Optional[str] = None
     chat_params: Dict[str, Any] = field(default_factory=dict)
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
+    chunk_size: Optional[int] = None
+    """Split texts into chunks of at most this many characters (see :mod:`gaia_source.chunking`)."""
+    chunk_overlap: int = 0
     refresh: bool = False
     shard: Optional[Shard] = None
 
@@ -214,7 +218,10 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if first is None:
         return
     model = plan.embedding_model or context.discover_models()[1]
-    keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text), t) for t in itertools.chain([first], items))
+    chunks = chunk_texts(itertools.chain([first], items), plan.chunk_size, plan.chunk_overlap)
+    keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text, *t.position), t) for t in chunks)
+    if plan.shard is None:  # a shard sees only some of a document's chunks: it cannot tell which are orphans
+        keyed = context.sync_documents(endpoint.name, keyed)  # a changed document's old chunks are deleted
     # one row per (model, text) in a run, across the pages a transformer gets too
     keyed = unique((kt for kt in keyed if in_shard(kt[0], plan.shard)), _first, context.seen(endpoint.name))
     if not plan.refresh:

@@ -201,9 +201,11 @@ def retrieve_request(query: str, custom_id: Optional[str] = None, source: Option
     return PreparedRequest(RETRIEVE_PATH, body, custom_id=custom_id, source=source, extra={"query": query})
 
 
-def embedding_id(model: Optional[str], text: str) -> str:
-    """The id of one embedded text: a hash of (model, text), so re-embedding the same pair is recognisable."""
-    return content_hash("embedding", model, text)
+def embedding_id(model: Optional[str], text: str, *position: Any) -> str:
+    """The id of one embedded text: a hash of (model, text), so re-embedding the same pair is recognisable; a
+    document's chunk adds its position (document, index, start), so its row is its own even if another chunk has the
+    same text."""
+    return content_hash("embedding", model, text, *position)
 
 
 def chat_params_of(body: Mapping[str, Any]) -> Dict[str, Any]:
