@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from .config import resolve_node_settings
-from .destination import DestinationCapabilities, capabilities_of
+from .destination import DestinationCapabilities, capabilities_of, lance_literal, lance_table
 from .errors import GaiaConfigError, GaiaError
 from .pool import NodePool
 from .rows import EMBEDDING_COLUMNS
@@ -279,11 +279,19 @@ def search(
             column_type = _column_type(sql, sql.dataset_name, TABLE, "embedding") or ""
             column = "embedding" if column_type.upper() == f"FLOAT[{dim}]" else f"embedding::FLOAT[{dim}]"
             conditions, params = _filters(where, "duckdb")
+            distance = f"array_cosine_distance({column}, %s::FLOAT[{dim}])"  # the form a vss HNSW index serves
+            kinds = sql.execute_sql(f"SELECT DISTINCT model, dim FROM {table} LIMIT 2")
+            if not conditions and [tuple(r) for r in kinds or []] == [(stored_model, dim)]:
+                # one model in the table: no WHERE, so an HNSW index serves the query (vss skips it under a filter)
+                sql_text = (f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
+                            f"ORDER BY {distance} LIMIT {int(k)}")
+                with sql.execute_query(sql_text, vector.tolist(), vector.tolist()) as cursor:
+                    return _frame(cursor)
             sql_text = (
-                f"SELECT text_id, text, metadata, model, array_cosine_similarity({column}, %s::FLOAT[{dim}]) AS score "
-                f"FROM {table} WHERE model = %s AND dim = %s{conditions} ORDER BY score DESC LIMIT {int(k)}"
+                f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
+                f"WHERE model = %s AND dim = %s{conditions} ORDER BY {distance} LIMIT {int(k)}"
             )
-            with sql.execute_query(sql_text, vector.tolist(), stored_model, dim, *params) as cursor:
+            with sql.execute_query(sql_text, vector.tolist(), stored_model, dim, *params, vector.tolist()) as cursor:
                 return _frame(cursor)
         if vector_column == "pgvector" and (_pg_column_type(sql) or "").endswith(f"vector({dim})"):
             vector_type = f'"{_pgvector_schema(sql) or "public"}".vector'
@@ -410,5 +418,26 @@ def create_hnsw_index(pipeline: dlt.Pipeline, metric: str = "cosine", name: str 
 def _search_lancedb(
     pipeline: dlt.Pipeline, vector: Any, k: int, model: Optional[str], where: Optional[Mapping[str, Any]]
 ) -> "pd.DataFrame":
-    """Rank with LanceDB's own search over the ``embeddings`` table of the pipeline's dataset."""
-    raise GaiaConfigError("vectors.search does not support LanceDB yet")
+    """Rank with LanceDB's own vector search over the pipeline's ``embeddings`` table (cosine), prefiltered on
+    columns; ``where`` on metadata fields is applied to the column-filtered rows, ranked here."""
+    import pandas as pd
+
+    table = lance_table(pipeline, TABLE)
+    columns = ["text_id", "text", "metadata", "model", "score"]
+    if table is None:
+        return pd.DataFrame(columns=columns)
+    conditions = [f"model = {lance_literal(model)}" if model else "model IS NULL", f"dim = {len(vector)}"]
+    metadata_keys = {key: value for key, value in (where or {}).items() if key not in EMBEDDING_COLUMNS}
+    for key, value in (where or {}).items():
+        if key in EMBEDDING_COLUMNS and key != "metadata":
+            conditions.append(f"{key} IS NULL" if value is None else f"{key} = {lance_literal(value)}")
+    condition = " AND ".join(conditions)
+    if metadata_keys:
+        found = table.search().where(condition).limit(None).to_arrow().to_pylist()
+        rows = [[r["text_id"], r["text"], r["metadata"], r["model"], r["embedding"]] for r in found
+                if _matches({"metadata": r["metadata"]}, metadata_keys)]
+        return _rank(rows, vector, k)
+    hits = (table.search(np.asarray(vector, np.float32), vector_column_name="embedding").metric("cosine")
+            .where(condition, prefilter=True).limit(k).to_pandas())
+    hits["score"] = 1.0 - hits["_distance"]
+    return hits[columns].reset_index(drop=True)
