@@ -280,6 +280,7 @@ def search(
             column = "embedding" if column_type.upper() == f"FLOAT[{dim}]" else f"embedding::FLOAT[{dim}]"
             conditions, params = _filters(where, "duckdb")
             distance = f"array_cosine_distance({column}, %s::FLOAT[{dim}])"  # the form a vss HNSW index serves
+            _load_vss_for_index(sql)
             kinds = sql.execute_sql(f"SELECT DISTINCT model, dim FROM {table} LIMIT 2")
             if not conditions and [tuple(r) for r in kinds or []] == [(stored_model, dim)]:
                 # one model in the table: no WHERE, so an HNSW index serves the query (vss skips it under a filter)
@@ -311,6 +312,20 @@ def search(
             stored_model, dim,
         )
     return _rank(_filtered(rows or [], where), vector, k)
+
+
+def _load_vss_for_index(sql: Any) -> None:
+    """Load vss on this connection when ``embeddings`` has an HNSW index (DuckDB reads without it, but scans)."""
+    indexes = sql.execute_sql(
+        "SELECT count(*) FROM duckdb_indexes() WHERE schema_name = %s AND table_name = %s AND sql ILIKE '%HNSW%'",
+        sql.dataset_name, TABLE,
+    )
+    if indexes and indexes[0][0]:
+        try:
+            sql.execute_sql("LOAD vss")
+        except Exception as exc:  # still correct without it: an exact scan
+            logger.warning("embeddings has an HNSW index but vss does not load here (%s); searching by a full scan",
+                           str(exc).splitlines()[0])
 
 
 def _optional_columns(where: Optional[Mapping[str, Any]]) -> str:

@@ -91,3 +91,7 @@ def test_hnsw_index_is_used_and_matches_exact_search(make_node, tmp_path) -> Non
     assert _topk(pipeline, embed_text(target["text"], DIM).tolist(), k=1) == [target["id"]]
     hits = search(pipeline, target["text"], k=1, base_url=node.base_url)
     assert hits.iloc[0]["text_id"] == target["id"] and hits.iloc[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    plain = dlt.pipeline("gaia_vss", destination=dlt.destinations.duckdb(str(tmp_path / "vss.duckdb")),
+                         dataset_name="gaia_data", pipelines_dir=str(tmp_path / "pipelines"))
+    hits = search(plain, target["text"], k=3, base_url=node.base_url)  # search loads vss itself for the index
+    assert hits.iloc[0]["text_id"] == target["id"] and len(hits) == 3
