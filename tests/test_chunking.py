@@ -78,3 +78,27 @@ def test_chunks_stay_in_sync_with_their_documents(make_node, pipeline) -> None:
     new_chunks = len({r[7] for r in after} - kept)
     assert 0 < new_chunks < len(_expected(changed)) + 1 and node.requests_to("/v1/embeddings") == -(-new_chunks // 4)
     assert not any(w in r[4] for r in after for w in ("DuckDB", "pgvector", "dlt loads"))  # no orphan left
+
+
+def test_transformer_documents_and_long_text_without_chunking(make_node, make_pipeline) -> None:
+    """embeddings_from takes the document id from a field; without chunk_size a text longer than the model's context
+    fails alone (its id in failed_requests) and the run goes on."""
+    import dlt
+
+    from gaia_source.transformers import embeddings_from
+
+    node = make_node("rag", embedding_ctx=40)
+    pipeline = make_pipeline()
+    pages = dlt.resource([[{"body": DOC_A, "doc": "a", "key": "k-a"}, {"body": DOC_B, "doc": "b", "key": "k-b"}]],
+                         name="pages", selected=False)
+    pipeline.run(pages | embeddings_from(text_field="body", id_field="key", document_id_field="doc",
+                                         base_url=node.base_url)).raise_on_failed_jobs()
+    with pipeline.sql_client() as sql:
+        assert sql.execute_sql("SELECT document_id, text_id, chunk_index, char_end FROM embeddings") == [("b", "k-b", 0, len(DOC_B))]
+        assert sql.execute_sql("SELECT custom_id, http_status FROM failed_requests") == [("k-a", 500)]
+    chunked = embeddings_from(text_field="body", id_field="key", document_id_field="doc", chunk_size=CHUNK_SIZE,
+                              base_url=node.base_url)
+    pipeline.run(pages | chunked).raise_on_failed_jobs()
+    with pipeline.sql_client() as sql:
+        rows = sql.execute_sql("SELECT chunk_index, char_start, text FROM embeddings WHERE document_id = 'a' ORDER BY chunk_index")
+        assert [tuple(r) for r in rows] == [(i, s, c) for i, (s, c) in enumerate(TextSplitter(CHUNK_SIZE).chunk_indices(DOC_A))]
