@@ -14,6 +14,7 @@ FULL = {
     "streaming.py": [],
     "memory.py": [],
     "nodes.py": [],
+    "vectors.py": ["pgvector"],  # the HNSW part needs the [vss] venv: python bench/vectors.py hnsw (README)
 }
 QUICK = {
     "embeddings.py": ["--texts", "20000", "--slice", "300"],
@@ -21,6 +22,7 @@ QUICK = {
     "streaming.py": ["--streams", "50"],
     "memory.py": ["--small", "2000", "--large", "20000"],
     "nodes.py": ["--prompts", "100"],
+    "vectors.py": ["pgvector", "--texts", "20000"],
 }
 
 

@@ -54,13 +54,15 @@ def _column_type(client: Any, schema_name: str, table: str, column: str) -> Opti
     return str(rows[0][0]) if rows else None
 
 
-def _create_table(client: Any, vector_type: str, types: Any) -> None:
+def _create_table(client: Any, vector_type: str, types: Any, dlt_columns: bool = False) -> None:
     columns = ", ".join(
         f"{client.escape_column_name(name)} "
         f"{vector_type if name == 'embedding' else types[str(spec['data_type'])]}"
         f"{' NOT NULL' if spec.get('nullable') is False else ''}"
         for name, spec in EMBEDDING_COLUMNS.items()
     )
+    if dlt_columns:  # plain rows carry them: created here, dlt does not add NOT NULL columns to an existing table
+        columns += ", _dlt_load_id varchar, _dlt_id varchar"
     client.execute_sql(f"CREATE SCHEMA IF NOT EXISTS {client.fully_qualified_dataset_name()}")
     client.execute_sql(f"CREATE TABLE IF NOT EXISTS {client.make_qualified_table_name(TABLE)} ({columns})")
 
@@ -163,7 +165,7 @@ def _ensure_pg(client: Any, dim: int, vector_type: str) -> None:
     wanted = f"{vector_type}({dim})"
     current = _pg_column_type(client)
     if current is None:
-        _create_table(client, wanted, _POSTGRES_TYPES)
+        _create_table(client, wanted, _POSTGRES_TYPES, dlt_columns=True)
     elif current in ("jsonb", "json", "text", "character varying"):
         logger.info("converting %s.embedding from %s to vector(%d) (once)", qualified, current, dim)
         client.execute_sql(
