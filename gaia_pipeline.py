@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("inputs")
     data.add_argument("--prompts-file", help="prompts: .jsonl (Batch or messages lines), .csv (prompt column) or text")
     data.add_argument("--texts-file",
-                      help="texts to embed: text lines, .jsonl (text/id/metadata) or .csv (text column)")
+                      help="texts to embed: text lines, .jsonl (text/id/document_id/metadata) or .csv (text column)")
+    data.add_argument("--chunk-size", type=int, metavar="CHARS",
+                      help="split texts into chunks of at most CHARS characters (documents: see README)")
+    data.add_argument("--chunk-overlap", type=int, metavar="CHARS", help="characters a chunk shares with the previous")
     data.add_argument("--queries-file", help="retrieval queries: text lines, .jsonl or .csv (query column)")
     data.add_argument("--system-prompt", help="system message for every prompt that has none")
     evaluation = parser.add_argument_group("evaluation")
@@ -154,6 +157,8 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "compare_nodes": True if args.compare_nodes else None,
         "samples": args.samples,
         "drift": False if args.no_drift else None,
+        "chunk_size": args.chunk_size,
+        "chunk_overlap": args.chunk_overlap,
         "refresh": True if args.refresh else None,
         "shard": args.shard,
     }

@@ -24,6 +24,7 @@ FULL: Dict[str, List[str]] = {
     "streaming.py": [],
     "memory.py": [],
     "nodes.py": [],
+    "vectors.py": ["pgvector"],  # the HNSW part needs the [vss] venv: python bench/vectors.py hnsw (README)
 }
 QUICK: Dict[str, List[str]] = {
     "startup.py": ["--runs", "3"],
@@ -32,6 +33,7 @@ QUICK: Dict[str, List[str]] = {
     "streaming.py": ["--streams", "30"],
     "memory.py": ["--small", "1000", "--large", "10000"],
     "nodes.py": ["--prompts", "60"],
+    "vectors.py": ["pgvector", "--texts", "5000"],
 }
 SUMMARY = re.compile(r"target [<>]=")
 """Lines that state a figure against its target: repeated at the end."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import dlt
 
 from .client import Reply
 from .config import NodeSettings
-from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline
+from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline, remove_orphans
 from .errors import GaiaAuthError, GaiaError, GaiaRequestError, is_transient, looks_like_missing_route
 from .payloads import content_hash
 from .pool import NodePool
@@ -124,6 +124,25 @@ class RunContext:
     def set_endpoint_exists(self, resource: str, exists: bool) -> None:
         """Record the verdict of ``resource``'s first request for the rest of the run."""
         self._endpoints[resource] = exists
+
+    def sync_documents(
+        self, table: str, keyed: Iterable[Tuple[str, Any]], batch: int = 500
+    ) -> Iterator[Tuple[str, Any]]:
+        """Pass (key, text) pairs through; for texts of a document (``document_id``), delete the document's rows in
+        ``table`` that are none of its current chunks, a batch of documents at a time, as their chunks go by.
+
+        A document's chunks must come together (as :func:`~gaia_source.chunking.chunk_texts` yields them).
+        """
+        documents: Dict[str, List[str]] = {}
+        for key, text in keyed:
+            document_id = getattr(text, "document_id", None)
+            if document_id is not None:
+                if document_id not in documents and len(documents) >= batch:
+                    remove_orphans(self._pipeline, self.destination, table, documents)
+                    documents = {}
+                documents.setdefault(document_id, []).append(key)
+            yield key, text
+        remove_orphans(self._pipeline, self.destination, table, documents)
 
     def loaded_ids(self, table: str, id_column: str, where: str = "") -> LoadedIds:
         """A lookup of the ids already in ``table`` of this run's destination."""

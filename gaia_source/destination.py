@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, TypeVar
 
 import dlt
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
@@ -36,9 +36,12 @@ class DestinationCapabilities:
         name: dlt's destination name (``duckdb``, ``postgres``, ``filesystem``…); None outside a pipeline.
         load_file_format: A file format to ask for (``parquet`` on DuckDB: a fraction of insert_values' memory).
         arrow_vectors: Vectors may go as Arrow fixed-size lists (else plain rows, whose vectors become JSON).
-        vector_column: Which native vector column to create before the first vectors load (``duckdb``: FLOAT[dim]).
+        vector_column: Which native vector column to create before the first vectors load (``duckdb``: FLOAT[dim];
+            ``pgvector``: vector(dim) where the server has the extension, else jsonb), or which store searches them
+            (``lancedb``).
         lookup: How to ask which ids are loaded: ``duckdb`` (one list parameter), ``postgres`` (``= ANY``), ``sql``
-            (an ``IN`` list), or None when the destination has no SQL (then rows are merged on their key).
+            (an ``IN`` list), ``lancedb`` (a filter on the LanceDB table itself), or None when the destination cannot
+            be asked (then rows are merged on their key).
     """
 
     name: Optional[str]
@@ -64,16 +67,42 @@ def capabilities_of(pipeline: Optional[dlt.Pipeline]) -> DestinationCapabilities
     duckdb_like = name in ("duckdb", "motherduck")
     has_sql = issubclass(pipeline.destination.client_class, WithSqlClient)  # the class only: no client is made
     lookup: Optional[str] = None
-    if has_sql:
+    if name == "lancedb":
+        lookup = "lancedb"  # its SQL client reads through DuckDB; filters and deletes go to LanceDB directly
+    elif has_sql:
         lookup = "duckdb" if duckdb_like else "postgres" if name == "postgres" else "sql"
     return DestinationCapabilities(
         name=name,
         load_file_format="parquet" if duckdb_like else None,
         # PostgreSQL loads Arrow through CSV, which has no list type: plain rows there (vectors as jsonb)
-        arrow_vectors=duckdb_like or name == "filesystem",
-        vector_column="duckdb" if name == "duckdb" else None,
+        # LanceDB takes our vectors only as Arrow fixed-size lists (a list in a dict row becomes a child table)
+        arrow_vectors=duckdb_like or name in ("filesystem", "lancedb"),
+        vector_column={"duckdb": "duckdb", "postgres": "pgvector", "lancedb": "lancedb"}.get(name),
         lookup=lookup,
     )
+
+
+def lance_table(pipeline: dlt.Pipeline, table: str) -> Any:
+    """The LanceDB table behind ``table`` of the pipeline's dataset, or None before it exists."""
+    client: Any = pipeline.destination_client()
+    name = client.make_qualified_table_name(table)
+    try:
+        return client.db_client.open_table(name)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def lance_literal(value: Any) -> str:
+    """A value as a LanceDB (DataFusion) SQL literal."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _lance_in(column: str, values: Iterable[Any]) -> str:
+    return f"{column} IN ({', '.join(lance_literal(v) for v in values)})"
 
 
 class LoadedIds:
@@ -118,6 +147,8 @@ class LoadedIds:
             return set()
         found: Set[str] = set()
         try:
+            if self._dialect == "lancedb":
+                return self._lookup_lance(wanted)
             if self._client is None:
                 self._client = self._pipeline.sql_client()  # type: ignore[union-attr]
                 self._client.open_connection()
@@ -146,6 +177,75 @@ class LoadedIds:
                 "run again once the destination answers (or use refresh to send everything on purpose)."
             ) from None
         return found
+
+    def _lookup_lance(self, wanted: List[str]) -> Set[str]:
+        table = lance_table(self._pipeline, self.table)  # type: ignore[arg-type]
+        if table is None:
+            return set()
+        condition = f" AND ({self.where})" if self.where else ""
+        found: Set[str] = set()
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start : start + LOOKUP_BATCH]
+            rows = (table.search().where(_lance_in(self.id_column, batch) + condition)
+                    .select([self.id_column]).limit(len(batch)).to_arrow())
+            found.update(str(v) for v in rows.column(self.id_column).to_pylist())
+        return found
+
+
+def remove_orphans(
+    pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, table: str,
+    documents: Dict[str, List[str]],
+) -> int:
+    """Delete the rows of ``table`` that belong to ``documents`` (document id -> the keys of its current chunks) but
+    are none of their current chunks: what a changed document left behind. Returns how many were deleted.
+
+    Nothing to do without SQL (or before the table exists). dlt has no chunk management for SQL destinations
+    (dlt-hub/dlt#1533), so this is ours: it runs on the extracting thread before the new chunks load.
+
+    Raises:
+        GaiaLookupError: the destination failed to answer.
+    """
+    dialect = capabilities.lookup if pipeline is not None else None
+    if dialect is None or not documents:
+        return 0
+    ids = list(documents)
+    keys = [key for chunk_keys in documents.values() for key in chunk_keys]
+    args: List[Any]
+    try:
+        if dialect == "lancedb":
+            lance = lance_table(pipeline, table)  # type: ignore[arg-type]
+            condition = f"{_lance_in('document_id', ids)} AND NOT {_lance_in('embedding_id', keys)}"
+            count = int(lance.count_rows(condition)) if lance is not None else 0
+            if count:
+                lance.delete(condition)
+                logger.info("%s: deleted %d chunk(s) that changed documents no longer have", table, count)
+            return count
+        with pipeline.sql_client() as client:  # type: ignore[union-attr]
+            qualified = client.make_qualified_table_name(table)
+            if dialect == "duckdb":
+                condition, args = ("document_id IN (SELECT UNNEST(%s::VARCHAR[])) AND embedding_id NOT IN "
+                                   "(SELECT UNNEST(%s::VARCHAR[]))", [ids, keys])
+            elif dialect == "postgres":
+                condition, args = "document_id = ANY(%s) AND NOT (embedding_id = ANY(%s))", [ids, keys]
+            else:
+                condition = (f"document_id IN ({','.join(['%s'] * len(ids))}) "
+                             f"AND embedding_id NOT IN ({','.join(['%s'] * len(keys))})")
+                args = [*ids, *keys]
+            found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {condition}", *args)
+            count = int(found[0][0]) if found else 0
+            if count:
+                client.execute_sql(f"DELETE FROM {qualified} WHERE {condition}", *args)
+    except DestinationUndefinedEntity:
+        return 0  # nothing loaded yet: nothing to delete
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GaiaLookupError(
+            f"could not delete the old chunks of changed documents from table '{table}' in the {capabilities.name} "
+            f"destination ({type(exc).__name__}: {first_line}). Nothing more was sent; run again once it answers."
+        ) from None
+    if count:
+        logger.info("%s: deleted %d chunk(s) that changed documents no longer have", table, count)
+    return count
 
 
 def unique(items: Iterable[T], key: Callable[[T], str], seen: Set[str]) -> Iterator[T]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dlt.common.schema.typing import TTableSchemaColumns
 
+from .chunking import chunk_texts
 from .client import Reply
 from .context import RunContext
 from .destination import skip_loaded, unique
@@ -84,6 +85,9 @@ class Plan:
     embedding_model: Optional[str] = None
     chat_params: Dict[str, Any] = field(default_factory=dict)
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
+    chunk_size: Optional[int] = None
+    """Split texts into chunks of at most this many characters (see :mod:`gaia_source.chunking`)."""
+    chunk_overlap: int = 0
     refresh: bool = False
     shard: Optional[Shard] = None
     compare_nodes: bool = False
@@ -122,6 +126,7 @@ class Endpoint:
         refuse: Says why a request must not be sent to this run's nodes (it becomes a ``failed_requests`` row with 0
             attempts), or None.
         estimates_usage: Rows get ``usage_estimated`` from the answering node's server type.
+        split: Splits a failed batch request in halves (see the attribute).
     """
 
     name: str
@@ -140,6 +145,9 @@ class Endpoint:
     fallback_path: Optional[str] = None
     refuse: Optional[Callable[[PreparedRequest, RunContext], Optional[GaiaError]]] = None
     estimates_usage: bool = False
+    split: Optional[Callable[[PreparedRequest], Tuple[PreparedRequest, ...]]] = None
+    """Splits a batch request in two when it failed because of one of its inputs (see
+    :func:`~gaia_source.errors.blames_an_input`), so the bad input is isolated and the others load; None: no batch."""
 
 
 def _one(build: Callable[[PreparedRequest, Reply], Dict[str, Any]]) -> RowBuilder:
@@ -238,14 +246,35 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if first is None:
         return
     model = plan.embedding_model or context.discover_models()[1]
-    keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text), t) for t in itertools.chain([first], items))
+    chunks = chunk_texts(itertools.chain([first], items), plan.chunk_size, plan.chunk_overlap)
+    keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text, *t.position), t) for t in chunks)
+    if plan.shard is None:  # a shard sees only some of a document's chunks: it cannot tell which are orphans
+        keyed = context.sync_documents(endpoint.name, keyed)  # a changed document's old chunks are deleted
     # one row per (model, text) in a run, across the pages a transformer gets too
     keyed = unique((kt for kt in keyed if in_shard(kt[0], plan.shard)), _first, context.seen(endpoint.name))
     if not plan.refresh:
         keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts")
     texts = (text for _, text in keyed)
     while batch := list(itertools.islice(texts, plan.embedding_batch_size)):
-        yield embeddings_request([t.text for t in batch], model, extra={"inputs": batch})
+        yield embeddings_batch(batch, model)
+
+
+def embeddings_batch(batch: Sequence[TextInput], model: Optional[str]) -> PreparedRequest:
+    """One embeddings request for ``batch``; a single text carries its id and source into a ``failed_requests`` row."""
+    one = batch[0] if len(batch) == 1 else None
+    return embeddings_request([t.text for t in batch], model, extra={"inputs": list(batch)},
+                              custom_id=one.id if one else None, source=one.source if one else None)
+
+
+def split_embeddings(request: PreparedRequest) -> Tuple[PreparedRequest, ...]:
+    """The two halves of an embeddings batch (none for a single text): a batch that failed because of one text is
+    split until that text is alone, and every other text loads."""
+    inputs: List[TextInput] = request.extra["inputs"]
+    if len(inputs) < 2:
+        return ()
+    middle = len(inputs) // 2
+    model = request.body.get("model")
+    return embeddings_batch(inputs[:middle], model), embeddings_batch(inputs[middle:], model)
 
 
 def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
@@ -280,7 +309,7 @@ ENDPOINTS: Tuple[Endpoint, ...] = (
              _one(chat_stream_row), CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True,
              refuse=refuse_for_amd_gaia),
     Endpoint("embeddings", "POST", EMBEDDINGS_PATH, embedding_requests, embedding_table, EMBEDDING_COLUMNS,
-             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True),
+             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True, split=split_embeddings),
     Endpoint("retrieve", "POST", RETRIEVE_PATH, retrieve_requests, _one(retrieve_row), RETRIEVE_COLUMNS,
              "request_id", "merge", inputs="queries"),
     Endpoint("responses", "POST", RESPONSES_PATH, _prompt_requests(_response), _one(response_row), RESPONSE_COLUMNS,

@@ -140,6 +140,21 @@ def looks_like_missing_route(error: GaiaRequestError) -> bool:
     return error.status_code in MISSING_ENDPOINT_STATUS and "model" not in error.detail.lower()
 
 
+INPUT_FAILURE_MARKERS = ("Failed to compute embeddings",)
+"""What a node says when one input of a batch cannot be processed (llama-core: a text longer than the model's
+context, say). Sending the same batch again fails the same way; sending it without that input succeeds."""
+
+
+def blames_an_input(error: BaseException) -> bool:
+    """Whether a request failed because of one of its inputs (a 4xx/500 naming an input failure): the same request
+    fails again, but a batch split into smaller ones loads everything except that input."""
+    return (
+        isinstance(error, GaiaRequestError)
+        and error.status_code in (400, 413, 422, 500)
+        and any(marker in error.detail for marker in INPUT_FAILURE_MARKERS)
+    )
+
+
 def is_transient(error: BaseException, missing_route: bool = True) -> bool:
     """Whether sending the same request again may succeed: no response, 408/409/425/429/5xx, a cut stream, and —
     once an endpoint is known to exist (``missing_route``) — a route-like 404/405 from a gateway losing its route."""
@@ -147,7 +162,7 @@ def is_transient(error: BaseException, missing_route: bool = True) -> bool:
         return False
     if isinstance(error, GaiaStreamInterrupted):
         return True
-    if isinstance(error, GaiaStreamError) or not isinstance(error, GaiaRequestError):
+    if isinstance(error, GaiaStreamError) or not isinstance(error, GaiaRequestError) or blames_an_input(error):
         return False
     if error.status_code is None or error.status_code in RETRYABLE_STATUS:
         return True

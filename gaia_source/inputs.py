@@ -54,12 +54,22 @@ class ChatInput:
 
 @dataclass(frozen=True)
 class TextInput:
-    """One text to embed, with the caller's id and metadata carried into its row."""
+    """One text to embed, with the caller's id and metadata carried into its row; a document's chunk also knows its
+    document, its index in it and its character span (see :mod:`gaia_source.chunking`)."""
 
     text: str
     id: Optional[str] = None
     metadata: Optional[Dict[str, Any]] = None
     source: str = ""
+    document_id: Optional[str] = None
+    chunk_index: Optional[int] = None
+    char_start: Optional[int] = None
+    char_end: Optional[int] = None
+
+    @property
+    def position(self) -> Tuple[Any, ...]:
+        """What besides (model, text) tells this text's row apart: a chunk's document, index and start."""
+        return () if self.document_id is None else (self.document_id, self.chunk_index, self.char_start)
 
 
 @dataclass(frozen=True)
@@ -322,8 +332,11 @@ def text_input_from_object(obj: Any, where: str) -> TextInput:
         metadata = obj.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise GaiaConfigError(f"{where}: 'metadata' must be an object")
-        return TextInput(text, _custom_id(obj.get("id"), where), metadata, where)
-    raise GaiaConfigError(f"{where}: expected a text string or {{text, id?, metadata?}}, got {type(obj).__name__}")
+        return TextInput(text, _custom_id(obj.get("id"), where), metadata, where,
+                         document_id=_custom_id(obj.get("document_id"), where))
+    raise GaiaConfigError(
+        f"{where}: expected a text string or {{text, id?, document_id?, metadata?}}, got {type(obj).__name__}"
+    )
 
 
 def iter_texts(

@@ -233,13 +233,14 @@ def amd_gaia_refusal(messages: Sequence[Message]) -> Optional[str]:
 
 
 def embeddings_request(
-    texts: Sequence[str], model: Optional[str], extra: Optional[Dict[str, Any]] = None
+    texts: Sequence[str], model: Optional[str], extra: Optional[Dict[str, Any]] = None,
+    custom_id: Optional[str] = None, source: Optional[str] = None,
 ) -> PreparedRequest:
     """Build a POST /v1/embeddings request for a batch of texts."""
     body: Dict[str, Any] = {"input": list(texts)}
     if model:
         body["model"] = model
-    return PreparedRequest(EMBEDDINGS_PATH, body, extra=extra or {})
+    return PreparedRequest(EMBEDDINGS_PATH, body, custom_id=custom_id, source=source, extra=extra or {})
 
 
 def retrieve_request(query: str, custom_id: Optional[str] = None, source: Optional[str] = None) -> PreparedRequest:
@@ -248,9 +249,11 @@ def retrieve_request(query: str, custom_id: Optional[str] = None, source: Option
     return PreparedRequest(RETRIEVE_PATH, body, custom_id=custom_id, source=source, extra={"query": query})
 
 
-def embedding_id(model: Optional[str], text: str) -> str:
-    """The id of one embedded text: a hash of (model, text), so re-embedding the same pair is recognisable."""
-    return content_hash("embedding", model, text)
+def embedding_id(model: Optional[str], text: str, *position: Any) -> str:
+    """The id of one embedded text: a hash of (model, text), so re-embedding the same pair is recognisable; a
+    document's chunk adds its position (document, index, start), so its row is its own even if another chunk has the
+    same text."""
+    return content_hash("embedding", model, text, *position)
 
 
 def chat_params_of(body: Mapping[str, Any]) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ from .client import Reply
 from .context import RunContext
 from .destination import DestinationCapabilities
 from .endpoints import ENDPOINTS, Endpoint, Plan
-from .errors import GaiaAuthError, GaiaRequestError, looks_like_missing_route
+from .errors import GaiaAuthError, GaiaRequestError, blames_an_input, looks_like_missing_route
 from .payloads import PreparedRequest
 from .rows import FAILED_REQUEST_COLUMNS, usage_estimated_by
 from .runner import Outcome, outcome_of, run_requests
@@ -95,8 +95,17 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             refusal = endpoint.refuse(request, context) if endpoint.refuse is not None else None
             if refusal is not None:  # not sent: a failed request with 0 attempts
                 return Outcome(request, None, refusal, prior_attempts)
-            return outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply),
-                              prior_attempts)
+            outcome = outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply),
+                                 prior_attempts)
+            if outcome.error is not None and endpoint.split is not None and blames_an_input(outcome.error):
+                smaller = endpoint.split(request)
+                if smaller:  # one input broke the batch: send it in halves until that input is alone
+                    logger.info("%s: a batch failed because of one of its inputs (%s); splitting it in %d",
+                                endpoint.name, outcome.error.detail if isinstance(outcome.error, GaiaRequestError)
+                                else outcome.error, len(smaller))
+                    parts = tuple(execute(part, False, 0) for part in smaller)
+                    return Outcome(request, attempts=outcome.attempts, parts=parts)
+            return outcome
 
         verdict = context.endpoint_exists(endpoint.name)
         if verdict is False:  # a missing endpoint was reported (once) by an earlier page of this run

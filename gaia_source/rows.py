@@ -95,6 +95,10 @@ EMBEDDING_COLUMNS: TTableSchemaColumns = {
     "embedding_id": {"data_type": "text", "nullable": False, "primary_key": True},
     "text_id": {"data_type": "text"},
     "text": {"data_type": "text"},
+    "document_id": {"data_type": "text"},  # a document's chunks: its id, the chunk's index and character span
+    "chunk_index": {"data_type": "bigint"},
+    "char_start": {"data_type": "bigint"},
+    "char_end": {"data_type": "bigint"},
     "node_url": {"data_type": "text"},
     "served_by": {"data_type": "text"},
     "model_requested": {"data_type": "text"},
@@ -393,9 +397,13 @@ def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
     model = _str_or_none(body.get("model"))
     table = pa.table(
         {
-            "embedding_id": [embedding_id(requested_model, t.text) for t in texts],
+            "embedding_id": [embedding_id(requested_model, t.text, *t.position) for t in texts],
             "text_id": pa.array([t.id for t in texts], pa.string()),
             "text": [t.text for t in texts],
+            "document_id": pa.array([t.document_id for t in texts], pa.string()),
+            "chunk_index": pa.array([t.chunk_index for t in texts], pa.int64()),
+            "char_start": pa.array([t.char_start for t in texts], pa.int64()),
+            "char_end": pa.array([t.char_end for t in texts], pa.int64()),
             "node_url": [node_url] * rows,
             "served_by": pa.array([served_by(reply)] * rows, pa.string()),
             "model_requested": pa.array([requested_model] * rows, pa.string()),

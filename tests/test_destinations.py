@@ -17,12 +17,16 @@ TEXTS = ["Paris is on the Seine.", "DuckDB has array columns."]
 QUERIES = ["Where is Paris located?"]
 
 
-def test_postgres(make_node, tmp_path: Path, postgres_schema: str) -> None:
+def test_postgres(make_node, tmp_path: Path, postgres_schema: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The machine's PostgreSQL has no pgvector: vectors stay jsonb, and one note says why."""
     node = make_node("rag")
     pipeline = dlt.pipeline("gaia_pg", destination=dlt.destinations.postgres(POSTGRES), dataset_name=postgres_schema,
                             pipelines_dir=str(tmp_path / "pipelines"))
     source = gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS, queries=QUERIES)
-    pipeline.run(source).raise_on_failed_jobs()
+    with caplog.at_level("WARNING", logger="gaia_source"):
+        pipeline.run(source).raise_on_failed_jobs()
+    notes = [r.getMessage() for r in caplog.records if "pgvector" in r.getMessage()]
+    assert len(notes) == 1 and "not installed on this server" in notes[0] and "stays jsonb" in notes[0]
     with pipeline.sql_client() as client:
         chat = {row[0]: row[1:] for row in client.execute_sql(
             "SELECT content, prompt_tokens, completion_tokens, messages->0->>'content', jsonb_typeof(choices) "
@@ -64,3 +68,20 @@ def test_filesystem_parquet(make_node, tmp_path: Path) -> None:
     node.reset_stats()
     pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=TEXTS), loader_file_format="parquet")
     assert node.requests_to("/v1/chat/completions") == 0 and node.requests_to("/v1/embeddings") == 0
+
+
+def test_filesystem_search_with_a_prefilter(make_node, tmp_path: Path) -> None:
+    """On parquet files, search ranks in numpy after the metadata/column prefilter."""
+    from gaia_source.emulator import KNOWLEDGE_BASE
+    from gaia_source.vectors import search
+
+    node = make_node("rag")
+    pipeline = dlt.pipeline("gaia_fs_search", destination=dlt.destinations.filesystem((tmp_path / "lake").as_uri()),
+                            dataset_name="gaia_data", pipelines_dir=str(tmp_path / "pipelines"))
+    texts = [{"text": t, "id": f"kb-{i}", "metadata": {"part": i % 2}} for i, t in enumerate(KNOWLEDGE_BASE)]
+    pipeline.run(gaia_source(base_url=node.base_url, texts=texts).with_resources("embeddings"),
+                 loader_file_format="parquet").raise_on_failed_jobs()
+    assert search(pipeline, "Where is Paris located?", k=1, base_url=node.base_url).iloc[0]["text_id"] == "kb-0"
+    odd = search(pipeline, KNOWLEDGE_BASE[0], k=10, where={"part": 1}, base_url=node.base_url)
+    assert sorted(odd["text_id"]) == sorted(f"kb-{i}" for i in range(1, len(KNOWLEDGE_BASE), 2))
+    assert list(search(pipeline, "x", k=5, where={"text_id": "kb-3"}, base_url=node.base_url)["text_id"]) == ["kb-3"]

@@ -104,3 +104,19 @@ def test_another_dimension_in_the_same_table_is_refused(make_node, make_pipeline
         _embed(other, pipeline, ["something else"])
     assert "is FLOAT[8], but the model returns 12-dimensional vectors" in str(info.value)
     assert query(pipeline, "SELECT count(*) FROM embeddings") == [(2,)]
+
+
+def test_search_prefilters_on_columns_and_metadata(make_node, make_pipeline) -> None:
+    node = make_node("rag")
+    pipeline = make_pipeline()
+    texts = [{"text": t, "id": f"kb-{i}", "metadata": {"part": i % 2, "lang": "en" if i < 4 else "fr"}}
+             for i, t in enumerate(CORPUS)]
+    _embed(node, pipeline, texts)
+    odd = search(pipeline, CORPUS[0], k=10, where={"part": 1}, base_url=node.base_url)
+    assert sorted(odd["text_id"]) == sorted(f"kb-{i}" for i in range(1, len(CORPUS), 2))
+    assert list(odd["score"]) == sorted(odd["score"], reverse=True)
+    both = search(pipeline, CORPUS[0], k=10, where={"part": 0, "lang": "fr"}, base_url=node.base_url)
+    assert sorted(both["text_id"]) == sorted(f"kb-{i}" for i in range(4, len(CORPUS), 2))
+    assert list(search(pipeline, "x", k=5, where={"text_id": "kb-2"}, base_url=node.base_url)["text_id"]) == ["kb-2"]
+    with pytest.raises(GaiaConfigError, match="not a column or metadata field name"):
+        search(pipeline, "x", where={"lang'; DROP TABLE embeddings; --": "en"}, base_url=node.base_url)

@@ -36,7 +36,8 @@ emulator is never the bottleneck of a benchmark. Markers in the last user messag
 ``[[empty]]``       an empty answer
 ``[[context-full]]`` rag: the ``<|WASMEDGE-GGML-CONTEXT-FULL|>`` chunk with ``finish_reason: "length"``; others: length
 ``[[tool]]``        a tool call (``get_weather``) instead of text
-``[[fail]]``        HTTP 500 in the flavour's error dialect
+``[[fail]]``        HTTP 500 in the flavour's error dialect (embeddings: ``Failed to compute embeddings``, as an input
+                    longer than ``embedding_ctx`` words gets)
 ``[[inband-error]]`` amd: an in-band ``{"error"}`` chunk with HTTP 200; rag: the body aborts mid-stream; nexus: 500
 ``[[cut]]``         the connection closes halfway through the body (stream or not)
 ``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly
@@ -105,6 +106,9 @@ class NodeEmulator(NodeBase):
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
     dim: int = 768
+    embedding_ctx: int = 8192
+    """The embedding model's context in tokens (words here): a longer input fails its whole request with a 500
+    ``Failed to compute embeddings. Reason: …``, as llama-core answers (Gaia's default nomic model: 8,192)."""
     retrieve_shape: str = "list"
     retrieve_limit: int = 3
     score_threshold: float = 0.2
@@ -182,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer / first chunk")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream chunks")
     parser.add_argument("--dim", type=int, default=768, help="embedding dimension (default 768)")
+    parser.add_argument("--embedding-ctx", type=int, default=8192,
+                        help="embedding context in tokens (words): a longer input fails its batch with a 500")
     parser.add_argument("--retrieve-shape", choices=("list", "object"), default="list",
                         help="/v1/retrieve response shape (rag flavour)")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of /v1 requests that meet a fault (0-1)")
@@ -195,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     emulator = NodeEmulator(
         flavor=args.flavor, host=args.host, port=args.port, api_key=args.api_key, latency_ms=args.latency_ms,
-        chunk_delay_ms=args.chunk_delay_ms, dim=args.dim, retrieve_shape=args.retrieve_shape,
+        chunk_delay_ms=args.chunk_delay_ms, dim=args.dim, embedding_ctx=args.embedding_ctx,
+        retrieve_shape=args.retrieve_shape,
         fault_rate=args.fault_rate, fault_seed=args.fault_seed,
         fault_kinds=tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip()), slow_ms=args.slow_ms,
         node_domains=tuple(d.strip() for d in args.node_domains.split(",") if d.strip()),

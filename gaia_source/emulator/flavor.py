@@ -365,6 +365,10 @@ class Flavor(RequestHandler):
             raise ClientError(400, "Fail to deserialize embedding request: invalid type for `input`")
         if any("[[fail]]" in t for t in texts):
             raise ClientError(500, "Failed to compute embeddings. Reason: emulated failure", "internal_error")
+        longest = max((count_tokens(t) for t in texts), default=0)
+        if longest > self.node.embedding_ctx:  # one input too long for the model fails the whole batch
+            raise ClientError(500, f"Failed to compute embeddings. Reason: the input has {longest} tokens, more than "
+                              f"the context size of the embedding model ({self.node.embedding_ctx})", "internal_error")
         if self.answer_malformed(" ".join(texts)):
             return
         node = self.node

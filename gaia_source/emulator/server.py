@@ -94,6 +94,7 @@ class NodeBase:
     latency_ms: float
     chunk_delay_ms: float
     dim: int
+    embedding_ctx: int
     retrieve_shape: str
     retrieve_limit: int
     score_threshold: float
