@@ -235,10 +235,12 @@ class RunContext:
 
         The first configuration a pipeline sees for a set of nodes is its baseline (kept in the source's dlt state)
         and gives None: ids as without drift, so rows loaded before stay valid. A different configuration gives its
-        hash, so pinned prompts get new ids and are answered again, and both generations stay in the table.
+        hash, so pinned prompts get new ids and are answered again, and both generations stay in the table. When a
+        node's configuration cannot be read this run, it gives None too: a flaky ``/v1/info`` never re-sends a
+        prompt set.
         """
         hashes = [self.node_configuration(node) for node in nodes]
-        if all(h is None for h in hashes):
+        if any(h is None for h in hashes):  # a node that did not say (a failing /v1/info): no drift can be told
             return None
         current = hashes[0] if len(hashes) == 1 else content_hash(hashes)
         baselines = _configuration_state()
