@@ -25,7 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
 # Only light modules here: `--help` and argument errors answer before dlt, pyarrow or the emulator is imported.
-from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError
+from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaLookupError
 from gaia_source.settings import (
     CHAT_TABLES,
     DATASET_NAME,
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from dlt.extract.source import DltSource
 
     from gaia_source.emulator import NodeEmulator
+    from gaia_source.ledger import Ledger
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
 
@@ -205,8 +206,8 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
-def _print_counts(pipeline: dlt.Pipeline) -> int:
-    """Print rows loaded now and rows in each table; return how many requests are failing."""
+def _print_counts(pipeline: dlt.Pipeline) -> None:
+    """Print rows loaded now and rows in each table."""
     loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
     seen = pipeline.default_schema.data_table_names(seen_data_only=True)
     tables = sorted(t for t in seen if not t.startswith("_dlt"))
@@ -216,8 +217,19 @@ def _print_counts(pipeline: dlt.Pipeline) -> int:
     print(f"\n{'table':<34}{'this run':>10}{'in dataset':>12}")
     for table in tables:
         total = totals.get(table)
-        print(f"{table:<34}{loaded.get(table, 0):>10}{'' if total is None else total:>12}")
-    return int(totals.get(FAILED_REQUESTS_TABLE, 0) or 0)
+        print(f"{table:<34}{loaded.get(table, 0):>10}{'?' if total is None else total:>12}")
+
+
+def _print_outcomes(ledger: Ledger) -> None:
+    """How every cell of this run ended, per resource (the run's ledger: what the exit code is made of)."""
+    rows = ledger.summary_rows()
+    if rows:
+        print(f"\n{'requests of this run':<26}{'completed':>10}{'failed':>8}{'refused':>9}{'skipped':>9}{'sends':>8}")
+        for row in rows:
+            print(f"{row['resource']:<26}{row['completed']:>10}{row['failed']:>8}{row['refused']:>9}"
+                  f"{row['skipped']:>9}{row['sends']:>8}")
+    for note in ledger.notes:
+        print(f"note: {note}")
 
 
 def _row_counts(pipeline: dlt.Pipeline, tables: List[str]) -> Dict[str, int]:
@@ -269,6 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from gaia_source import gaia_source
+    from gaia_source.destination import apply_chunk_sync
+    from gaia_source.ledger import Ledger
 
     gc.freeze()
     gc.enable()
@@ -287,12 +301,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
                 progress=None if progress == "none" else progress,
             )
-            source = gaia_source(resources=resources, **source_args)
+            ledger = Ledger()
+            source = gaia_source(resources=resources, required_resources=bool(args.resources), ledger=ledger,
+                                 **source_args)
             idle = _idle(source, resources)
             load_info = pipeline.run(source)
+            if not load_info.has_failed_jobs:  # changed documents lose their old chunks once the new ones are in
+                apply_chunk_sync(pipeline, ledger)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except GaiaLookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except PipelineStepFailed as exc:
         cause = _gaia_cause(exc)
         print(f"error: {cause if cause is not None else exc}", file=sys.stderr)
@@ -300,7 +321,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_AUTH
         return EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED
     print(load_info)
-    failing = _print_counts(pipeline)
+    _print_counts(pipeline)
+    _print_outcomes(ledger)
+    failing = ledger.failing
     if idle:
         from gaia_source.endpoints import ENDPOINT_BY_NAME
 
@@ -319,8 +342,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: some load jobs failed; see the load info above", file=sys.stderr)
         return EXIT_FAILED
     if failing:
-        print(f"\n{failing} request(s) are failing: SELECT * FROM {args.dataset_name}.{FAILED_REQUESTS_TABLE}; "
-              "a re-run retries them.", file=sys.stderr)
+        print(f"\n{failing} request(s) of this run are failing: SELECT * FROM {args.dataset_name}."
+              f"{FAILED_REQUESTS_TABLE}; a re-run retries them.", file=sys.stderr)
         return EXIT_OK if args.allow_failed_requests else EXIT_FAILED
     return EXIT_OK
 

@@ -59,7 +59,7 @@ import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
 import pendulum
 from airflow.sdk import Variable, dag, task
@@ -147,6 +147,7 @@ def load_shard(shard: int, shards: int, settings: Mapping[str, str]) -> Dict[str
     from dlt.common.destination import Destination
 
     from gaia_source import gaia_source
+    from gaia_source.ledger import Ledger
     from gaia_source.settings import FAILED_REQUESTS_TABLE, PIPELINE_NAME
 
     inputs: Dict[str, Any] = {arg: settings[name] for name, (_, arg) in INPUTS.items() if settings[name]}
@@ -161,9 +162,10 @@ def load_shard(shard: int, shards: int, settings: Mapping[str, str]) -> Dict[str
             ),
             dataset_name=settings["GAIA_DATASET_NAME"],
         )
-        source = gaia_source(shard=f"{shard}/{shards}", **inputs)
+        ledger = Ledger()  # how every cell of this run ended: the task fails while any is failing
+        source = gaia_source(shard=f"{shard}/{shards}", ledger=ledger, **inputs)
         load_info, loaded = _run(pipeline, source, f"shard {shard}/{shards}")
-        failing = _failing_requests(pipeline, FAILED_REQUESTS_TABLE, load_info.loads_ids)
+        failing = ledger.failing
     if failing:
         raise RuntimeError(
             f"shard {shard}/{shards}: {failing} request(s) are still failing after their retries; see "
@@ -211,17 +213,6 @@ def _lost_schema_race(exc: BaseException) -> bool:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     return isinstance(exc, PipelineStepFailed) and exc.step == "load" and isinstance(exc.exception, SchemaUpdateError)
-
-
-def _failing_requests(pipeline: dlt.Pipeline, table: str, load_ids: Sequence[str]) -> int:
-    """Rows of ``table`` written by these loads (a request that failed again; one that succeeded deletes its row)."""
-    if not load_ids or table not in pipeline.default_schema.data_table_names(seen_data_only=True):
-        return 0
-    with pipeline.sql_client() as client:
-        placeholders = ", ".join(["%s"] * len(load_ids))
-        sql = f"SELECT count(*) FROM {client.make_qualified_table_name(table)} WHERE _dlt_load_id IN ({placeholders})"
-        rows = client.execute_sql(sql, *load_ids)
-        return int(rows[0][0]) if rows else 0
 
 
 def airflow_setting(name: str) -> Optional[str]:

@@ -12,28 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import dlt
 
 from .client import Reply
 from .config import NodeSettings
-from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline, remove_orphans
+from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline, find_stale_documents
 from .errors import GaiaAuthError, GaiaError, GaiaRequestError, is_transient, looks_like_missing_route
-from .payloads import content_hash
+from .ledger import Ledger
 from .pool import NodePool
 from .rows import NodeInfo, configuration_hash, model_ids, models_from_info, read_info
 from .settings import HEALTH_PATH, INFO_PATH, MODELS_PATH
 
 logger = logging.getLogger("gaia_source")
-
-
-def _configuration_state() -> Dict[str, Any]:
-    """The baseline configuration of each set of nodes (in the source's dlt state; a dict outside a pipeline)."""
-    try:
-        return dlt.current.source_state().setdefault("configurations", {})  # type: ignore[no-any-return]
-    except Exception:  # outside a pipeline run: no baseline survives, every configuration is the first
-        return {}
 
 
 def _run_key() -> Optional[str]:
@@ -49,10 +41,16 @@ class RunContext:
 
     Args:
         settings: The resolved node settings.
+        ledger: Where the run records how each cell ended (the caller keeps it to read the outcome after the run);
+            None: a fresh one per run (:attr:`ledger`).
     """
 
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, ledger: Optional[Ledger] = None) -> None:
         self.settings = settings
+        self._given_ledger = ledger
+        self.ledger = ledger or Ledger()
+        self._documents: Dict[Tuple[str, Optional[str]], Dict[str, List[str]]] = {}
+        self._positions: Dict[Tuple[str, Optional[str]], Dict[str, Tuple[int, int]]] = {}
         self._lock = threading.Lock()
         self._users = 0
         self._key: Optional[str] = None
@@ -95,6 +93,10 @@ class RunContext:
         self._amd = None
         self._seen = {}
         self._endpoints = {}
+        self._documents = {}
+        self._positions = {}
+        if self._given_ledger is None:
+            self.ledger = Ledger()
 
     @property
     def pool(self) -> NodePool:
@@ -125,24 +127,45 @@ class RunContext:
         """Record the verdict of ``resource``'s first request for the rest of the run."""
         self._endpoints[resource] = exists
 
-    def sync_documents(
-        self, table: str, keyed: Iterable[Tuple[str, Any]], batch: int = 500
-    ) -> Iterator[Tuple[str, Any]]:
-        """Pass (key, text) pairs through; for texts of a document (``document_id``), delete the document's rows in
-        ``table`` that are none of its current chunks, a batch of documents at a time, as their chunks go by.
+    def chunk_positions(self, table: str, model: Optional[str]) -> Dict[str, Tuple[int, int]]:
+        """Where each document's next chunk starts in this run (index, character offset): a document whose text
+        comes in several rows or pages is numbered as one (see :func:`~gaia_source.chunking.chunk_texts`)."""
+        return self._positions.setdefault((table, model), {})
 
-        A document's chunks must come together (as :func:`~gaia_source.chunking.chunk_texts` yields them).
-        """
-        documents: Dict[str, List[str]] = {}
+    def track_documents(
+        self, table: str, model: Optional[str], keyed: Iterable[Tuple[str, Any]], batch: int = 500
+    ) -> Iterator[Tuple[str, Any]]:
+        """Pass (key, text) pairs through, remembering every chunk key of each document (``document_id``) this run
+        asks for; documents whose rows in ``table`` (for ``model``) are not all among them are put in the ledger's
+        pending chunk syncs, a batch of documents at a time. Nothing is deleted here: see
+        :func:`~gaia_source.destination.apply_chunk_sync`, which runs after the load."""
+        documents = self._documents.setdefault((table, model), {})
+        pending = self.ledger.pending_chunk_syncs.setdefault((table, model), {})
+        touched: Set[str] = set()
+
+        def flag() -> None:
+            stale = find_stale_documents(self._pipeline, self.destination, table, model,
+                                         {d: documents[d] for d in touched})
+            for document_id in stale:
+                pending[document_id] = documents[document_id]  # the run's list: later pages' chunks join it
+            touched.clear()
+
         for key, text in keyed:
             document_id = getattr(text, "document_id", None)
             if document_id is not None:
-                if document_id not in documents and len(documents) >= batch:
-                    remove_orphans(self._pipeline, self.destination, table, documents)
-                    documents = {}
                 documents.setdefault(document_id, []).append(key)
+                touched.add(document_id)
+                if len(touched) >= batch:
+                    flag()
             yield key, text
-        remove_orphans(self._pipeline, self.destination, table, documents)
+        if touched:
+            flag()
+
+    def loaded_cells(self, table: str) -> LoadedIds:
+        """A lookup of the cells already answered in ``table``: each cell id found, with who answered it under
+        which configuration (``node_url``, ``info_hash``) for every completed row."""
+        return LoadedIds(self._pipeline, self.destination, table, "cell_id", "status = 'completed'",
+                         columns=("node_url", "info_hash"))
 
     def loaded_ids(self, table: str, id_column: str, where: str = "") -> LoadedIds:
         """A lookup of the ids already in ``table`` of this run's destination."""
@@ -229,23 +252,6 @@ class RunContext:
         """The node's configuration hash (the ``info_hash`` of its rows), None when it reports none."""
         body = self._info_body(node_url)
         return configuration_hash(body) if isinstance(body, dict) else None
-
-    def generation(self, nodes: Sequence[str]) -> Optional[str]:
-        """Which configuration generation of ``nodes`` answers this run, for request ids (drift).
-
-        The first configuration a pipeline sees for a set of nodes is its baseline (kept in the source's dlt state)
-        and gives None: ids as without drift, so rows loaded before stay valid. A different configuration gives its
-        hash, so pinned prompts get new ids and are answered again, and both generations stay in the table. When a
-        node's configuration cannot be read this run, it gives None too: a flaky ``/v1/info`` never re-sends a
-        prompt set.
-        """
-        hashes = [self.node_configuration(node) for node in nodes]
-        if any(h is None for h in hashes):  # a node that did not say (a failing /v1/info): no drift can be told
-            return None
-        current = hashes[0] if len(hashes) == 1 else content_hash(hashes)
-        baselines = _configuration_state()
-        baseline = baselines.setdefault(" ".join(sorted(nodes)), current)
-        return None if current == baseline else current
 
     def serves_amd_gaia(self) -> bool:
         """Whether a node of the pool is an AMD GAIA server (its ``/v1/models`` lists agents owned by ``amd-gaia``).

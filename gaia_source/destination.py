@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import dlt
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
 from dlt.destinations.sql_client import WithSqlClient
 
 from .errors import GaiaLookupError
+from .ledger import SKIPPED, Ledger
+from .settings import FAILED_REQUESTS_TABLE as FAILED_TABLE
 
 logger = logging.getLogger("gaia_source")
 
@@ -114,15 +116,17 @@ class LoadedIds:
         table: Table name in the pipeline's dataset.
         id_column: The id column to match.
         where: Extra SQL condition, e.g. ``status = 'completed'``.
+        columns: Other columns to return for each id found (e.g. who answered it, under which configuration).
     """
 
     def __init__(
         self, pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, table: str, id_column: str,
-        where: str = "",
+        where: str = "", columns: Sequence[str] = (),
     ) -> None:
         self.table = table
         self.id_column = id_column
         self.where = where
+        self.columns = tuple(columns)
         self._pipeline = pipeline
         self._dialect = capabilities.lookup if pipeline is not None else None
         self._destination = capabilities.name
@@ -136,16 +140,17 @@ class LoadedIds:
             self._client.close_connection()
             self._client = None
 
-    def lookup(self, ids: Iterable[str]) -> Set[str]:
-        """The subset of ``ids`` present; empty when there is no pipeline, no SQL, or the table does not exist yet.
+    def lookup(self, ids: Iterable[str]) -> Dict[str, List[Tuple[Any, ...]]]:
+        """The ids present, each with the values of :attr:`columns` of each of its rows; empty when there is no
+        pipeline, no SQL, or the table (or, written by an older version, the id column) does not exist yet.
 
         Raises:
             GaiaLookupError: the destination failed to answer (naming the table and its error).
         """
         wanted = list(dict.fromkeys(ids))
         if self._dialect is None or not wanted:
-            return set()
-        found: Set[str] = set()
+            return {}
+        found: Dict[str, List[Tuple[Any, ...]]] = {}
         try:
             if self._dialect == "lancedb":
                 return self._lookup_lance(wanted)
@@ -155,6 +160,7 @@ class LoadedIds:
             client = self._client
             qualified = client.make_qualified_table_name(self.table)
             column = client.escape_column_name(self.id_column)
+            selected = ", ".join([column, *(client.escape_column_name(c) for c in self.columns)])
             condition = f" AND ({self.where})" if self.where else ""
             args: List[Any]
             for start in range(0, len(wanted), LOOKUP_BATCH):
@@ -165,11 +171,16 @@ class LoadedIds:
                     match, args = f"{column} = ANY(%s)", [batch]
                 else:
                     match, args = f"{column} IN ({','.join(['%s'] * len(batch))})", batch
-                rows = client.execute_sql(f"SELECT {column} FROM {qualified} WHERE {match}{condition}", *args)
-                found.update(str(r[0]) for r in rows or [])
+                rows = client.execute_sql(f"SELECT {selected} FROM {qualified} WHERE {match}{condition}", *args)
+                for row in rows or []:
+                    found.setdefault(str(row[0]), []).append(tuple(row[1:]))
         except DestinationUndefinedEntity:
-            return set()  # the table (or dataset) does not exist yet: nothing is loaded
+            return {}  # the table (or dataset) does not exist yet: nothing is loaded
         except Exception as exc:
+            if self._missing_column(exc):
+                logger.info("%s: no %s column yet (written by an older version): its rows count as not done",
+                            self.table, self.id_column)
+                return {}
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GaiaLookupError(
                 f"could not look up which rows of table '{self.table}' are already loaded in the {self._destination} "
@@ -178,73 +189,191 @@ class LoadedIds:
             ) from None
         return found
 
-    def _lookup_lance(self, wanted: List[str]) -> Set[str]:
+    def _missing_column(self, exc: Exception) -> bool:
+        """Whether the lookup failed only because a column it asks for is not in the table yet."""
+        text = str(exc).lower()
+        return any(c.lower() in text for c in (self.id_column, *self.columns)) and any(
+            marker in text for marker in ("not found", "does not exist", "no field", "unknown column", "no such column")
+        )
+
+    def _lookup_lance(self, wanted: List[str]) -> Dict[str, List[Tuple[Any, ...]]]:
         table = lance_table(self._pipeline, self.table)  # type: ignore[arg-type]
         if table is None:
-            return set()
+            return {}
+        if self.id_column not in table.schema.names or any(c not in table.schema.names for c in self.columns):
+            return {}
         condition = f" AND ({self.where})" if self.where else ""
-        found: Set[str] = set()
+        found: Dict[str, List[Tuple[Any, ...]]] = {}
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start : start + LOOKUP_BATCH]
             rows = (table.search().where(_lance_in(self.id_column, batch) + condition)
-                    .select([self.id_column]).limit(len(batch)).to_arrow())
-            found.update(str(v) for v in rows.column(self.id_column).to_pylist())
+                    .select([self.id_column, *self.columns]).limit(10 * len(batch)).to_arrow())
+            columns = [rows.column(c).to_pylist() for c in (self.id_column, *self.columns)]
+            for values in zip(*columns, strict=True):
+                found.setdefault(str(values[0]), []).append(tuple(values[1:]))
         return found
 
 
-def remove_orphans(
-    pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, table: str,
-    documents: Dict[str, List[str]],
-) -> int:
-    """Delete the rows of ``table`` that belong to ``documents`` (document id -> the keys of its current chunks) but
-    are none of their current chunks: what a changed document left behind. Returns how many were deleted.
+def _in(column: str, values: Sequence[Any], dialect: str) -> Tuple[str, List[Any]]:
+    """``column IN values`` in the lookup dialect, with its arguments."""
+    if dialect == "duckdb":
+        return f"{column} IN (SELECT UNNEST(%s::VARCHAR[]))", [list(values)]
+    if dialect == "postgres":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({','.join(['%s'] * len(values))})", list(values)
 
-    Nothing to do without SQL (or before the table exists). dlt has no chunk management for SQL destinations
-    (dlt-hub/dlt#1533), so this is ours: it runs on the extracting thread before the new chunks load.
+
+def _same_model(model: Optional[str], dialect: str) -> Tuple[str, List[Any]]:
+    if model is None:
+        return "model_requested IS NULL", []
+    return "model_requested = %s", [model]
+
+
+def _chunk_query(
+    pipeline: dlt.Pipeline, capabilities: DestinationCapabilities, table: str, what: str,
+    run: Callable[[Any, str, str], Any],
+) -> Any:
+    """Run ``run(client_or_lance_table, qualified_name, dialect)`` on ``table``; a missing table answers None."""
+    dialect = capabilities.lookup
+    try:
+        if dialect == "lancedb":
+            lance = lance_table(pipeline, table)
+            return None if lance is None else run(lance, table, dialect)
+        with pipeline.sql_client() as client:
+            return run(client, client.make_qualified_table_name(table), str(dialect))
+    except DestinationUndefinedEntity:
+        return None
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GaiaLookupError(
+            f"could not {what} in table '{table}' of the {capabilities.name} destination ({type(exc).__name__}: "
+            f"{first_line}). Nothing was deleted; run again once it answers."
+        ) from None
+
+
+def find_stale_documents(
+    pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, table: str, model: Optional[str],
+    documents: Dict[str, List[str]],
+) -> Set[str]:
+    """The documents (id -> the keys of its chunks asked for now) that have rows in ``table`` for ``model`` — or
+    ``failed_requests`` rows — that are none of those chunks: what a changed document left behind. Read only.
 
     Raises:
         GaiaLookupError: the destination failed to answer.
     """
-    dialect = capabilities.lookup if pipeline is not None else None
-    if dialect is None or not documents:
-        return 0
+    if pipeline is None or capabilities.lookup is None or not documents:
+        return set()
+    ids = list(documents)
+    stale: Set[str] = set()
+    for name, key_column in ((table, "embedding_id"), (FAILED_TABLE, "request_id")):
+
+        def run(handle: Any, qualified: str, dialect: str, name: str = name,
+                key_column: str = key_column) -> List[Tuple[str, str]]:
+            if dialect == "lancedb":
+                if "document_id" not in handle.schema.names:
+                    return []
+                where = _lance_in("document_id", ids) + " AND " + (
+                    "model_requested IS NULL" if model is None else f"model_requested = {lance_literal(model)}")
+                rows = handle.search().where(where).select(["document_id", key_column]).limit(None).to_arrow()
+                columns = (rows.column("document_id").to_pylist(), rows.column(key_column).to_pylist())
+                return list(zip(*columns, strict=True))
+            match, args = _in("document_id", ids, dialect)
+            same, model_args = _same_model(model, dialect)
+            resource = " AND resource = %s" if name == FAILED_TABLE else ""
+            return list(handle.execute_sql(
+                f"SELECT document_id, {key_column} FROM {qualified} WHERE {match} AND {same}{resource}",
+                *args, *model_args, *([table] if name == FAILED_TABLE else [])) or [])
+
+        try:
+            found = _chunk_query(pipeline, capabilities, name, "look for old chunks of changed documents", run)
+        except GaiaLookupError:
+            if name == FAILED_TABLE:  # no document columns yet (written by an older version): nothing to clear
+                continue
+            raise
+        for document_id, key in found or []:
+            if document_id in documents and key not in set(documents[document_id]):
+                stale.add(str(document_id))
+    return stale
+
+
+def apply_chunk_sync(pipeline: dlt.Pipeline, ledger: Ledger) -> Tuple[int, int]:
+    """After a load: for each document the run found changed (``ledger.pending_chunk_syncs``), delete its rows for
+    the same model that are none of its current chunks, and its ``failed_requests`` rows that are none of them —
+    but only when every current chunk is in the table. A document whose new chunks did not all load (a request
+    failed, the load failed) keeps its old chunks until a run completes it.
+
+    dlt has no chunk management for SQL destinations (dlt-hub/dlt#1533), so this is ours. Returns (rows deleted,
+    documents kept as they were); the kept ones are noted in the ledger.
+
+    Raises:
+        GaiaLookupError: the destination failed to answer.
+    """
+    capabilities = capabilities_of(pipeline)
+    if capabilities.lookup is None:
+        return 0, 0
+    deleted = kept = 0
+    for (table, model), documents in ledger.pending_chunk_syncs.items():
+        if not documents:
+            continue
+        complete = _complete_documents(pipeline, capabilities, table, documents)
+        kept += len(documents) - len(complete)
+        for start in range(0, len(complete), 500):
+            batch = {d: documents[d] for d in complete[start : start + 500]}
+            deleted += _delete_stale(pipeline, capabilities, table, model, batch)
+        ledger.pending_chunk_syncs[(table, model)] = {d: documents[d] for d in documents if d not in complete}
+    if deleted:
+        logger.info("deleted %d old chunk(s) of changed documents, after their new chunks loaded", deleted)
+    if kept:
+        ledger.note(f"{kept} changed document(s) keep their old chunks: not all of their new chunks loaded")
+    return deleted, kept
+
+
+def _complete_documents(
+    pipeline: dlt.Pipeline, capabilities: DestinationCapabilities, table: str, documents: Dict[str, List[str]]
+) -> List[str]:
+    """The documents all of whose current chunks are in ``table``."""
+    keys = [key for chunk_keys in documents.values() for key in chunk_keys]
+    present: Set[str] = set()
+    with LoadedIds(pipeline, capabilities, table, "embedding_id") as ids:
+        for start in range(0, len(keys), LOOKUP_BATCH):
+            present.update(ids.lookup(keys[start : start + LOOKUP_BATCH]))
+    return [d for d, chunk_keys in documents.items() if all(k in present for k in chunk_keys)]
+
+
+def _delete_stale(
+    pipeline: dlt.Pipeline, capabilities: DestinationCapabilities, table: str, model: Optional[str],
+    documents: Dict[str, List[str]],
+) -> int:
     ids = list(documents)
     keys = [key for chunk_keys in documents.values() for key in chunk_keys]
-    args: List[Any]
-    try:
-        if dialect == "lancedb":
-            lance = lance_table(pipeline, table)  # type: ignore[arg-type]
-            condition = f"{_lance_in('document_id', ids)} AND NOT {_lance_in('embedding_id', keys)}"
-            count = int(lance.count_rows(condition)) if lance is not None else 0
-            if count:
-                lance.delete(condition)
-                logger.info("%s: deleted %d chunk(s) that changed documents no longer have", table, count)
-            return count
-        with pipeline.sql_client() as client:  # type: ignore[union-attr]
-            qualified = client.make_qualified_table_name(table)
-            if dialect == "duckdb":
-                condition, args = ("document_id IN (SELECT UNNEST(%s::VARCHAR[])) AND embedding_id NOT IN "
-                                   "(SELECT UNNEST(%s::VARCHAR[]))", [ids, keys])
-            elif dialect == "postgres":
-                condition, args = "document_id = ANY(%s) AND NOT (embedding_id = ANY(%s))", [ids, keys]
-            else:
-                condition = (f"document_id IN ({','.join(['%s'] * len(ids))}) "
-                             f"AND embedding_id NOT IN ({','.join(['%s'] * len(keys))})")
-                args = [*ids, *keys]
-            found = client.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {condition}", *args)
-            count = int(found[0][0]) if found else 0
-            if count:
-                client.execute_sql(f"DELETE FROM {qualified} WHERE {condition}", *args)
-    except DestinationUndefinedEntity:
-        return 0  # nothing loaded yet: nothing to delete
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GaiaLookupError(
-            f"could not delete the old chunks of changed documents from table '{table}' in the {capabilities.name} "
-            f"destination ({type(exc).__name__}: {first_line}). Nothing more was sent; run again once it answers."
-        ) from None
-    if count:
-        logger.info("%s: deleted %d chunk(s) that changed documents no longer have", table, count)
+    count = 0
+    for name, key_column in ((table, "embedding_id"), (FAILED_TABLE, "request_id")):
+
+        def run(handle: Any, qualified: str, dialect: str, name: str = name, key_column: str = key_column) -> int:
+            if dialect == "lancedb":
+                same = "model_requested IS NULL" if model is None else f"model_requested = {lance_literal(model)}"
+                condition = f"{_lance_in('document_id', ids)} AND {same} AND NOT {_lance_in(key_column, keys)}"
+                found = int(handle.count_rows(condition))
+                if found:
+                    handle.delete(condition)
+                return found
+            in_docs, doc_args = _in("document_id", ids, dialect)
+            in_keys, key_args = _in(key_column, keys, dialect)
+            same, model_args = _same_model(model, dialect)
+            resource, resource_args = (" AND resource = %s", [table]) if name == FAILED_TABLE else ("", [])
+            condition = f"{in_docs} AND {same} AND NOT ({in_keys}){resource}"
+            args = [*doc_args, *model_args, *key_args, *resource_args]
+            found = handle.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {condition}", *args)
+            number = int(found[0][0]) if found else 0
+            if number:
+                handle.execute_sql(f"DELETE FROM {qualified} WHERE {condition}", *args)
+            return number
+
+        try:
+            count += _chunk_query(pipeline, capabilities, name, "delete old chunks of changed documents", run) or 0
+        except GaiaLookupError:
+            if name != FAILED_TABLE:
+                raise
     return count
 
 
@@ -257,21 +386,30 @@ def unique(items: Iterable[T], key: Callable[[T], str], seen: Set[str]) -> Itera
             yield item
 
 
-def skip_loaded(items: Iterable[T], key: Callable[[T], str], ids: LoadedIds, what: str = "requests") -> Iterator[T]:
-    """Yield the items whose key is not yet in ``ids.table`` (looked up a batch at a time, streaming).
+def skip_loaded(
+    items: Iterable[T], key: Callable[[T], str], ids: LoadedIds, what: str = "requests",
+    done: Optional[Callable[[T, List[Tuple[Any, ...]]], bool]] = None,
+    ledger: Optional[Tuple[Ledger, str]] = None,
+) -> Iterator[T]:
+    """Yield the items not done yet: whose key is not in ``ids.table`` (looked up a batch at a time, streaming), or
+    for which ``done(item, rows)`` says the rows found do not make it done.
 
     The first batch is looked up before the first item is yielded, so a destination that cannot answer stops the
-    resource before it sends anything. Logs how many were skipped, so a re-run that sends nothing says why.
+    resource before it sends anything. Each skipped item is recorded in ``ledger`` (a ledger and the resource) as
+    ``skipped``; a log line says how many, so a re-run that sends nothing says why.
     """
     skipped = 0
     batch: List[T] = []
 
     def flush() -> Iterator[T]:
         nonlocal skipped
-        done = ids.lookup(key(i) for i in batch)
+        found = ids.lookup(key(i) for i in batch)
         for item in batch:
-            if key(item) in done:
+            rows = found.get(key(item))
+            if rows is not None and (done is None or done(item, rows)):
                 skipped += 1
+                if ledger is not None:
+                    ledger[0].record(ledger[1], getattr(item, "request_id", key(item)), SKIPPED)
             else:
                 yield item
         batch.clear()

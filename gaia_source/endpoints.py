@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dlt.common.schema.typing import TTableSchemaColumns
 
@@ -21,6 +21,7 @@ from .context import RunContext
 from .destination import skip_loaded, unique
 from .errors import GaiaError, GaiaInputRefused
 from .inputs import ChatInput, QueryInput, TextInput
+from .ledger import is_done
 from .payloads import (
     PreparedRequest,
     Shard,
@@ -28,7 +29,7 @@ from .payloads import (
     chat_request,
     embedding_id,
     embeddings_request,
-    for_target,
+    for_cell,
     in_shard,
     merge_chat_params,
     responses_request,
@@ -95,7 +96,10 @@ class Plan:
     samples: int = 1
     """Send every prompt this many times (rows carry ``sample_index``)."""
     drift: bool = True
-    """Send pinned prompts again when the answering node's configuration changed (see ``RunContext.generation``)."""
+    """Send a prompt again when the node that answered it now has another configuration (see
+    :func:`~gaia_source.ledger.is_done`)."""
+    required: FrozenSet[str] = frozenset()
+    """Resources the user named: a missing endpoint fails their cells instead of skipping them."""
 
 
 RequestBuilder = Callable[["Endpoint", Plan, RunContext], Iterator[PreparedRequest]]
@@ -201,35 +205,52 @@ def _response(item: ChatInput, model: Optional[str], params: Dict[str, Any]) -> 
     return replace(request, extra=_labels(item))
 
 
+def _targets(plan: Plan, context: RunContext) -> List[Optional[str]]:
+    """The nodes requests are pinned to: each node of the pool when comparing nodes, else none (the pool's best)."""
+    return [node.base_url for node in context.pool.nodes] if plan.compare_nodes else [None]
+
+
+def skip_done(
+    endpoint: Endpoint, plan: Plan, context: RunContext, requests: Iterator[PreparedRequest], what: str
+) -> Iterator[PreparedRequest]:
+    """The cells not done yet (see :func:`~gaia_source.ledger.is_done`); all of them with ``refresh``. Each cell is
+    sent once per run, however often its input appears (two identical lines are one cell)."""
+    cells = unique(requests, _request_id, context.seen(endpoint.name))
+    if plan.refresh:
+        yield from cells
+        return
+    lookup = context.loaded_cells(endpoint.name)
+    current = context.node_configuration
+    yield from skip_loaded(cells, lambda r: r.cell_id or r.request_id, lookup, what,
+                           done=lambda r, answered: is_done(answered, r.node, plan.drift, current),
+                           ledger=(context.ledger, endpoint.name))
+
+
 def _prompt_requests(build: PromptRequest) -> RequestBuilder:
     def requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
-        """One request per prompt; prompts with a ``completed`` row are skipped unless ``refresh``."""
+        """One request per cell: prompt × target node (compare runs) × model × sample; cells already answered (under
+        the answering node's current configuration, with ``drift``) are skipped unless ``refresh``."""
         items = plan.prompts()
         first = next(items, None)
         if first is None:
             return
-        models = plan.chat_models or (context.discover_models()[0],)
-        every_node = [node.base_url for node in context.pool.nodes]
-        targets: List[Optional[str]] = list(every_node) if plan.compare_nodes else [None]
-        generation = {target: context.generation([target] if target else every_node) if plan.drift else None
-                      for target in targets}
+        discovered = None if plan.chat_models else context.discover_models()[0]
+        targets = _targets(plan, context)
 
         def expand(item: ChatInput) -> Iterator[PreparedRequest]:
             params = merge_chat_params(plan.chat_params, item.params)
-            for model in (item.model,) if item.model else models:
-                request = build(item, model, params)
+            named = (item.model,) if item.model else plan.chat_models
+            for model in named or (None,):
+                request = build(item, model or discovered, params)
                 for target in targets:
                     for sample in range(plan.samples):
-                        seed = int(params.get("seed") or 0) + sample if plan.samples > 1 else None
-                        yield for_target(request, target, sample, generation[target], seed)
+                        seed = params.get("seed")
+                        sent_seed = int(seed) + sample if seed is not None and plan.samples > 1 else None
+                        yield for_cell(request, endpoint.name, model, target, sample, sent_seed)
 
         built = (request for item in itertools.chain([first], items) for request in expand(item))
-        sharded = (r for r in built if in_shard(r.request_id, plan.shard))
-        if plan.refresh:
-            yield from sharded
-            return
-        ids = context.loaded_ids(endpoint.name, "request_id", "status = 'completed'")
-        yield from skip_loaded(sharded, _request_id, ids, "prompts")
+        sharded = (r for r in built if in_shard(r.cell_id or r.request_id, plan.shard))
+        yield from skip_done(endpoint, plan, context, sharded, "prompts")
 
     return requests
 
@@ -246,23 +267,26 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if first is None:
         return
     model = plan.embedding_model or context.discover_models()[1]
-    chunks = chunk_texts(itertools.chain([first], items), plan.chunk_size, plan.chunk_overlap)
+    chunks = chunk_texts(itertools.chain([first], items), plan.chunk_size, plan.chunk_overlap,
+                         context.chunk_positions(endpoint.name, model))
     keyed: Iterator[Tuple[str, TextInput]] = ((embedding_id(model, t.text, *t.position), t) for t in chunks)
     if plan.shard is None:  # a shard sees only some of a document's chunks: it cannot tell which are orphans
-        keyed = context.sync_documents(endpoint.name, keyed)  # a changed document's old chunks are deleted
+        keyed = context.track_documents(endpoint.name, model, keyed)  # changed documents: old chunks go after load
     # one row per (model, text) in a run, across the pages a transformer gets too
     keyed = unique((kt for kt in keyed if in_shard(kt[0], plan.shard)), _first, context.seen(endpoint.name))
     if not plan.refresh:
-        keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts")
+        keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts",
+                            ledger=(context.ledger, endpoint.name))
     texts = (text for _, text in keyed)
     while batch := list(itertools.islice(texts, plan.embedding_batch_size)):
-        yield embeddings_batch(batch, model)
+        yield embeddings_batch(batch, model, plan.embedding_model)
 
 
-def embeddings_batch(batch: Sequence[TextInput], model: Optional[str]) -> PreparedRequest:
-    """One embeddings request for ``batch``; a single text carries its id and source into a ``failed_requests`` row."""
+def embeddings_batch(batch: Sequence[TextInput], model: Optional[str], named: Optional[str]) -> PreparedRequest:
+    """One embeddings request for ``batch`` (``named``: the model the user named, which, not a discovered one, is
+    part of each text's cell); a single text carries its id and source into a ``failed_requests`` row."""
     one = batch[0] if len(batch) == 1 else None
-    return embeddings_request([t.text for t in batch], model, extra={"inputs": list(batch)},
+    return embeddings_request([t.text for t in batch], model, extra={"inputs": list(batch), "named_model": named},
                               custom_id=one.id if one else None, source=one.source if one else None)
 
 
@@ -273,18 +297,26 @@ def split_embeddings(request: PreparedRequest) -> Tuple[PreparedRequest, ...]:
     if len(inputs) < 2:
         return ()
     middle = len(inputs) // 2
-    model = request.body.get("model")
-    return embeddings_batch(inputs[:middle], model), embeddings_batch(inputs[middle:], model)
+    model, named = request.body.get("model"), request.extra.get("named_model")
+    return embeddings_batch(inputs[:middle], model, named), embeddings_batch(inputs[middle:], model, named)
 
 
 def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
-    """One retrieval request per query (its expected sources ride along, for ``hit_rank`` and ``hits``)."""
-    for query in plan.queries():
-        request = retrieve_request(query.query, query.custom_id, query.source)
-        if query.expected_sources is not None:
-            request = replace(request, extra={**request.extra, "expected_sources": list(query.expected_sources)})
-        if in_shard(request.request_id, plan.shard):
-            yield request
+    """One retrieval request per query (per query and node when comparing nodes, so every node answers the same
+    queries); its expected sources ride along, for ``hit_rank`` and ``hits``."""
+    targets = _targets(plan, context) if plan.compare_nodes else [None]
+
+    def expand() -> Iterator[PreparedRequest]:
+        for query in plan.queries():
+            request = retrieve_request(query.query, query.custom_id, query.source)
+            if query.expected_sources is not None:
+                request = replace(request, extra={**request.extra, "expected_sources": list(query.expected_sources)})
+            for target in targets:
+                cell = for_cell(request, endpoint.name, node=target)
+                if in_shard(cell.cell_id or cell.request_id, plan.shard):
+                    yield cell
+
+    yield from skip_done(endpoint, plan, context, expand(), "queries")
 
 
 def refuse_for_amd_gaia(request: PreparedRequest, context: RunContext) -> Optional[GaiaError]:

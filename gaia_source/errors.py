@@ -140,6 +140,13 @@ def looks_like_missing_route(error: GaiaRequestError) -> bool:
     return error.status_code in MISSING_ENDPOINT_STATUS and "model" not in error.detail.lower()
 
 
+def clean_missing_route(error: GaiaRequestError) -> bool:
+    """A "no such route" answer a server itself gives (a text, JSON or empty 404/405), not a gateway's or web
+    server's HTML page: only such an answer tells that a server generation lacks an endpoint. An HTML 404 may be a
+    gateway briefly losing its route, so it is retried like any transient failure."""
+    return looks_like_missing_route(error) and not error.detail.startswith("HTML page")
+
+
 INPUT_FAILURE_MARKERS = ("Failed to compute embeddings",)
 """What a node says when one input of a batch cannot be processed (llama-core: a text longer than the model's
 context, say). Sending the same batch again fails the same way; sending it without that input succeeds."""
@@ -156,8 +163,8 @@ def blames_an_input(error: BaseException) -> bool:
 
 
 def is_transient(error: BaseException, missing_route: bool = True) -> bool:
-    """Whether sending the same request again may succeed: no response, 408/409/425/429/5xx, a cut stream, and —
-    once an endpoint is known to exist (``missing_route``) — a route-like 404/405 from a gateway losing its route."""
+    """Whether sending the same request again may succeed: no response, 408/409/425/429/5xx, a cut stream, a gateway's
+    HTML 404 page, and — once an endpoint is known to exist (``missing_route``) — any route-like 404/405."""
     if isinstance(error, (GaiaAuthError, EndpointNotAvailable)):
         return False
     if isinstance(error, GaiaStreamInterrupted):
@@ -166,7 +173,7 @@ def is_transient(error: BaseException, missing_route: bool = True) -> bool:
         return False
     if error.status_code is None or error.status_code in RETRYABLE_STATUS:
         return True
-    return missing_route and looks_like_missing_route(error)
+    return looks_like_missing_route(error) and (missing_route or not clean_missing_route(error))
 
 
 _TAG_RE = re.compile(r"<[^>]+>")

@@ -416,9 +416,31 @@ def model_list(value: Any, setting: str = "chat_model") -> Tuple[str, ...]:
 def validate(items: Iterable[Any]) -> int:
     """Read an input iterator to the end without keeping it; return how many items it has.
 
-    Any malformed item raises :class:`GaiaConfigError` here, before a request is sent.
+    Any malformed item raises :class:`GaiaConfigError` here, before a request is sent; so does a ``custom_id`` given
+    to two different inputs (it names one request in Batch output: which one would it name?). The same input given
+    twice with the same id is one request.
     """
     count = 0
-    for _ in items:
+    ids: Dict[str, Tuple[str, Any]] = {}
+    for item in items:
         count += 1
+        custom_id = getattr(item, "custom_id", None)
+        if custom_id is None:
+            continue
+        identity = _identity(item)
+        where = getattr(item, "source", "") or f"input {count}"
+        first = ids.setdefault(custom_id, (where, identity))
+        if first[1] != identity:
+            raise GaiaConfigError(f"{where}: custom_id {custom_id!r} is already the id of another input ({first[0]}); "
+                                  "give every input its own custom_id")
     return count
+
+
+def _identity(item: Any) -> Any:
+    """What makes an input the input it is (not where it was read)."""
+    if isinstance(item, ChatInput):
+        return (orjson.dumps(item.messages, option=orjson.OPT_SORT_KEYS),
+                orjson.dumps(item.params, option=orjson.OPT_SORT_KEYS), item.model)
+    if isinstance(item, QueryInput):
+        return item.query
+    return repr(replace(item, source=""))

@@ -1,37 +1,27 @@
-"""Request bodies and their deterministic ids.
+"""Request bodies: what goes on the wire for each endpoint, and which cell of the ledger each request is.
 
-A request id is a hash of the endpoint and the canonical JSON of the body, so the same prompt with the same model
-and parameters always maps to the same row (the tables' primary key), across runs, machines and workers.
+What a request *is* — its cell, and so its id — is decided by :mod:`gaia_source.ledger` from the user's input and
+settings; this module builds the bodies and attaches the cell (:func:`for_cell`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
-
-import orjson
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import GaiaConfigError
-from .inputs import Message, output_limit
+from .inputs import Message, TextInput, output_limit
+from .ledger import Cell, canonical_json, content_hash, text_key
 from .settings import CHAT_PATH, EMBEDDINGS_PATH, OUTPUT_LIMIT_FIELDS, RESPONSES_PATH, RETRIEVE_PATH
 
 
-def canonical_json(value: Any) -> bytes:
-    """JSON with sorted keys and no whitespace: the same value always gives the same bytes."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-
-
-def content_hash(*parts: Any) -> str:
-    """A 128-bit BLAKE2b hex digest of the canonical JSON of ``parts``."""
-    return hashlib.blake2b(canonical_json(list(parts)), digest_size=16).hexdigest()
-
-
 def request_id(endpoint: str, body: Mapping[str, Any]) -> str:
-    """The deterministic id of one request: a hash of its endpoint and body."""
+    """The deterministic id of a request that is no cell of the ledger (per-node metadata): endpoint and body."""
     return content_hash(endpoint, body)
 
+
+__all__ = ["canonical_json", "content_hash"]  # re-exported: the ledger owns them
 
 Shard = Tuple[int, int]
 
@@ -95,28 +85,30 @@ class PreparedRequest:
     wire_body: Optional[Dict[str, Any]] = None
     """What goes on the wire when it differs from ``body`` (fields every server generation needs); ``body`` is what the
     user asked for, and defines the id."""
-    key: Dict[str, Any] = field(default_factory=dict)
-    """What else tells this request apart from another with the same body: the node it is pinned to when comparing
-    nodes, its sample index, the node configuration it is answered under (see :func:`for_target`). Empty: the id is
-    the hash of endpoint and body alone."""
+    cell: Optional[Cell] = None
+    """Which cell of the ledger this request is (None: per-node metadata, keyed by endpoint and body)."""
 
     @property
     def request_id(self) -> str:
-        """Deterministic id: hash of endpoint and body (and :attr:`key`, when it has anything)."""
-        if not self.key:
-            return request_id(self.endpoint, self.body)
-        return content_hash(self.endpoint, self.body, self.key)
+        """What "is it done?" and "is it failing?" are asked on: the cell's key (or endpoint and body)."""
+        return self.cell.key if self.cell is not None else request_id(self.endpoint, self.body)
+
+    @property
+    def cell_id(self) -> Optional[str]:
+        """The cell's id (the same for every node that answers it), or None."""
+        return self.cell.cell_id if self.cell is not None else None
 
     @property
     def prompt_id(self) -> str:
-        """The id of the prompt as asked (endpoint, and the body without its model): the same for every node, model,
-        sample and configuration, so answers to one prompt join on it."""
-        return request_id(self.endpoint, {k: v for k, v in self.body.items() if k != "model"})
+        """The id of the prompt as asked (endpoint, and the body without its model and sample seed): the same for
+        every node, model, sample and configuration, so answers to one prompt join on it."""
+        return request_id(self.endpoint, {k: v for k, v in (self.extra.get("asked") or self.body).items()
+                                          if k != "model"})
 
     @property
     def sample_index(self) -> int:
         """Which of a prompt's samples this is (0 when sent once)."""
-        return int(self.key.get("sample", 0))
+        return self.cell.sample if self.cell is not None else 0
 
     @property
     def sent_body(self) -> Dict[str, Any]:
@@ -157,35 +149,32 @@ def chat_request(
     return PreparedRequest(CHAT_PATH, body, custom_id=custom_id, source=source, wire_body=with_output_limit(body))
 
 
-def for_target(
+def for_cell(
     request: PreparedRequest,
+    resource: str,
+    model: Optional[str] = None,
     node: Optional[str] = None,
     sample: int = 0,
-    configuration: Optional[str] = None,
     seed: Optional[int] = None,
 ) -> PreparedRequest:
-    """The request as sent to one target of an evaluation.
+    """The request as one cell of the ledger: a prompt (or query) × target × sample.
 
     Args:
-        request: The prompt's request.
-        node: Pin it to this node (comparing nodes); the node is part of its id.
-        sample: Its sample index; samples after the first are part of its id (the first keeps the plain id, so asking
-            for more samples later sends only the new ones).
-        configuration: A node configuration generation (see ``RunContext.generation``) that is part of its id, so a
-            changed node answers again.
-        seed: Sent as ``seed`` (on the wire only: the prompt id stays the same for every sample).
+        request: The input's request (its body is what the user asked, with the model to send).
+        resource: The resource it is a cell of.
+        model: The model the user named (None: the body's model was discovered, and is not identity).
+        node: Pin it to this node (comparing nodes).
+        sample: Its sample index.
+        seed: The seed sample ``sample`` is sent with (the run's seed + ``sample``); the body and the row's
+            ``params`` say it, while the cell keeps the seed the user asked.
     """
-    key: Dict[str, Any] = {}
-    if node is not None:
-        key["node"] = node
-    if sample:
-        key["sample"] = sample
-    if configuration is not None:
-        key["configuration"] = configuration
-    wire = None
-    if seed is not None:
-        wire = {**request.sent_body, "seed": seed}
-    return replace(request, node=node, key=key, wire_body=wire if wire is not None else request.wire_body)
+    asked = {k: v for k, v in request.body.items() if k not in ("model", "stream", "stream_options")}
+    identity: Dict[str, Any] = {"body": asked, "custom_id": request.custom_id}
+    body = request.body if seed is None else {**request.body, "seed": seed}
+    extra = request.extra if seed is None else {**request.extra, "asked": request.body}
+    wire = request.wire_body if seed is None else (with_output_limit(body) if request.endpoint == CHAT_PATH else None)
+    return replace(request, body=body, extra=extra, wire_body=wire, node=node,
+                   cell=Cell(resource, identity, model, sample, node))
 
 
 def responses_request(
@@ -249,11 +238,23 @@ def retrieve_request(query: str, custom_id: Optional[str] = None, source: Option
     return PreparedRequest(RETRIEVE_PATH, body, custom_id=custom_id, source=source, extra={"query": query})
 
 
-def embedding_id(model: Optional[str], text: str, *position: Any) -> str:
-    """The id of one embedded text: a hash of (model, text), so re-embedding the same pair is recognisable; a
-    document's chunk adds its position (document, index, start), so its row is its own even if another chunk has the
-    same text."""
-    return content_hash("embedding", model, text, *position)
+embedding_id = text_key
+"""The id of one embedded text: its cell (see :func:`gaia_source.ledger.text_key`)."""
+
+
+def cells_of(request: PreparedRequest) -> List[Tuple[str, Optional[TextInput]]]:
+    """The ledger cells one request carries: one per text of an embeddings batch (with the text), else the request's
+    own (with None).
+
+    A text's cell has the model the user named, not a discovered one: a text that failed while the node could not
+    say its model, and loads later under the model it then names, is the same cell (its failure is cleared). Its
+    row's ``embedding_id`` has the model its vector comes from, so vectors of two models never mix.
+    """
+    inputs: Optional[List[TextInput]] = request.extra.get("inputs")
+    if inputs is None:
+        return [(request.request_id, None)]
+    model = request.extra.get("named_model")
+    return [(text_key(model, t.text, *t.position), t) for t in inputs]
 
 
 def chat_params_of(body: Mapping[str, Any]) -> Dict[str, Any]:

@@ -25,9 +25,10 @@ from .context import RunContext
 from .destination import DestinationCapabilities
 from .endpoints import ENDPOINTS, Endpoint, Plan
 from .errors import GaiaAuthError, GaiaRequestError, blames_an_input, looks_like_missing_route
+from .ledger import row_id
 from .payloads import PreparedRequest
 from .rows import FAILED_REQUEST_COLUMNS, usage_estimated_by
-from .runner import Outcome, outcome_of, run_requests
+from .runner import Outcome, Prior, outcome_of, run_requests
 from .settings import FAILED_REQUESTS_TABLE
 from .vectors import ensure_vector_column
 
@@ -86,25 +87,27 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             built = endpoint.rows(request, reply)
             if endpoint.inputs is None:  # per-node metadata: its own rows describe the node
                 return built
-            node: Dict[str, Any] = {"info_hash": context.node_configuration(reply.node_url)}
+            info_hash = context.node_configuration(reply.node_url)
+            node: Dict[str, Any] = {"info_hash": info_hash}
+            if request.cell_id is not None:  # an answer row: its cell, who answered, under which configuration
+                node["request_id"] = row_id(request.cell_id, reply.node_url, info_hash)
             if endpoint.estimates_usage:
                 node["usage_estimated"] = usage_estimated_by(endpoint.name, context.node_info(reply.node_url))
             return _with_columns(built, node)
 
-        def execute(request: PreparedRequest, probe: bool, prior_attempts: int) -> Outcome:
+        def execute(request: PreparedRequest, probe: bool, prior: Prior) -> Outcome:
             refusal = endpoint.refuse(request, context) if endpoint.refuse is not None else None
-            if refusal is not None:  # not sent: a failed request with 0 attempts
-                return Outcome(request, None, refusal, prior_attempts)
-            outcome = outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply),
-                                 prior_attempts)
+            if refusal is not None:  # not sent: a refused cell
+                return Outcome(request, None, refusal, prior[0], latency_s=prior[1], refused=True)
+            outcome = outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply), prior)
             if outcome.error is not None and endpoint.split is not None and blames_an_input(outcome.error):
                 smaller = endpoint.split(request)
                 if smaller:  # one input broke the batch: send it in halves until that input is alone
                     logger.info("%s: a batch failed because of one of its inputs (%s); splitting it in %d",
                                 endpoint.name, outcome.error.detail if isinstance(outcome.error, GaiaRequestError)
                                 else outcome.error, len(smaller))
-                    parts = tuple(execute(part, False, 0) for part in smaller)
-                    return Outcome(request, attempts=outcome.attempts, parts=parts)
+                    parts = tuple(execute(part, False, (outcome.attempts, outcome.latency_s)) for part in smaller)
+                    return Outcome(request, attempts=outcome.attempts, parts=parts, latency_s=outcome.latency_s)
             return outcome
 
         verdict = context.endpoint_exists(endpoint.name)
@@ -112,8 +115,9 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             return
         requests = endpoint.requests(endpoint, plan, context)
         items = run_requests(
-            endpoint.name, requests, execute, pool.max_concurrency, settings.retry_rounds, settings.round_cooldown,
-            verdict, lambda exists: context.set_endpoint_exists(endpoint.name, exists),
+            endpoint.name, requests, execute, pool.max_concurrency, context.ledger, settings.retry_rounds,
+            settings.round_cooldown, verdict, lambda exists: context.set_endpoint_exists(endpoint.name, exists),
+            required=endpoint.name in plan.required,
         )
         if endpoint.vectors:
             items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))

@@ -21,6 +21,7 @@ from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
 from .client import Reply
 from .errors import GaiaError, GaiaResponseError
+from .inputs import TextInput
 from .payloads import PreparedRequest, canonical_json, chat_params_of, content_hash, embedding_id
 from .streaming import STATUS_COMPLETED
 
@@ -40,6 +41,7 @@ def _prompt_request_columns() -> TTableSchemaColumns:
     """The columns every prompt table starts with: its key, what was asked and who answered."""
     return {
         "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+        "cell_id": {"data_type": "text"},
         "custom_id": {"data_type": "text"},
         "status": {"data_type": "text"},
         "error": {"data_type": "text"},
@@ -115,6 +117,8 @@ EMBEDDING_COLUMNS: TTableSchemaColumns = {
 }
 RETRIEVE_COLUMNS: TTableSchemaColumns = {
     "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "cell_id": {"data_type": "text"},
+    "status": {"data_type": "text"},
     "custom_id": {"data_type": "text"},
     "query": {"data_type": "text"},
     "node_url": {"data_type": "text"},
@@ -179,10 +183,14 @@ RESPONSE_COLUMNS: TTableSchemaColumns = {
 FAILED_REQUEST_COLUMNS: TTableSchemaColumns = {
     "resolved": {"data_type": "bool", "hard_delete": True},  # a tombstone (True) deletes the row on merge
     "request_id": {"data_type": "text", "nullable": False, "primary_key": True},
+    "cell_id": {"data_type": "text"},
     "resource": {"data_type": "text"},
     "endpoint": {"data_type": "text"},
     "node_url": {"data_type": "text"},
     "custom_id": {"data_type": "text"},
+    "document_id": {"data_type": "text"},
+    "model_requested": {"data_type": "text"},
+    "sample_index": {"data_type": "bigint"},
     "http_status": {"data_type": "bigint"},
     "error_type": {"data_type": "text"},
     "error_message": {"data_type": "text"},
@@ -259,6 +267,7 @@ def _prompt_columns(request: PreparedRequest) -> Row:
 def _request_columns(request: PreparedRequest, reply: Reply) -> Row:
     return {
         "request_id": request.request_id,
+        "cell_id": request.cell_id,
         "custom_id": request.custom_id,
         **_reply_columns(reply),
         **_prompt_columns(request),
@@ -459,6 +468,8 @@ def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:
     hit_rank, hits = retrieval_hits(points, expected) if expected is not None else (None, None)
     return {
         "request_id": request.request_id,
+        "cell_id": request.cell_id,
+        "status": STATUS_COMPLETED,
         "custom_id": request.custom_id,
         "query": request.extra.get("query"),
         **_reply_columns(reply),
@@ -666,6 +677,7 @@ def response_row(request: PreparedRequest, reply: Reply) -> Row:
     input_field = request.body.get("input")
     return {
         "request_id": request.request_id,
+        "cell_id": request.cell_id,
         "custom_id": request.custom_id,
         "status": STATUS_COMPLETED,
         **_reply_columns(reply),
@@ -704,25 +716,36 @@ def usage_estimated_by(endpoint: str, info: NodeInfo) -> Optional[bool]:
     return info.shape in USAGE_ESTIMATED_BY.get(endpoint, frozenset())
 
 
-def failed_request_row(resource: str, request: PreparedRequest, error: GaiaError) -> Row:
-    """A ``failed_requests`` row: what could not be fetched, from which node (the last one tried), and why.
+def failed_request_row(
+    resource: str, request: PreparedRequest, error: GaiaError, key: Optional[str] = None,
+    text: Optional[TextInput] = None, attempts: Optional[int] = None,
+) -> Row:
+    """A ``failed_requests`` row for one cell: what could not be fetched, from which node (the pinned one, else the
+    last one tried), and why; keyed by the cell (``key``), so the cell completing later deletes it.
 
+    ``text``: the cell is one text of an embeddings batch; the row names that text (its id, document, its own body).
     No secrets: error messages are redacted where they are made.
     """
     url = getattr(error, "url", None)
-    node_url = url.rsplit("/v1/", 1)[0] + "/v1" if isinstance(url, str) and "/v1/" in url else None
+    node_url = url.rsplit("/v1/", 1)[0] + "/v1" if isinstance(url, str) and "/v1/" in url else request.node
+    body = request.sent_body if text is None else {**{k: v for k, v in request.sent_body.items() if k != "input"},
+                                                    "input": [text.text]}
     return {
-        "request_id": request.request_id,
+        "request_id": key or request.request_id,
+        "cell_id": request.cell_id if text is None else key,
         "resource": resource,
         "endpoint": request.endpoint,
-        "node_url": node_url,
-        "custom_id": request.custom_id,
+        "node_url": request.node or node_url,
+        "custom_id": request.custom_id if text is None else text.id,
+        "document_id": None if text is None else (text.document_id or text.id),
+        "model_requested": request.body.get("model"),
+        "sample_index": request.sample_index if request.cell is not None else None,
         "http_status": getattr(error, "status_code", None),
         "error_type": type(error).__name__,
         "error_message": str(error),
-        "attempts": getattr(error, "attempts", 1),
+        "attempts": attempts if attempts is not None else getattr(error, "attempts", 1),
         "failed_at": utc_now(),
-        "request_body": request.sent_body,
+        "request_body": body,
     }
 
 

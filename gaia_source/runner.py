@@ -1,19 +1,22 @@
 """Runs one resource's requests and turns every outcome into rows for dlt: a completed row or a failure row, once.
 
-1. **The probe.** The first request goes alone. A 404/405 that says "no such route" means this node's server
-   generation lacks the endpoint: the resource is skipped with one warning and nothing else is sent. That verdict is
-   made here, once; any later 404/405 is a failed request like any other (a gateway briefly losing its route).
-   A refused key (401/403) stops the run.
+1. **The probe.** The first request goes alone. A 404/405 that the server itself gives as "no such route" (text,
+   JSON or empty, not a gateway's HTML page, which is retried) means this node's server generation lacks the
+   endpoint: the resource is skipped with one warning and nothing else is sent — unless the user named the resource,
+   then every cell of it is recorded as failing, so the run exits non-zero. That verdict is made here, once; any
+   later 404/405 is a failed request like any other (a gateway briefly losing its route). A refused key (401/403)
+   stops the run.
 2. **The fan-out.** The rest go out over a thread pool with a bounded window, so inputs are pulled lazily from their
    files and rows flow to dlt as answers arrive.
 3. **The final rounds.** A request that failed transiently (no response, 429/5xx, a cut stream) even after its
    retries is held back and sent again after the others, following a cool-down, for ``retry_rounds`` rounds. A
    flapping gateway costs time, not rows.
 
-A request that still fails is not lost and does not stop the others: it becomes a row in ``failed_requests`` (merged
-by request id), next to whatever partial row the resource keeps (an interrupted stream's text). When it later
-succeeds, its failure row is deleted (a dlt ``hard_delete`` tombstone), so ``failed_requests`` always lists what is
-failing now.
+A request that still fails is not lost and does not stop the others: each of its cells (a batch has one per text)
+becomes a row in ``failed_requests``, keyed by the cell (see :mod:`gaia_source.ledger`), next to whatever partial
+row the resource keeps (an interrupted stream's text). When the cell later completes — whatever request carries it:
+a batch, a split part, another round — its failure row is deleted (a dlt ``hard_delete`` tombstone), so
+``failed_requests`` lists what is failing now. Every cell's ending goes to the run's ledger.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from .errors import (
     GaiaAuthError,
     GaiaError,
     GaiaRequestError,
+    clean_missing_route,
     is_transient,
-    looks_like_missing_route,
 )
-from .payloads import PreparedRequest
+from .ledger import COMPLETED, FAILED, REFUSED, Ledger
+from .payloads import PreparedRequest, cells_of
 from .rows import failed_request_row
 from .settings import FAILED_REQUESTS_TABLE, MAX_HELD_FOR_ROUND
 
@@ -96,15 +100,19 @@ class Outcome:
     error: Optional[GaiaError] = None
 
     attempts: int = 0
-    """Sends it took in this run so far."""
+    """Sends it took in this run so far (a split part counts the sends of the batch it was split from)."""
     parts: Tuple["Outcome", ...] = ()
     """The outcomes of the smaller requests this one was split into (a batch that failed because of one of its
     inputs): they stand for it, and it has no rows or error of its own."""
+    latency_s: float = 0.0
+    """Seconds its sends took in this run so far, earlier rounds and the batch it was split from included."""
+    refused: bool = False
+    """Not sent: a server would refuse it, or its endpoint is missing (a ``refused`` cell of the ledger)."""
 
     @property
     def transient(self) -> bool:
         """Whether sending it again later may succeed."""
-        return self.error is not None and is_transient(self.error)
+        return self.error is not None and not self.refused and is_transient(self.error)
 
 
 def leaves(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
@@ -116,14 +124,17 @@ def leaves(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
             yield outcome
 
 
-Execute = Callable[[PreparedRequest, bool, int], Outcome]
+Prior = Tuple[int, float]
+"""(sends, seconds) a request already took in this run: earlier rounds, or the batch it was split from."""
+
+Execute = Callable[[PreparedRequest, bool, Prior], Outcome]
 """Sends one request and returns its outcome; raises only what stops the run. The flag says it is the probe: then a
-route-like 404/405 is not retried (one request decides that the endpoint is missing). The number is how many times
-earlier rounds of this run sent it (rows and failures count every send)."""
+clean "no such route" 404/405 is not retried (one request decides that the endpoint is missing). The pair is what
+earlier sends of it took (rows and failures count every send, and their latency spans them)."""
 
 
 def _failed_state() -> Dict[str, str]:
-    """Request ids failing since an earlier run (kept in the source's dlt state; only failures, so it stays small)."""
+    """Cell keys failing since an earlier run (kept in the source's dlt state; only failures, so it stays small)."""
     try:
         return dlt.current.source_state().setdefault("failed_requests", {})  # type: ignore[no-any-return]
     except Exception:  # outside a pipeline (e.g. iterating a resource directly): nothing to reconcile
@@ -135,22 +146,28 @@ def run_requests(
     requests: Iterable[PreparedRequest],
     execute: Execute,
     max_workers: int,
+    ledger: Ledger,
     retry_rounds: int = 0,
     round_cooldown: float = 0.0,
     verdict: Optional[bool] = None,
     on_verdict: Callable[[bool], None] = lambda present: None,
+    required: bool = False,
 ) -> Iterator[Any]:
-    """Send ``requests`` (probe first, then concurrently, then final rounds) and yield rows for dlt.
+    """Send ``requests`` (probe first, then concurrently, then final rounds) and yield rows for dlt; record how every
+    cell ended in ``ledger``.
 
     Args:
         resource: Resource name, for messages and ``failed_requests.resource``.
         requests: Requests to send, consumed lazily.
         execute: Sends one request; see :data:`Execute`.
         max_workers: Requests in flight at once.
+        ledger: The run's ledger.
         retry_rounds: Extra rounds at the end for requests that failed transiently.
         round_cooldown: Seconds to wait before each such round.
         verdict: Whether this run already knows the endpoint exists (True) or not (None: the first request probes).
         on_verdict: Told what the probe found (True: the endpoint exists), so later pages of the run skip the probe.
+        required: The user named this resource: a missing endpoint fails every cell (refused, with the reason)
+            instead of skipping the resource with a warning.
 
     Yields:
         Rows for the resource's table, and ``failed_requests`` rows and tombstones.
@@ -160,32 +177,40 @@ def run_requests(
     first = next(iterator, None)
     if first is None:
         return
-    probe = execute(first, verdict is None, 0)
-    while verdict is None and probe.attempts == 0 and probe.error is not None:
+    probe = execute(first, verdict is None, (0, 0.0))
+    while verdict is None and probe.refused:
         # refused before sending (see Endpoint.refuse): it tells nothing about the endpoint; the next one probes
-        yield from _emit(resource, probe, failing)
+        yield from _emit(resource, probe, failing, ledger)
         first = next(iterator, None)
         if first is None:
             return
-        probe = execute(first, True, 0)
+        probe = execute(first, True, (0, 0.0))
     if verdict is None:
-        missing = isinstance(probe.error, GaiaRequestError) and looks_like_missing_route(probe.error)
+        missing = isinstance(probe.error, GaiaRequestError) and clean_missing_route(probe.error)
         on_verdict(not missing)
         if isinstance(probe.error, GaiaRequestError) and missing:
             error = probe.error
-            logger.warning("Skipping resource '%s': %s", resource,
-                           EndpointNotAvailable(error.method, error.url, error.detail, error.status_code))
+            absent = EndpointNotAvailable(error.method, error.url, error.detail, error.status_code)
+            if not required:
+                logger.warning("Skipping resource '%s': %s", resource, absent)
+                ledger.note(f"{resource}: not run, the node has no such endpoint ({error.status_code})")
+                return
+            logger.error("%s: %s; every request of it is recorded as failing (it was asked for by name)",
+                         resource, absent)
+            for request in itertools.chain([first], iterator):
+                yield from _emit(resource, Outcome(request, None, absent, 1 if request is first else 0,
+                                                   refused=True), failing, ledger)
             return
-    held: List[Tuple[PreparedRequest, int]] = []  # (request, sends so far) waiting for the next round
+    held: List[Tuple[PreparedRequest, Prior]] = []  # (request, what it took so far) waiting for the next round
 
     def settle(outcomes: Iterable[Outcome], last_round: bool) -> Iterator[Any]:
         for outcome in leaves(outcomes):
             if outcome.transient and not last_round and len(held) < MAX_HELD_FOR_ROUND:
-                held.append((outcome.request, outcome.attempts))
+                held.append((outcome.request, (outcome.attempts, outcome.latency_s)))
             else:
-                yield from _emit(resource, outcome, failing)
+                yield from _emit(resource, outcome, failing, ledger)
 
-    outcomes = fan_out(lambda r: execute(r, False, 0), iterator, max_workers)
+    outcomes = fan_out(lambda r: execute(r, False, (0, 0.0)), iterator, max_workers)
     yield from settle(itertools.chain([probe], outcomes), last_round=retry_rounds == 0)
     for round_number in range(1, retry_rounds + 1):
         if not held:
@@ -198,47 +223,62 @@ def run_requests(
         yield from settle(again, round_number == retry_rounds)
 
 
-def _emit(resource: str, outcome: Outcome, failing: Dict[str, str]) -> Iterator[Any]:
-    request_id = outcome.request.request_id
+def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledger) -> Iterator[Any]:
+    """The rows of one outcome, a ``failed_requests`` row per cell it failed, a tombstone per cell it completed that
+    was failing; and the ledger's record of each of its cells."""
+    request = outcome.request
     if outcome.rows is not None and len(outcome.rows) > 0:
         yield outcome.rows
+    cells = cells_of(request)
     if outcome.error is not None:
-        where = f" ({outcome.request.source})" if outcome.request.source else ""
-        logger.error("%s: request %s%s failed: %s", resource, request_id[:12], where, outcome.error)
-        failing[request_id] = resource
-        row = {**failed_request_row(resource, outcome.request, outcome.error), "resolved": False}
-        yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
-    elif failing.pop(request_id, None) is not None:
-        tombstone = {"request_id": request_id, "resolved": True}
-        yield dlt.mark.with_hints(tombstone, _FAILED_HINTS, create_table_variant=True)
+        where = f" ({request.source})" if request.source else ""
+        logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
+        state = REFUSED if outcome.refused else FAILED
+        for i, (key, text) in enumerate(cells):
+            ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error))
+            failing[key] = resource
+            row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
+                   "resolved": False}
+            yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
+        return
+    for i, (key, _) in enumerate(cells):
+        ledger.record(resource, key, COMPLETED, outcome.attempts if i == 0 else 0)
+        if failing.pop(key, None) is not None:
+            tombstone = {"request_id": key, "resolved": True}
+            yield dlt.mark.with_hints(tombstone, _FAILED_HINTS, create_table_variant=True)
 
 
 def outcome_of(
-    request: PreparedRequest, send: Callable[[], Reply], rows: Callable[[Reply], Any], prior_attempts: int = 0
+    request: PreparedRequest, send: Callable[[], Reply], rows: Callable[[Reply], Any], prior: Prior = (0, 0.0)
 ) -> Outcome:
     """Run ``send`` and turn its reply into rows; a request or response error becomes the outcome's error.
 
-    ``prior_attempts`` (sends of earlier rounds) are added to the reply's and the error's count. A failed stream
-    keeps its partial answer: its ``partial`` reply becomes the rows too. Auth errors propagate.
+    ``prior`` (sends and seconds of earlier rounds, or of the batch it was split from) is added to the reply's and
+    the error's count. A failed stream keeps its partial answer: its ``partial`` reply becomes the rows too. Auth
+    errors propagate.
     """
+    prior_attempts, prior_latency = prior
+    started = time.perf_counter()
     try:
         reply = send()
     except GaiaAuthError:
         raise
     except GaiaError as exc:
         attempts = prior_attempts + getattr(exc, "attempts", 1)
+        latency = prior_latency + time.perf_counter() - started
         if isinstance(exc, GaiaRequestError):
             exc.attempts = attempts
         partial = getattr(exc, "partial", None)
         try:
-            kept = rows(replace(partial, attempts=attempts)) if isinstance(partial, Reply) else None
+            kept = rows(replace(partial, attempts=attempts, latency_s=prior_latency + partial.latency_s)) \
+                if isinstance(partial, Reply) else None
         except GaiaError:
             kept = None
-        return Outcome(request, kept, exc, attempts)
-    reply = replace(reply, attempts=prior_attempts + reply.attempts)
+        return Outcome(request, kept, exc, attempts, latency_s=latency)
+    reply = replace(reply, attempts=prior_attempts + reply.attempts, latency_s=prior_latency + reply.latency_s)
     try:
-        return Outcome(request, rows(reply), None, reply.attempts)
+        return Outcome(request, rows(reply), None, reply.attempts, latency_s=reply.latency_s)
     except GaiaAuthError:
         raise
     except GaiaError as exc:  # a 200 whose body is not what the protocol promises
-        return Outcome(request, None, exc, reply.attempts)
+        return Outcome(request, None, exc, reply.attempts, latency_s=reply.latency_s)

@@ -56,7 +56,7 @@ DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
 DEFAULT_BREAKER_FAILURES: Final = 3
 """Consecutive transient failures after which a node is benched (not sent to) for ``breaker_cooldown`` seconds."""
 DEFAULT_BREAKER_COOLDOWN: Final = 10.0
-DEFAULT_RETRY_ROUNDS: Final = 1
+DEFAULT_RETRY_ROUNDS: Final = 2
 """Extra rounds, at the end of a run, for requests that failed transiently (a flapping gateway costs time, not rows)."""
 DEFAULT_ROUND_COOLDOWN: Final = 5.0
 """Seconds to wait before such a round, so a gateway that was flapping can settle."""

@@ -56,6 +56,8 @@ def gaia_source(
     compare_nodes: bool = False,
     samples: int = 1,
     drift: bool = True,
+    required_resources: Optional[bool] = None,
+    ledger: Optional[Any] = None,
     **node_settings: Any,
 ) -> Sequence[DltResource]:
     """Load what a Gaia node produces: models, node info, chat completions (plain and streamed), embeddings, retrieval.
@@ -99,9 +101,14 @@ def gaia_source(
             prompts across them.
         samples: Send every prompt this many times; rows carry ``sample_index`` and a re-run fills missing samples.
             With ``seed`` set, sample ``i`` is sent with ``seed + i``.
-        drift: When a node's configuration changes (a new ``info_hash``: model, version, template…), send pinned
-            prompts again and keep both generations (joinable on ``prompt_id``). False: answered prompts are never
-            sent again.
+        drift: When the node that answered a prompt (or query) changes its configuration (a new ``info_hash``:
+            model, version, template…), send it again and keep both answers (joinable on ``prompt_id``). False:
+            answered prompts are never sent again.
+        required_resources: Whether a resource whose endpoint the node lacks fails the run (its inputs become
+            ``failed_requests`` rows) instead of being skipped with a warning. Default: when ``resources`` names them.
+        ledger: A :class:`~gaia_source.ledger.Ledger` to record how every cell of the run ended (completed, failed,
+            refused, skipped); keep it to read the run's outcome, and pass it to
+            :func:`~gaia_source.destination.apply_chunk_sync` after the load. Default: one per run.
         node_settings: How to reach the node(s): any field of :class:`~gaia_source.config.NodeSettings` —
             ``base_url`` or ``node_id`` (one or a list), ``api_key`` (a secret: ``.dlt/secrets.toml``), ``timeout``,
             ``max_concurrency``, ``max_attempts``, ``retry_backoff``, ``retry_max_wait``, ``max_response_mb``,
@@ -147,11 +154,13 @@ def gaia_source(
         compare_nodes=bool(compare_nodes),
         samples=samples,
         drift=bool(drift),
+        required=frozenset(wanted) if (resources is not None if required_resources is None else required_resources)
+        else frozenset(),
     )
     declare_tables(dlt.current.source_schema())
     # Read every input once now: a malformed line stops the run before the first request.
     counts = {kind: validate(getattr(plan, kind)()) for kind in INPUT_SETTINGS}
-    made = source_resources(plan, RunContext(settings))
+    made = source_resources(plan, RunContext(settings, ledger))
     idle = [e.name for e in ENDPOINTS if e.inputs is not None and counts[e.inputs] == 0]
     for resource in made:
         resource.selected = resource.name in wanted and resource.name not in idle

@@ -10,7 +10,8 @@
     pipeline.run(docs | embeddings_from(text_field="body", id_field="doc_id", metadata_fields=["title"]))
 
 Node settings are the source's: :class:`~gaia_source.config.NodeSettings`, from keyword arguments or the
-``[sources.gaia_source]`` config, resolved once when the transformer is made. Each call makes a transformer with its
+``[sources.gaia_source]`` config, resolved once when the transformer is made; ``ledger=Ledger()`` records how each
+cell ended, as for the source. Each call makes a transformer with its
 own run context (pool, discoveries), which starts afresh for every pipeline run. A transformer is called once per item
 its parent yields: a page (list, Arrow table, DataFrame) gets its rows sent concurrently. Rows land in the same tables
 as the source's, with the same skip-what-is-done rule (``refresh=True`` re-sends).
@@ -64,7 +65,8 @@ def _transformer(
 ) -> DltResource:
     """A transformer that sends each page through the catalogue endpoint ``name``, with one run context."""
     endpoint = ENDPOINT_BY_NAME[name]
-    context = RunContext(resolve_node_settings(**node_settings))
+    ledger = node_settings.pop("ledger", None)  # a Ledger to read the run's outcome from (see gaia_source())
+    context = RunContext(resolve_node_settings(**node_settings), ledger)
 
     def transform(items: TDataItems) -> Iterator[Any]:
         declare_tables(dlt.current.source_schema())

@@ -42,6 +42,11 @@ PGVECTOR_OPS = {"cosine": ("<=>", "vector_cosine_ops"), "l2sq": ("<->", "vector_
 """pgvector's distance operator and index operator class per metric (``l2sq`` ranks like pgvector's L2 distance)."""
 
 
+SAME_MODEL = "(model = %s OR model_requested = %s)"
+"""Rows whose vectors a query's compares with: embedded by that model, by the name the node answered or the name
+asked for (a Gaia node answers any model name with its own)."""
+
+
 def _is_duckdb(pipeline: Optional[dlt.Pipeline]) -> bool:
     return capabilities_of(pipeline).vector_column == "duckdb"
 
@@ -253,7 +258,8 @@ def search(
         where: Prefilter applied before ranking: ``{name: value}`` pairs that must all hold. A name that is a column
             of ``embeddings`` (``text_id``, ``document_id``, ``model``…) compares that column; any other name compares
             the top-level ``metadata`` field of that name (``{"lang": "en"}``).
-        model: Embedding model (default: the node's); only rows embedded by the same model are compared.
+        model: Embedding model (default: the node's); only rows embedded by the same model are compared: rows whose
+            ``model`` (what the node answered) or ``model_requested`` (what was asked) is this name.
         pool: A node pool to embed the query with; by default one is opened from
             :class:`~gaia_source.config.NodeSettings` (``node_settings`` win over ``[sources.gaia_source]`` config)
             and closed afterwards.
@@ -283,8 +289,9 @@ def search(
             conditions, params = _filters(where, "duckdb")
             distance = f"array_cosine_distance({column}, %s::FLOAT[{dim}])"  # the form a vss HNSW index serves
             _load_vss_for_index(sql)
-            kinds = sql.execute_sql(f"SELECT DISTINCT model, dim FROM {table} LIMIT 2")
-            if not conditions and [tuple(r) for r in kinds or []] == [(stored_model, dim)]:
+            kinds = sql.execute_sql(f"SELECT DISTINCT model, model_requested, dim FROM {table} LIMIT 2")
+            one_kind = [tuple(r) for r in kinds or []]
+            if not conditions and len(one_kind) == 1 and stored_model in one_kind[0][:2] and one_kind[0][2] == dim:
                 # one model in the table: no WHERE, so an HNSW index serves the query (vss skips it under a filter)
                 sql_text = (f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
                             f"ORDER BY {distance} LIMIT {int(k)}")
@@ -292,9 +299,10 @@ def search(
                     return _frame(cursor)
             sql_text = (
                 f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
-                f"WHERE model = %s AND dim = %s{conditions} ORDER BY {distance} LIMIT {int(k)}"
+                f"WHERE {SAME_MODEL} AND dim = %s{conditions} ORDER BY {distance} LIMIT {int(k)}"
             )
-            with sql.execute_query(sql_text, vector.tolist(), stored_model, dim, *params, vector.tolist()) as cursor:
+            with sql.execute_query(sql_text, vector.tolist(), stored_model, stored_model, dim, *params,
+                                   vector.tolist()) as cursor:
                 return _frame(cursor)
         if vector_column == "pgvector" and (_pg_column_type(sql) or "").endswith(f"vector({dim})"):
             vector_type = f'"{_pgvector_schema(sql) or "public"}".vector'
@@ -303,15 +311,15 @@ def search(
             conditions, params = _filters(where, "postgres")
             sql_text = (
                 f"SELECT text_id, text, metadata, model, 1 - (embedding {operator} %s::{vector_type}) AS score "
-                f"FROM {table} WHERE model = %s AND dim = %s{conditions} "
+                f"FROM {table} WHERE {SAME_MODEL} AND dim = %s{conditions} "
                 f"ORDER BY embedding {operator} %s::{vector_type} LIMIT {int(k)}"
             )
-            with sql.execute_query(sql_text, literal, stored_model, dim, *params, literal) as cursor:
+            with sql.execute_query(sql_text, literal, stored_model, stored_model, dim, *params, literal) as cursor:
                 return _frame(cursor)
         rows = sql.execute_sql(
             f"SELECT text_id, text, metadata, model, embedding, {_optional_columns(where)} FROM {table} "
-            "WHERE model = %s AND dim = %s",
-            stored_model, dim,
+            f"WHERE {SAME_MODEL} AND dim = %s",
+            stored_model, stored_model, dim,
         )
     return _rank(_filtered(rows or [], where), vector, k)
 
@@ -388,9 +396,9 @@ def load_vss(sql: Any) -> None:
         sql.execute_sql("LOAD vss")
     except Exception as exc:
         raise GaiaConfigError(
-            f"DuckDB's vss extension is not available ({str(exc).splitlines()[0]}). Install it from PyPI with "
-            '`pip install "gaia-dlt[vss]"` (duckdb-extension-vss, which pins the DuckDB version it is built for), '
-            "or run `INSTALL vss` once on a machine with access to extensions.duckdb.org."
+            f"DuckDB's vss extension is not available ({str(exc).splitlines()[0]}). gaia-dlt installs it from PyPI "
+            "(duckdb-extension-vss, built for the DuckDB version the project pins): reinstall gaia-dlt so both "
+            "match (`pip install -e .`), or run `INSTALL vss` once on a machine with access to extensions.duckdb.org."
         ) from None
 
 
@@ -443,7 +451,8 @@ def _search_lancedb(
     columns = ["text_id", "text", "metadata", "model", "score"]
     if table is None:
         return pd.DataFrame(columns=columns)
-    conditions = [f"model = {lance_literal(model)}" if model else "model IS NULL", f"dim = {len(vector)}"]
+    same = f"(model = {lance_literal(model)} OR model_requested = {lance_literal(model)})"
+    conditions = [same if model else "model IS NULL", f"dim = {len(vector)}"]
     metadata_keys = {key: value for key, value in (where or {}).items() if key not in EMBEDDING_COLUMNS}
     for key, value in (where or {}).items():
         if key in EMBEDDING_COLUMNS and key != "metadata":

@@ -25,7 +25,8 @@ def test_one_too_long_text_is_isolated_and_the_rest_load(make_node, make_pipelin
     failed = query(pipeline, "SELECT custom_id, http_status, error_message, attempts, request_body FROM failed_requests")
     assert len(failed) == 1
     custom_id, status, message, attempts, body = failed[0]
-    assert custom_id == "too-long" and status == 500 and attempts == 1  # not retried: it would fail the same way
+    # not retried as it is (it would fail the same way): its sends are the splits it went through, 32 -> … -> 1
+    assert custom_id == "too-long" and status == 500 and attempts == 6
     assert "Failed to compute embeddings" in message and "60 tokens" in message
     assert json.loads(body)["input"] == [texts[13]["text"]]  # the bad text alone
     # 32 -> 16+16 -> 8+8 -> 4+4 -> 2+2 -> 1+1: the whole batch, then two requests per level down to the bad text
@@ -44,5 +45,9 @@ def test_a_batch_error_that_names_no_input_is_not_split(make_node, make_pipeline
     source = gaia_source(base_url=node.base_url, texts=[f"text {i}" for i in range(8)], embedding_batch_size=8,
                          max_attempts=1, retry_rounds=0)
     pipeline.run(source.with_resources("embeddings"))
-    assert query(pipeline, "SELECT count(*), max(http_status) FROM failed_requests") == [(1, 503)]
+    # one request, not split (the error names no input); each of its texts is a failing cell of its own
+    assert query(pipeline, "SELECT count(*), count(DISTINCT custom_id), max(http_status), max(attempts) "
+                           "FROM failed_requests") == [(8, 0, 503, 1)]
+    assert sorted(json.loads(b)["input"][0] for (b,) in query(pipeline, "SELECT request_body FROM failed_requests")) \
+        == sorted(f"text {i}" for i in range(8))
     assert node.requests_to("/v1/embeddings") == 1

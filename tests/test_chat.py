@@ -52,8 +52,8 @@ def test_a_cut_stream_is_kept_then_completed_by_a_clean_rerun(make_node, make_pi
     assert cut["status"] == "interrupted" and cut["attempts"] == 4  # 2 attempts, then 2 more in the final round
     assert cut["content"] and full.startswith(cut["content"]) and cut["content"] != full
     assert "RemoteProtocolError" in cut["error"] and cut["finish_reason"] is None
-    assert query(pipeline, "SELECT request_id, error_type FROM failed_requests") == [
-        (cut["request_id"], "GaiaStreamInterrupted")]
+    assert query(pipeline, "SELECT cell_id, error_type FROM failed_requests") == [
+        (cut["cell_id"], "GaiaStreamInterrupted")]
     node.fault_rate = 0.0
     run()
     [done] = table_rows(pipeline, "chat_completions_stream", "request_id")

@@ -8,7 +8,9 @@ from conftest import as_vector
 from semantic_text_splitter import TextSplitter
 
 from gaia_source import gaia_source
+from gaia_source.destination import apply_chunk_sync
 from gaia_source.emulator import embed_text
+from gaia_source.ledger import Ledger
 
 PARAGRAPHS = [
     "Paris is the capital of France. It lies on the Seine, in the north of the country.",
@@ -31,9 +33,11 @@ def _rows(pipeline):
 
 def _run(node, pipeline, docs):
     texts = [{"text": text, "document_id": doc_id, "metadata": {"title": doc_id}} for doc_id, text in docs.items()]
+    ledger = Ledger()
     source = gaia_source(base_url=node.base_url, texts=texts, chunk_size=CHUNK_SIZE, chunk_overlap=OVERLAP,
-                         embedding_batch_size=4)
+                         embedding_batch_size=4, ledger=ledger)
     pipeline.run(source.with_resources("embeddings")).raise_on_failed_jobs()
+    apply_chunk_sync(pipeline, ledger)  # after the load: changed documents lose their old chunks
 
 
 def _expected(text):

@@ -82,8 +82,10 @@ def test_failed_requests_are_recorded_then_cleared_when_they_succeed(make_node, 
     run()
     failed = table_rows(pipeline, "failed_requests", "resource, request_id")
     # 2 attempts, then one more round of 2 at the end of the run: every send is counted
+    # (the embeddings batches fail per text: each text is a cell of its own)
     assert [(f["resource"], f["http_status"], f["attempts"]) for f in failed] == [
-        ("chat_completions", 503, 4), ("chat_completions", 503, 4), ("embeddings", 503, 4), ("embeddings", 503, 4)]
+        ("chat_completions", 503, 4), ("chat_completions", 503, 4), ("embeddings", 503, 4), ("embeddings", 503, 4),
+        ("embeddings", 503, 4)]
     assert all("emulated outage" in f["error_message"] for f in failed)
     assert all(f["error_type"] == "GaiaRequestError" for f in failed)
     prompts = sorted(json.loads(f["request_body"])["messages"][0]["content"] for f in failed if f["resource"] == "chat_completions")
@@ -120,7 +122,7 @@ def test_retries_recover_a_cut_stream_and_record_it_when_every_attempt_is_cut(ma
     assert "RemoteProtocolError" in row["error"]
     assert node.requests_to("/v1/chat/completions") == 4
     [failure] = table_rows(pipeline, "failed_requests", "request_id")  # not completed: the run says so
-    assert failure["request_id"] == row["request_id"] and failure["error_type"] == "GaiaStreamInterrupted"
+    assert failure["cell_id"] == row["cell_id"] and failure["error_type"] == "GaiaStreamInterrupted"
 
 
 def test_amd_inband_error_is_an_error_row(make_node, make_pipeline) -> None:

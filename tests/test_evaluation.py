@@ -10,7 +10,6 @@ from conftest import query, run_cli, table_rows
 
 from gaia_source import gaia_source
 from gaia_source.emulator import KNOWLEDGE_BASE, answer_for
-from gaia_source.payloads import request_id
 
 PROMPTS = ["What is the capital of France?", "What does dlt do?"]
 
@@ -89,9 +88,10 @@ def test_samples_are_rows_of_their_own_and_a_rerun_fills_only_the_missing(make_n
     assert sorted((json.loads(r["messages"])[-1]["content"], r["sample_index"]) for r in rows) == [
         (p, i) for p in sorted(PROMPTS) for i in range(3)]
     assert len({r["request_id"] for r in rows}) == 6 and len({r["prompt_id"] for r in rows}) == 2
-    # sample i is sent with seed 7 + i; the row's params keep what was asked (seed 7)
+    # sample i is sent with seed 7 + i, and its row's params say so
     assert sorted(b["seed"] for b in node.bodies("/v1/chat/completions")) == [7, 7, 8, 8, 9, 9]
-    assert {json.loads(r["params"])["seed"] for r in rows} == {7}
+    assert sorted((r["sample_index"], json.loads(r["params"])["seed"]) for r in rows) == [
+        (i, 7 + i) for i in range(3) for _ in range(2)]
     run(5)  # two more samples per prompt: only those are sent
     assert node.requests_to("/v1/chat/completions") == 6 + 4
     assert query(pipeline, "SELECT sample_index, count(*) FROM chat_completions GROUP BY 1 ORDER BY 1") == [
@@ -100,16 +100,16 @@ def test_samples_are_rows_of_their_own_and_a_rerun_fills_only_the_missing(make_n
     assert node.requests_to("/v1/chat/completions") == 10
 
 
-def test_one_sample_on_one_node_keeps_the_request_id_rows_had_before(make_node, make_pipeline) -> None:
-    """Rows loaded before samples, comparisons and drift existed are sample 0 of the baseline: asking for more samples
-    later does not re-send them. Their id is still the hash of endpoint and body alone."""
+def test_a_run_without_samples_is_sample_0_of_a_later_run_with_samples(make_node, make_pipeline) -> None:
+    """A prompt sent once is sample 0 of the same cell a run with samples asks for: raising ``samples`` later sends
+    only the new samples."""
     node = make_node("rag")
     pipeline = make_pipeline()
     pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS).with_resources("chat_completions"))
-    rows = table_rows(pipeline, "chat_completions", "request_id")
-    for row in rows:
-        body = {"messages": json.loads(row["messages"]), "model": row["model_requested"]}
-        assert row["request_id"] == request_id("chat/completions", body) and row["sample_index"] == 0
+    assert {r["sample_index"] for r in table_rows(pipeline, "chat_completions", "request_id")} == {0}
+    pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS, samples=2).with_resources("chat_completions"))
+    assert node.requests_to("/v1/chat/completions") == 2 + 2
+    assert query(pipeline, "SELECT sample_index, count(*) FROM chat_completions GROUP BY 1 ORDER BY 1") == [(0, 2), (1, 2)]
 
 
 # --- expected answers and labels ----------------------------------------------------------------------------------

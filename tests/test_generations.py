@@ -13,6 +13,7 @@ from conftest import counts, query, run_cli, table_rows
 
 from gaia_source import GaiaAuthError, gaia_source
 from gaia_source.emulator import answer_for
+from gaia_source.ledger import Ledger
 from gaia_source.rows import read_info
 
 LONG = "Tell me everything about the river Seine and its bridges"
@@ -247,10 +248,22 @@ def test_responses_is_skipped_once_where_the_server_lacks_it(make_node, make_pip
     node = make_node("node06")
     pipeline = make_pipeline()
     with caplog.at_level(logging.WARNING, logger="gaia_source"):
-        pipeline.run(gaia_source(base_url=node.base_url, prompts=["a", "b", "c"], resources=["responses"]))
+        pipeline.run(gaia_source(base_url=node.base_url, prompts=["a", "b", "c"], resources=["responses"],
+                                 required_resources=False))
     assert node.requests_to("/v1/responses") == 1
     warnings = [r.getMessage() for r in caplog.records if "responses" in r.getMessage()]
     assert len(warnings) == 1 and "Skipping resource 'responses'" in warnings[0]
+
+
+def test_a_named_resource_the_server_lacks_fails_every_input_once(make_node, make_pipeline) -> None:
+    node = make_node("node06")
+    pipeline = make_pipeline()
+    ledger = Ledger()
+    pipeline.run(gaia_source(base_url=node.base_url, prompts=["a", "b", "c"], resources=["responses"], ledger=ledger))
+    assert node.requests_to("/v1/responses") == 1  # the probe; the others are refused without being sent
+    assert ledger.count("refused", "responses") == 3 and ledger.failing == 3
+    failed = query(pipeline, "SELECT error_type, attempts FROM failed_requests ORDER BY attempts")
+    assert failed == [("EndpointNotAvailable", 0), ("EndpointNotAvailable", 0), ("EndpointNotAvailable", 1)]
 
 
 def test_responses_is_not_run_unless_asked_for(make_node, make_pipeline) -> None:

@@ -10,8 +10,9 @@ import pytest
 from semantic_text_splitter import TextSplitter
 
 from gaia_source import gaia_source
-from gaia_source.destination import lance_table
+from gaia_source.destination import apply_chunk_sync, lance_table
 from gaia_source.emulator import KNOWLEDGE_BASE, embed_text
+from gaia_source.ledger import Ledger
 from gaia_source.vectors import search
 
 pytest.importorskip("lancedb")
@@ -25,8 +26,10 @@ def pipeline(tmp_path):
 
 
 def _run(node, pipeline, texts, **kwargs):
-    source = gaia_source(base_url=node.base_url, texts=texts, embedding_batch_size=3, **kwargs)
+    ledger = Ledger()
+    source = gaia_source(base_url=node.base_url, texts=texts, embedding_batch_size=3, ledger=ledger, **kwargs)
     pipeline.run(source.with_resources("embeddings")).raise_on_failed_jobs()
+    apply_chunk_sync(pipeline, ledger)
 
 
 def _rows(pipeline):

@@ -80,7 +80,7 @@ def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_pat
     result = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
                      "--prompts-file", "prompts.txt", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "3 request(s) are failing: SELECT * FROM gaia_data.failed_requests" in result.stderr
+    assert "3 request(s) of this run are failing: SELECT * FROM gaia_data.failed_requests" in result.stderr
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"failed_requests": 3}
     allowed = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
                       "--prompts-file", "prompts.txt", "--allow-failed-requests", env=env)
@@ -143,5 +143,8 @@ def test_the_run_exits_with_its_code_and_all_its_output(make_node, tmp_path: Pat
     node = make_node("nexus")
     result = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "models,info")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().splitlines()[-2:] == [f"{'info':<34}{1:>10}{1:>12}", f"{'models':<34}{2:>10}{2:>12}"]
+    lines = result.stdout.rstrip().splitlines()
+    assert lines[-6:-4] == [f"{'info':<34}{1:>10}{1:>12}", f"{'models':<34}{2:>10}{2:>12}"]
+    # the last lines: how every request of the run ended (one per node's info and models)
+    assert lines[-2].split() == ["info", "1", "0", "0", "0", "1"] and lines[-1].split() == ["models", "1", "0", "0", "0", "1"]
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"info": 1, "models": 2}

@@ -102,8 +102,8 @@ def test_malformed_streams_are_error_rows_with_their_partial_text(make_node, mak
     assert "'choices' of type str" in rows["sse-choices-string"]["error"]
     assert "'delta' of type str" in rows["sse-delta-string"]["error"]
     assert rows["sse-no-done"]["status"] == "interrupted" and rows["sse-no-done"]["content"] == "Partial"
-    failed = dict(query(pipeline, "SELECT request_id, error_message FROM failed_requests"))
-    streams = {name: row["request_id"] for name, row in rows.items() if name != "good"}
+    failed = dict(query(pipeline, "SELECT cell_id, error_message FROM failed_requests"))
+    streams = {name: row["cell_id"] for name, row in rows.items() if name != "good"}
     assert set(streams.values()) <= set(failed) and len(failed) == 6
     assert "chunk 2 is not JSON" in failed[streams["sse-garbage"]]  # every stream that did not complete is failing
     assert "stream ended before [DONE]" in failed[streams["sse-no-done"]]

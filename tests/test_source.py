@@ -12,7 +12,7 @@ from conftest import as_vector, data_tables, query, table_rows
 
 from gaia_source import gaia_source
 from gaia_source.emulator import KNOWLEDGE_BASE, answer_for, embed_text
-from gaia_source.payloads import request_id
+from gaia_source.ledger import Cell, row_id
 
 PROMPTS = ["What is the capital of France?", "Name a river [[context-full]]", "[[empty]]"]
 TEXTS = ["Paris is on the Seine.", "DuckDB has array columns.", "Gaia nodes serve models."]
@@ -71,7 +71,10 @@ def test_chat_rows_hold_the_answer_usage_and_request(make_node, make_pipeline, f
     assert json.loads(paris["params"]) == {"temperature": 0.2, "stop": ["###"]}  # a single stop string became a list
     body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "model": model,
             "temperature": 0.2, "stop": ["###"]}
-    assert paris["request_id"] == request_id("chat/completions", body)
+    # the row is its cell (prompt as asked, no model named) answered by this node under its configuration
+    asked = {k: v for k, v in body.items() if k != "model"}
+    assert paris["cell_id"] == Cell("chat_completions", {"body": asked, "custom_id": None}).cell_id
+    assert paris["request_id"] == row_id(paris["cell_id"], paris["node_url"], paris["info_hash"])
     assert json.loads(paris["choices"])[0]["message"]["content"] == expected
     assert by_prompt["Name a river [[context-full]]"]["finish_reason"] == "length"
     assert by_prompt["[[empty]]"]["content"] == ""

@@ -8,7 +8,7 @@ from conftest import as_vector, query
 
 from gaia_source import GaiaConfigError, gaia_source
 from gaia_source.emulator import KNOWLEDGE_BASE, embed_text
-from gaia_source.vectors import create_hnsw_index, search
+from gaia_source.vectors import create_hnsw_index, load_vss, search
 
 CORPUS = list(KNOWLEDGE_BASE)
 
@@ -77,6 +77,7 @@ def test_hnsw_index_or_a_clear_reason(make_node, make_pipeline) -> None:
         assert "vss extension is not available" in str(exc) and "INSTALL vss" in str(exc)
         return
     with pipeline.sql_client() as client:
+        load_vss(client)  # the connection that searches loads it (vectors.search does the same)
         plan = str(client.execute_sql(
             f"EXPLAIN SELECT text FROM {client.make_qualified_table_name('embeddings')} "
             "ORDER BY array_cosine_distance(embedding, ?::FLOAT[16]) LIMIT 3", embed_text("Paris", 16).tolist()))

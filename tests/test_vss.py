@@ -1,15 +1,13 @@
-"""DuckDB's vss extension from PyPI (``duckdb-extension-vss``, the ``[vss]`` extra), loaded offline: a persistent HNSW
-index that DuckDB's plan uses, whose top-k matches exact search on a sample, and that later loads keep up to date.
-
-The extra pins DuckDB to the version the extension is built for, so these tests run in a venv of their own
-(``.ci/run``); elsewhere they are skipped."""
+"""DuckDB's vss extension from PyPI (``duckdb-extension-vss``, in the default install with the DuckDB it is built
+for), loaded offline: a persistent HNSW index that DuckDB's plan uses, whose top-k matches exact search on a sample,
+and that later loads keep up to date."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import dlt
+import duckdb_extension_vss  # noqa: F401,E402  (the default install has it: fail, not skip)
 import numpy as np
 import pytest
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
@@ -17,11 +15,6 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from gaia_source import gaia_source
 from gaia_source.emulator import embed_text
 from gaia_source.vectors import create_hnsw_index, search
-
-if os.environ.get("GAIA_TEST_VSS"):
-    import duckdb_extension_vss  # noqa: F401  (the vss venv must have it: fail, not skip)
-else:
-    pytest.importorskip("duckdb_extension_vss", reason="DuckDB vss runs in the [vss] venv (see .ci/run)")
 
 DIM = 64
 WORDS = [f"w{i}" for i in range(300)]
