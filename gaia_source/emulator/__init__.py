@@ -40,7 +40,8 @@ emulator is never the bottleneck of a benchmark. Markers in the last user messag
                     longer than ``embedding_ctx`` words gets)
 ``[[inband-error]]`` amd: an in-band ``{"error"}`` chunk with HTTP 200; rag: the body aborts mid-stream; nexus: 500
 ``[[cut]]``         the connection closes halfway through the body (stream or not)
-``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly
+``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly;
+                    ``echo-auth`` and ``ECHO_AUTH_CASES``: error bodies that echo the ``Authorization`` header
 ==================  =============================================================================================
 
 Faults (``fault_rate``, ``fault_kinds``) are what a flaky gateway does: 429 with ``Retry-After``, an nginx 502, a
