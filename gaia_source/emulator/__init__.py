@@ -98,6 +98,7 @@ class NodeEmulator(NodeBase):
         retrieve_shape: ``list`` (rag-api-server >= 0.10) or ``object`` (older servers, the docs).
         retrieve_limit: Points per retrieval at most.
         score_threshold: Minimum retrieval score.
+        knowledge_base: The passages retrieval returns (default: ``KNOWLEDGE_BASE``).
     """
 
     flavor: str = "rag"
@@ -113,6 +114,7 @@ class NodeEmulator(NodeBase):
     retrieve_shape: str = "list"
     retrieve_limit: int = 3
     score_threshold: float = 0.2
+    knowledge_base: tuple[str, ...] = KNOWLEDGE_BASE
     fault_rate: float = 0.0
     """Share of /v1 requests that meet a fault (drawn from ``fault_kinds`` with a seeded RNG: reproducible)."""
     fault_seed: int = 0
