@@ -75,6 +75,30 @@ def test_export_writes_one_batch_file_per_node_and_model(make_node, tmp_path: Pa
         assert file.name.endswith(f".{model}.jsonl")
 
 
+def test_export_writes_a_file_of_error_lines_for_a_node_that_failed_every_request(make_node, tmp_path: Path) -> None:
+    good, down = make_node("rag"), make_node("llama", outage=500)
+    prompts = {"q1": PROMPTS[0], "q2": PROMPTS[1], "q3": "What is a Gaia domain?"}
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"custom_id": c, "prompt": p}) + "\n"
+                                                    for c, p in prompts.items()))
+    result = run_cli(tmp_path, "--base-url", f"{good.base_url},{down.base_url}", "--compare-nodes", "--prompts-file",
+                     "prompts.jsonl", "--resources", "chat_completions", "--chat-model", "m1",
+                     "--export-batch-output", "out.jsonl", "--allow-failed-requests",
+                     env={"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1", "SOURCES__GAIA_SOURCE__RETRY_ROUNDS": "0"})
+    assert result.returncode == 0, result.stderr
+    assert down.requests_to("/v1/chat/completions") == 3
+    files = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in tmp_path.glob("out.*.jsonl")}
+    answered, failed = (f"out.127.0.0.1_{node.port}_v1.m1.jsonl" for node in (good, down))
+    assert sorted(files) == sorted([answered, failed]) and not (tmp_path / "out.jsonl").exists()
+    assert [(line["custom_id"], line["response"]["body"]["choices"][0]["message"]["content"], line["error"])
+            for line in files[answered]] == [(c, answer_for(p, good.default_chat_model), None)
+                                             for c, p in sorted(prompts.items())]
+    assert [(line["custom_id"], line["response"]["status_code"], line["error"]["code"]) for line in files[failed]] == [
+        (c, 500, "GaiaRequestError") for c in sorted(prompts)]
+    assert all(down.base_url in line["error"]["message"] and "emulated outage" in line["error"]["message"]
+               for line in files[failed])
+    assert f"wrote 3 Batch output line(s) from chat_completions to {failed}" in result.stdout
+
+
 # --- samples ----------------------------------------------------------------------------------------------------
 
 
