@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import dlt
 import orjson
@@ -113,14 +113,32 @@ def export_batch_output(
     return count
 
 
+def _target_order(target: Target) -> Tuple[bool, str, bool, str]:
+    return target[0] is None, target[0] or "", target[1] is None, target[1] or ""
+
+
+def _failed_targets(pipeline: dlt.Pipeline, table: str) -> Set[Target]:
+    """The (node URL, model) pairs of the requests of ``table``'s resource that are failing (node URL None: a
+    request that reached no node, such as an input refused before it was sent)."""
+    with pipeline.sql_client() as client:
+        failed = client.make_qualified_table_name(FAILED_REQUESTS_TABLE)
+    found: Set[Target] = set()
+    with contextlib.suppress(DatabaseUndefinedRelation):
+        sql = f"SELECT node_url, request_body FROM {failed} WHERE resource = '{table}'"
+        found = {(row["node_url"], (_json(row.get("request_body")) or {}).get("model")) for row in _rows(pipeline, sql)}
+    return found
+
+
 def targets(pipeline: dlt.Pipeline, table: str = "chat_completions") -> List[Target]:
-    """The (node URL, model requested) pairs ``table`` has rows for."""
+    """The (node URL, model requested) pairs asked in ``table``: those it has rows for, and those that only have
+    failing requests (in ``failed_requests``), such as a compared node that failed every request."""
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
+    found: Set[Target] = {target for target in _failed_targets(pipeline, table) if target[0] is not None}
     with contextlib.suppress(DatabaseUndefinedRelation):
-        sql = f"SELECT DISTINCT node_url, model_requested FROM {qualified} ORDER BY 1, 2"
-        return [(row["node_url"], row["model_requested"]) for row in _rows(pipeline, sql)]
-    return []
+        sql = f"SELECT DISTINCT node_url, model_requested FROM {qualified}"
+        found.update((row["node_url"], row["model_requested"]) for row in _rows(pipeline, sql))
+    return sorted(found, key=_target_order)
 
 
 def target_path(path: str, target: Target) -> str:
@@ -137,6 +155,11 @@ def target_path(path: str, target: Target) -> str:
 def export_batch_output_per_target(
     pipeline: dlt.Pipeline, path: str, table: str = "chat_completions"
 ) -> Dict[str, int]:
-    """One Batch output file per (node, model) of ``table`` (see :func:`target_path`); returns lines per file."""
+    """One Batch output file per (node, model) of ``table`` (see :func:`targets` and :func:`target_path`), each with
+    its answers and an error line for each of its failing requests; returns lines per file.
+
+    Failing requests that reached no node (inputs refused before they were sent) go to a file of their own per model,
+    ``out.default.<model>.jsonl``."""
+    unsent = {target for target in _failed_targets(pipeline, table) if target[0] is None}
     return {target_path(path, t): export_batch_output(pipeline, target_path(path, t), table, t)
-            for t in targets(pipeline, table)}
+            for t in [*targets(pipeline, table), *sorted(unsent, key=_target_order)]}

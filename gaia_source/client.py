@@ -4,6 +4,10 @@
 :class:`~gaia_source.errors.GaiaError` that says what failed and where. It remembers nothing between requests:
 retries, node choice and what a run learned belong to :class:`gaia_source.pool.NodePool`, which returns the same
 :class:`Reply` type.
+
+A node or gateway that echoes the API key (an error page quoting the ``Authorization`` header) gets it replaced by
+``***`` as the body is read, before any of it is parsed, described or shortened: whatever a message, a row or a log
+line keeps of a body, it keeps no piece of the key.
 """
 
 from __future__ import annotations
@@ -153,6 +157,13 @@ class NodeClient:
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key])
 
+    def _redact_body(self, raw: bytes) -> bytes:
+        """``raw`` with the key replaced by ``***`` (as :func:`~gaia_source.errors.redact` does to text)."""
+        key = self._api_key
+        if key and len(key) >= 4 and key.encode() in raw:
+            return raw.replace(key.encode(), b"***")
+        return raw
+
     # --- one attempt -----------------------------------------------------------------------------------------
 
     def send(self, method: str, path: str, body: Optional[Dict[str, Any]] = None, stream: bool = False) -> Reply:
@@ -193,8 +204,8 @@ class NodeClient:
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            detail = describe_body(raw, response.headers.get("content-type"))
-            raise GaiaResponseError(method, self.url(path), f"not JSON ({exc}): {self._redact(detail)}") from None
+            detail = describe_body(raw, response.headers.get("content-type"), [self._api_key])
+            raise GaiaResponseError(method, self.url(path), f"not JSON ({exc}): {detail}") from None
         return Reply(self.base_url, response.status_code, 1, elapsed, elapsed, body=parsed,
                      headers=_headers_of_interest(response))
 
@@ -202,7 +213,7 @@ class NodeClient:
         status = response.status_code
         if status < 400:
             return
-        detail = self._redact(describe_body(content, response.headers.get("content-type")))
+        detail = describe_body(content, response.headers.get("content-type"), [self._api_key])
         if status in AUTH_STATUS:
             raise GaiaAuthError(method, self.url(path), detail, status)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -216,7 +227,8 @@ class NodeClient:
         return GaiaRequestError(method, self.url(path), detail, None)
 
     def _read_capped(self, response: httpx.Response, method: str, path: str) -> bytes:
-        """The body, read up to ``max_response_bytes`` (a runaway body is an error, not an out-of-memory crash)."""
+        """The body, read up to ``max_response_bytes`` (a runaway body is an error, not an out-of-memory crash), with
+        the key redacted."""
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
             raise GaiaResponseError(method, self.url(path), self._too_large(int(declared)))
@@ -227,7 +239,7 @@ class NodeClient:
             if size > self.max_response_bytes:
                 raise GaiaResponseError(method, self.url(path), self._too_large(size))
             chunks.append(chunk)
-        return b"".join(chunks)
+        return self._redact_body(b"".join(chunks))
 
     def _too_large(self, size: int) -> str:
         limit = self.max_response_bytes / 2**20
@@ -253,7 +265,7 @@ class NodeClient:
                     self._raise_for_status(response, "POST", path, self._read_capped(response, "POST", path))
                 ctype = response.headers.get("content-type", "")
                 if "text/event-stream" not in ctype:
-                    detail = describe_body(self._read_capped(response, "POST", path), ctype)
+                    detail = describe_body(self._read_capped(response, "POST", path), ctype, [self._api_key])
                     raise GaiaResponseError(
                         "POST", self.url(path), f"expected an event stream, got {ctype or 'no Content-Type'}: {detail}"
                     )
@@ -261,7 +273,7 @@ class NodeClient:
                     if not event.data:
                         continue
                     try:
-                        if not accumulator.add(event.data):
+                        if not accumulator.add(self._redact(event.data)):
                             break
                     except ValueError as exc:
                         accumulator.error = str(exc)

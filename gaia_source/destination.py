@@ -7,6 +7,9 @@ state, which would grow with the corpus), and a fresh machine or a second worker
 
 A lookup that fails is never taken for "nothing loaded": that would send everything again and double rows. It raises
 :class:`~gaia_source.errors.GaiaLookupError` before the requests it would have filtered are sent.
+
+Where text cannot hold U+0000 (PostgreSQL), :func:`escape_nul` writes each NUL as the six characters ``\\u0000``, row
+by row, so one NUL in a prompt or an answer never fails a whole load job (which dlt would retry on every run).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import dlt
+import orjson
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
 from dlt.destinations.sql_client import WithSqlClient
+from dlt.extract.items import DataItemWithMeta
 
 from .errors import GaiaLookupError
 from .ledger import SKIPPED, Ledger
@@ -28,6 +33,15 @@ logger = logging.getLogger("gaia_source")
 T = TypeVar("T")
 LOOKUP_BATCH = 5_000
 """Ids per lookup query: bounded queries, whatever the size of the table."""
+NUL = "\x00"
+ESCAPED_NUL = "\\u0000"
+"""What a U+0000 is loaded as where text cannot hold it: the six characters backslash, u, 0, 0, 0, 0."""
+NO_NUL_IN_TEXT = frozenset({"postgres", "redshift"})
+"""Destinations whose text and JSON columns cannot hold U+0000. PostgreSQL: a NUL fails the whole load job, in text
+(``UntranslatableCharacter``) and in jsonb (``unsupported Unicode escape sequence``), tested here. Redshift, a
+PostgreSQL descendant, refuses NUL in VARCHAR too (from its documentation, not tested here). DuckDB (tested), and as
+far as their documentation goes Snowflake, BigQuery, MS SQL and parquet files, store it as it is. The ``sqlalchemy``
+destination over a PostgreSQL engine would need it too, but its name does not say which database it reaches."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,8 @@ class DestinationCapabilities:
         lookup: How to ask which ids are loaded: ``duckdb`` (one list parameter), ``postgres`` (``= ANY``), ``sql``
             (an ``IN`` list), ``lancedb`` (a filter on the LanceDB table itself), or None when the destination cannot
             be asked (then rows are merged on their key).
+        nul_in_text: Text and JSON columns can hold U+0000 (see :data:`NO_NUL_IN_TEXT`); where not, rows go through
+            :func:`escape_nul`.
     """
 
     name: Optional[str]
@@ -51,6 +67,7 @@ class DestinationCapabilities:
     arrow_vectors: bool = True
     vector_column: Optional[str] = None
     lookup: Optional[str] = None
+    nul_in_text: bool = True
 
 
 def current_pipeline() -> Optional[dlt.Pipeline]:
@@ -81,7 +98,70 @@ def capabilities_of(pipeline: Optional[dlt.Pipeline]) -> DestinationCapabilities
         arrow_vectors=duckdb_like or name in ("filesystem", "lancedb"),
         vector_column={"duckdb": "duckdb", "postgres": "pgvector", "lancedb": "lancedb"}.get(name),
         lookup=lookup,
+        nul_in_text=name not in NO_NUL_IN_TEXT,
     )
+
+
+def escape_nul(capabilities: DestinationCapabilities, table: str, items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` as the destination can store them: where text cannot hold U+0000, every string (keys and values,
+    nested in objects and lists as well) has each NUL replaced by the six characters ``\\u0000``.
+
+    Items are rows, lists of rows, or rows marked with dlt hints (``failed_requests`` rows); a row with a NUL is
+    copied, never changed in place (its lists may be a request's own). Arrow tables pass as they are (on a destination
+    without NUL in text, vectors go as plain rows). When the items are exhausted, one warning per table (``table``,
+    or the table a mark names) says how many strings were escaped.
+    """
+    if capabilities.nul_in_text:
+        yield from items
+        return
+    escaped: Dict[str, int] = {}
+    for item in items:
+        meta, data = (item.meta, item.data) if isinstance(item, DataItemWithMeta) else (None, item)
+        target = _marked_table(meta) or table
+        if isinstance(data, dict):
+            data = _escape_row(data, target, escaped)
+        elif isinstance(data, list):
+            data = [_escape_row(row, target, escaped) if isinstance(row, dict) else row for row in data]
+        if meta is None:
+            yield data
+        else:
+            yield item if data is item.data else DataItemWithMeta(meta, data)
+    for name, count in sorted(escaped.items()):
+        logger.warning(
+            "Table '%s': %d text value(s) held U+0000 (NUL), which the %s destination cannot store; each NUL was "
+            "loaded as the six characters \\u0000 instead (resource '%s')", name, count, capabilities.name, table)
+
+
+def _marked_table(meta: Any) -> Optional[str]:
+    hints = getattr(meta, "hints", None)
+    name = hints.get("table_name") if isinstance(hints, dict) else getattr(meta, "table_name", None)
+    return name if isinstance(name, str) else None
+
+
+def _escape_row(row: Dict[str, Any], table: str, escaped: Dict[str, int]) -> Dict[str, Any]:
+    try:  # a scan in C: most rows have no NUL, and a row of floats is not walked in Python
+        if b"\\u0000" not in orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS):
+            return row
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    count = [0]
+    copy = _escaped(row, count)
+    if count[0]:
+        escaped[table] = escaped.get(table, 0) + count[0]
+    return copy  # type: ignore[no-any-return]
+
+
+def _escaped(value: Any, count: List[int]) -> Any:
+    if isinstance(value, str):
+        if NUL in value:
+            count[0] += 1
+            return value.replace(NUL, ESCAPED_NUL)
+        return value
+    if isinstance(value, dict):
+        return {_escaped(k, count): _escaped(v, count) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v, count) for v in value]
+    return value
 
 
 def lance_table(pipeline: dlt.Pipeline, table: str) -> Any:

@@ -210,23 +210,30 @@ def _json_error_text(data: Any) -> Optional[str]:
     return None
 
 
-def describe_body(content: bytes, content_type: Optional[str] = None) -> str:
-    """Turn an error body of any dialect into one readable line.
+def describe_body(content: bytes, content_type: Optional[str] = None, secrets: Iterable[Optional[str]] = ()) -> str:
+    """Turn an error body of any dialect into one readable line, with ``secrets`` redacted.
 
     JSON errors give their message; HTML pages (gateway 502s, a node's web UI 404) give their title and text;
     plain text is kept, minus the request echo LlamaEdge appends to 400 bodies. Invalid UTF-8 is replaced,
-    never raised.
+    never raised. Secrets are replaced by ``***`` in the whole text before it is shortened: a key cut in two by the
+    length limit would no longer be found, and most of it would be kept.
 
     Args:
         content: The raw response body.
         content_type: The response's Content-Type header, if any (nodes often send none, or a wrong one).
+        secrets: Texts that must not appear in the line (the API key), see :func:`redact`.
 
     Returns:
         A single line of at most ``MAX_ERROR_DETAIL_CHARS`` characters.
     """
+    secrets = tuple(secrets)
+
+    def shorten(line: str) -> str:
+        return _truncate(redact(line, secrets))
+
     if not content or not content.strip():
         return "empty response body"
-    text = content.decode("utf-8", errors="replace")
+    text = redact(content.decode("utf-8", errors="replace"), secrets)
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
         try:
@@ -234,19 +241,18 @@ def describe_body(content: bytes, content_type: Optional[str] = None) -> str:
         except orjson.JSONDecodeError:
             message = None
         if message:
-            return _truncate(message)
+            return shorten(message)
     ctype = (content_type or "").lower()
     if "html" in ctype or stripped[:1] == "<":
         title_match = _TITLE_RE.search(text)
         title = html.unescape(title_match.group(1)).strip() if title_match else ""
-        body = html.unescape(_TAG_RE.sub(" ", _DROP_BLOCKS_RE.sub(" ", text)))
-        body = _truncate(body)
+        body = shorten(html.unescape(_TAG_RE.sub(" ", _DROP_BLOCKS_RE.sub(" ", text))))
         if title and not body.startswith(title):
             body = f"{title} — {body}" if body else title
-        return _truncate(f"HTML page: {body}" if body else "HTML page with no text")
+        return shorten(f"HTML page: {body}" if body else "HTML page with no text")
     # LlamaEdge 400 bodies end with "\njson_value: <the whole request>" — not worth showing, may be huge.
     text = text.split("\njson_value:", 1)[0]
-    return _truncate(text)
+    return shorten(text)
 
 
 def redact(text: str, secrets: Iterable[Optional[str]]) -> str:

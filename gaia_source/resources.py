@@ -22,7 +22,7 @@ from dlt.extract.resource import DltResource
 
 from .client import Reply
 from .context import RunContext
-from .destination import DestinationCapabilities
+from .destination import DestinationCapabilities, escape_nul
 from .endpoints import ENDPOINTS, Endpoint, Plan
 from .errors import GaiaAuthError, GaiaRequestError, blames_an_input, looks_like_missing_route
 from .ledger import row_id
@@ -121,6 +121,7 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
         )
         if endpoint.vectors:
             items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))
+        items = escape_nul(context.destination, endpoint.name, items)
         yield from _with_table_hints(endpoint, plan, context.destination, items)
 
 

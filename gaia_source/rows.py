@@ -9,7 +9,9 @@ kept whole in JSON columns, so nothing the node said is lost. A body of the wron
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
@@ -487,13 +489,37 @@ def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _whole_token(expected: str) -> re.Pattern[str]:
+    """``expected`` as a regular expression that does not match inside a longer id (see :func:`source_matches`)."""
+    pattern = re.escape(expected)
+    if re.match(r"[\w-]", expected):  # an id character first: none may come before it
+        pattern = r"(?<![\w-])(?<!\d\.)" + pattern
+    if re.search(r"[\w-]$", expected):  # an id character last: none may come after it
+        pattern += r"(?![\w-])(?!\.\d)"
+    return re.compile(pattern)
+
+
 def source_matches(source: str, expected: str) -> bool:
-    """Whether a retrieved point is an expected source: the same text, or a text (an id, a sentence) found in it."""
-    return expected.strip() in source or source.strip() == expected.strip()
+    """Whether a retrieved point is an expected source: its text, or a whole token (an id, a sentence) in its text.
+
+    Both are compared without surrounding whitespace, case-sensitively. ``expected`` is a whole token of the point's
+    text when it appears there and the occurrence is not part of a longer id: where ``expected`` starts with an id
+    character (a letter or digit of any script, ``_`` or ``-``), the character before it is none of those, nor a ``.``
+    after a digit; where it ends with one, the character after it is none of those, nor a ``.`` before a digit. So
+    ``doc-1`` matches ``[doc-1] …``, ``see doc-1.`` and ``doc-1.md``, but not ``doc-12``, ``doc-10``, ``doc-1-b``,
+    ``doc-1_b``, ``xdoc-1`` or ``doc-1.2``; ``Le Havre`` matches ``… at Le Havre.`` but not ``Le Havres``. An empty
+    ``expected`` matches nothing.
+    """
+    expected = expected.strip()
+    if not expected:
+        return False
+    return source.strip() == expected or _whole_token(expected).search(source) is not None
 
 
 def retrieval_hits(points: List[Row], expected: List[str]) -> Tuple[Optional[int], int]:
-    """(rank of the first point that is an expected source, or None; how many points are)."""
+    """(rank of the first point that is an expected source, or None; how many points are), matched by
+    :func:`source_matches`."""
     matching = [p["rank"] for p in points if any(source_matches(p["source"], e) for e in expected)]
     return (matching[0] if matching else None), len(matching)
 

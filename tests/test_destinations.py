@@ -85,3 +85,50 @@ def test_filesystem_search_with_a_prefilter(make_node, tmp_path: Path) -> None:
     odd = search(pipeline, KNOWLEDGE_BASE[0], k=10, where={"part": 1}, base_url=node.base_url)
     assert sorted(odd["text_id"]) == sorted(f"kb-{i}" for i in range(1, len(KNOWLEDGE_BASE), 2))
     assert list(search(pipeline, "x", k=5, where={"text_id": "kb-3"}, base_url=node.base_url)["text_id"]) == ["kb-3"]
+
+
+def test_postgres_escapes_nul_per_row_and_nothing_is_left_pending(make_node, tmp_path: Path, postgres_schema: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: each one becomes the six characters \\u0000 (one warning per
+    table), every other value loads as is, and the next run loads new inputs (no package left pending)."""
+    node = make_node("rag")
+    model = node.default_chat_model
+    pipeline = dlt.pipeline("gaia_pg_nul", destination=dlt.destinations.postgres(POSTGRES),
+                            dataset_name=postgres_schema, pipelines_dir=str(tmp_path / "pipelines"))
+    prompts = ["What is the capital of France?", "Is A\x00B one word?", "bad\x00 [[fail]]"]
+    texts = ["Paris is on the Seine.", "nul\x00text"]
+
+    def run(prompts: list) -> None:
+        source = gaia_source(base_url=node.base_url, prompts=prompts, texts=texts, max_attempts=1, retry_rounds=0)
+        pipeline.run(source.with_resources("chat_completions", "chat_completions_stream", "embeddings")
+                     ).raise_on_failed_jobs()
+        assert not pipeline.has_pending_data
+
+    with caplog.at_level("WARNING", logger="gaia_source"):
+        run(prompts)
+    escaped = "Is A\\u0000B one word?"
+    with pipeline.sql_client() as client:
+        for table in ("chat_completions", "chat_completions_stream"):
+            rows = dict(client.execute_sql(f"SELECT messages->0->>'content', content FROM {table} WHERE status = "
+                                           "'completed'"))
+            assert rows == {"What is the capital of France?": "Paris is the capital of France.",
+                            escaped: f"{model} answers: {escaped}"}, table  # the node's answer held a NUL too
+        failed = client.execute_sql("SELECT resource, request_body->'messages'->0->>'content' FROM failed_requests "
+                                    "ORDER BY resource")
+        assert failed == [("chat_completions", "bad\\u0000 [[fail]]"), ("chat_completions_stream", "bad\\u0000 [[fail]]")]
+        assert sorted(t for t, in client.execute_sql("SELECT text FROM embeddings")) == [
+            "Paris is on the Seine.", "nul\\u0000text"]
+    warnings = sorted(r.getMessage() for r in caplog.records if "U+0000" in r.getMessage())
+    assert all("the postgres destination cannot store" in w and "as the six characters \\u0000" in w
+               for w in warnings), warnings
+    # one per table (and resource): the prompt in messages, the answer in content (and in choices, not streamed)
+    assert [(w.split("'")[1], int(w.split(": ")[1].split()[0]), w.split("'")[-2]) for w in warnings] == [
+        ("chat_completions", 3, "chat_completions"), ("chat_completions_stream", 2, "chat_completions_stream"),
+        ("embeddings", 1, "embeddings"), ("failed_requests", 1, "chat_completions"),
+        ("failed_requests", 1, "chat_completions_stream")]
+    node.reset_stats()
+    run([*prompts[:2], "A question for the second run?"])  # new prompts are extracted and land
+    with pipeline.sql_client() as client:
+        [(content,)] = client.execute_sql("SELECT content FROM chat_completions WHERE content LIKE '%second run%'")
+    assert content == f"{model} answers: A question for the second run?"
+    assert node.requests_to("/v1/chat/completions") == 2  # only the new prompt, plain and streamed

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import query, run_cli, table_rows
 
 from gaia_source import gaia_source
 from gaia_source.emulator import KNOWLEDGE_BASE, answer_for
+from gaia_source.rows import source_matches
 
 PROMPTS = ["What is the capital of France?", "What does dlt do?"]
 
@@ -70,6 +72,47 @@ def test_export_writes_one_batch_file_per_node_and_model(make_node, tmp_path: Pa
         assert len(lines) == 2 and {line["response"]["body"]["model"] for line in lines} == {node.default_chat_model}
         model = "m1" if file.name.endswith(".m1.jsonl") else "m2"
         assert file.name.endswith(f".{model}.jsonl")
+
+
+def test_export_writes_a_file_of_error_lines_for_a_node_that_failed_every_request(make_node, tmp_path: Path) -> None:
+    good, down = make_node("rag"), make_node("llama", outage=500)
+    prompts = {"q1": PROMPTS[0], "q2": PROMPTS[1], "q3": "What is a Gaia domain?"}
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"custom_id": c, "prompt": p}) + "\n"
+                                                    for c, p in prompts.items()))
+    result = run_cli(tmp_path, "--base-url", f"{good.base_url},{down.base_url}", "--compare-nodes", "--prompts-file",
+                     "prompts.jsonl", "--resources", "chat_completions", "--chat-model", "m1",
+                     "--export-batch-output", "out.jsonl", "--allow-failed-requests",
+                     env={"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1", "SOURCES__GAIA_SOURCE__RETRY_ROUNDS": "0"})
+    assert result.returncode == 0, result.stderr
+    assert down.requests_to("/v1/chat/completions") == 3
+    files = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in tmp_path.glob("out.*.jsonl")}
+    answered, failed = (f"out.127.0.0.1_{node.port}_v1.m1.jsonl" for node in (good, down))
+    assert sorted(files) == sorted([answered, failed]) and not (tmp_path / "out.jsonl").exists()
+    assert [(line["custom_id"], line["response"]["body"]["choices"][0]["message"]["content"], line["error"])
+            for line in files[answered]] == [(c, answer_for(p, good.default_chat_model), None)
+                                             for c, p in sorted(prompts.items())]
+    assert [(line["custom_id"], line["response"]["status_code"], line["error"]["code"]) for line in files[failed]] == [
+        (c, 500, "GaiaRequestError") for c in sorted(prompts)]
+    assert all(down.base_url in line["error"]["message"] and "emulated outage" in line["error"]["message"]
+               for line in files[failed])
+    assert f"wrote 3 Batch output line(s) from chat_completions to {failed}" in result.stdout
+
+
+def test_export_puts_inputs_refused_before_any_node_in_a_file_of_their_own(make_node, make_pipeline,
+                                                                           tmp_path: Path) -> None:
+    from gaia_source.batch import export_batch_output_per_target
+
+    a, b = make_node("amd"), make_node("amd")
+    refused = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]  # AMD GAIA refuses it
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=[a.base_url, b.base_url], compare_nodes=True, chat_model="gaia",
+                             prompts=[PROMPTS[0], refused]).with_resources("chat_completions"))
+    written = export_batch_output_per_target(pipeline, str(tmp_path / "out.jsonl"))
+    assert written == {str(tmp_path / f"out.127.0.0.1_{node.port}_v1.gaia.jsonl"): 1 for node in (a, b)} | {
+        str(tmp_path / "out.default.gaia.jsonl"): 2}  # the refused prompt, once per node it was for
+    lines = [json.loads(line) for line in (tmp_path / "out.default.gaia.jsonl").read_text().splitlines()]
+    assert [(line["response"], line["error"]["code"]) for line in lines] == [(None, "GaiaInputRefused")] * 2
+    assert all("last message is a 'assistant' message" in line["error"]["message"] for line in lines)
 
 
 # --- samples ----------------------------------------------------------------------------------------------------
@@ -169,6 +212,53 @@ def test_hit_rank_and_hits_make_hit_rate_and_mrr_one_aggregate(make_node, make_p
     [(hit_at_3, mrr)] = query(pipeline, "SELECT avg(CASE WHEN hit_rank <= 3 THEN 1 ELSE 0 END), "
                                         "avg(coalesce(1.0 / hit_rank, 0)) FROM retrieve WHERE hits IS NOT NULL")
     assert hit_at_3 == 2 / 3 and abs(mrr - (1 + 1 / seine_rank) / 3) < 1e-9
+
+
+def test_an_expected_id_matches_only_itself_not_a_longer_id(make_node, make_pipeline, tmp_path: Path) -> None:
+    passages = ("[doc-12] Rivers of France: the Seine flows through Paris.\n",
+                "[doc-10] Rivers of France: the Loire is the longest river.\n",
+                "[doc-1] Rivers of France: the Rhone flows into the sea.\n",
+                "doc-1.2 Rivers of France: the Garonne flows to Bordeaux.\n")
+    node = make_node("rag", knowledge_base=passages, retrieve_limit=4, score_threshold=-1.0)
+    asked = {"doc-1": "Which is the longest river?", "doc-12": "Which river flows into the sea?",
+             "doc-1.2": "Which river flows through Paris?", "doc": "Which rivers does France have?"}
+    ranked = {cid: [p["source"] for p in node.retrieve(question)] for cid, question in asked.items()}
+    assert all(sorted(r) == sorted(passages) for r in ranked.values())  # every passage comes back, in some order
+    assert ranked["doc-1"][-1] == passages[2]  # [doc-12], [doc-10] and doc-1.2 come before [doc-1]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"custom_id": cid, "query": question, "expected_sources": [cid]}) + "\n"
+                               for cid, question in asked.items()))
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=node.base_url, queries_file=str(queries)).with_resources("retrieve"))
+    rows = {r["custom_id"]: (r["hit_rank"], r["hits"]) for r in table_rows(pipeline, "retrieve", "custom_id")}
+    assert rows == {
+        # not [doc-12], [doc-10] or doc-1.2, which contain "doc-1"
+        "doc-1": (ranked["doc-1"].index(passages[2]) + 1, 1),
+        "doc-12": (ranked["doc-12"].index(passages[0]) + 1, 1),
+        "doc-1.2": (ranked["doc-1.2"].index(passages[3]) + 1, 1),
+        "doc": (None, 0),  # a prefix of every id is none of them
+    }
+
+
+@pytest.mark.parametrize(("source", "expected", "matches"), [
+    ("[doc-1] The Rhone.", "doc-1", True),
+    ("[doc-12] The Seine.", "doc-1", False),
+    ("doc-10: The Loire.", "doc-1", False),
+    ("doc-1.2 The Garonne.", "doc-1", False),  # '.' then a digit: a longer id (a version, a section)
+    ("doc-1-b and doc-1_b", "doc-1", False),
+    ("xdoc-1 and édoc-1", "doc-1", False),
+    ("version 1.2 of the text", "2", False),
+    ("as doc-1.md says", "doc-1", True),  # '.' then a letter: the id ends there
+    ("see (doc-1), id:doc-1, or doc-1.", "doc-1", True),
+    ("The Seine flows into the English Channel at Le Havre.\n", "Le Havre", True),
+    ("The port of Le Havres", "Le Havre", False),
+    ("Le Havre's port", "Le Havre", True),
+    ("  A whole passage.\n", "A whole passage. ", True),
+    ("Paris is in France.", "Paris is in France.", True),
+    ("some text", "   ", False),
+])
+def test_an_expected_source_is_the_point_text_or_a_whole_token_in_it(source: str, expected: str, matches: bool) -> None:
+    assert source_matches(source, expected) is matches
 
 
 # --- drift --------------------------------------------------------------------------------------------------------

@@ -223,3 +223,46 @@ def test_the_key_never_leaks_even_at_debug_level(make_node, tmp_path) -> None:
         rows = con.execute("SELECT resource, error_message FROM gaia_data.failed_requests ORDER BY resource").fetchall()
     assert [r[0] for r in rows] == ["chat_completions", "chat_completions_stream"]
     assert all("Authorization: Bearer ***" in message for _, message in rows)  # the echoed key was redacted
+
+
+def test_a_key_echoed_near_the_message_limit_is_redacted_before_it_is_cut(make_node, tmp_path) -> None:
+    """A gateway page, a 200 page, an in-band error and an unreadable chunk that echo the key where an error message
+    is shortened: no 8-character piece of the key reaches a table, the log or the output (redact, then shorten)."""
+    import duckdb
+    from conftest import run_cli
+
+    from gaia_source.emulator.malformed import ECHO_AUTH_CASES
+
+    key = "gaia-" + "Zq7RmX2pLw9KtV4nB8cYhJ3"
+    assert len(key) == 28
+    pieces = {key[i:i + 8] for i in range(len(key) - 7)}
+    node = make_node("rag", api_key=key)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"please fail [[malformed:{case}]]\n" for case in ECHO_AUTH_CASES))
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", str(prompts), "-vv",
+                     "--allow-failed-requests",
+                     env={"SOURCES__GAIA_SOURCE__API_KEY": key, "SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1",
+                          "SOURCES__GAIA_SOURCE__RETRY_ROUNDS": "0"})
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "Bearer ***" in output and not {p for p in pieces if p in output}
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        failed = con.execute("SELECT resource, request_body, error_message FROM gaia_data.failed_requests").fetchall()
+        streams = con.execute("SELECT messages, status, content, error FROM gaia_data.chat_completions_stream"
+                              ).fetchall()
+    by_case = {(resource, body.split("malformed:")[1].split("]")[0]): message for resource, body, message in failed}
+    assert set(by_case) == {(r, c) for r in ("chat_completions", "chat_completions_stream") for c in ECHO_AUTH_CASES}
+    for (resource, case), message in by_case.items():
+        assert not {p for p in pieces if p in message}, (resource, case, message)
+        assert "Authorization: Bearer ***" in message, (resource, case, message)
+    assert "HTTP 502" in by_case["chat_completions", "echo-auth-502"]
+    assert "not JSON" in by_case["chat_completions", "echo-auth-200"]
+    assert "expected an event stream, got text/html" in by_case["chat_completions_stream", "echo-auth-200"]
+    assert "the node answered HTTP 200 with an error" in by_case["chat_completions", "echo-auth-inband"]
+    assert "chunk 2 is not JSON" in by_case["chat_completions_stream", "echo-auth-garbage"]
+    kept = {messages.split("malformed:")[1].split("]")[0]: (status, content, error)
+            for messages, status, content, error in streams}
+    assert set(kept) == {"echo-auth-inband", "echo-auth-garbage"}  # the partial answers of the two broken streams
+    for status, content, error in kept.values():
+        assert (status, content) == ("error", "Par") and "Authorization: Bearer ***" in error
+        assert not {p for p in pieces if p in error}, error

@@ -40,7 +40,8 @@ emulator is never the bottleneck of a benchmark. Markers in the last user messag
                     longer than ``embedding_ctx`` words gets)
 ``[[inband-error]]`` amd: an in-band ``{"error"}`` chunk with HTTP 200; rag: the body aborts mid-stream; nexus: 500
 ``[[cut]]``         the connection closes halfway through the body (stream or not)
-``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly
+``[[malformed:X]]`` the body ``MALFORMED[X]`` (or, streamed, ``MALFORMED_STREAMS[X]``): 40+ ways a node answers badly;
+                    ``echo-auth`` and ``ECHO_AUTH_CASES``: error bodies that echo the ``Authorization`` header
 ==================  =============================================================================================
 
 Faults (``fault_rate``, ``fault_kinds``) are what a flaky gateway does: 429 with ``Retry-After``, an nginx 502, a
@@ -97,6 +98,7 @@ class NodeEmulator(NodeBase):
         retrieve_shape: ``list`` (rag-api-server >= 0.10) or ``object`` (older servers, the docs).
         retrieve_limit: Points per retrieval at most.
         score_threshold: Minimum retrieval score.
+        knowledge_base: The passages retrieval returns (default: ``KNOWLEDGE_BASE``).
     """
 
     flavor: str = "rag"
@@ -112,6 +114,7 @@ class NodeEmulator(NodeBase):
     retrieve_shape: str = "list"
     retrieve_limit: int = 3
     score_threshold: float = 0.2
+    knowledge_base: tuple[str, ...] = KNOWLEDGE_BASE
     fault_rate: float = 0.0
     """Share of /v1 requests that meet a fault (drawn from ``fault_kinds`` with a seeded RNG: reproducible)."""
     fault_seed: int = 0

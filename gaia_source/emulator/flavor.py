@@ -19,7 +19,15 @@ from typing import Any, Callable, ClassVar, NoReturn, Sequence, Union
 import orjson
 
 from .content import answer_for, count_tokens, last_user_text, prompt_tokens, tool_calls, word_pieces
-from .malformed import MALFORMED, MALFORMED_STREAMS, echo_auth_body, huge_body, malformed_case
+from .malformed import (
+    ECHO_AUTH_CASES,
+    MALFORMED,
+    MALFORMED_STREAMS,
+    echo_auth_answer,
+    echo_auth_body,
+    huge_body,
+    malformed_case,
+)
 from .server import ClientError, NodeBase, RequestHandler
 
 STATIC_404 = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
@@ -219,6 +227,15 @@ class Flavor(RequestHandler):
             self.send(200, huge_body(), "application/json")
         elif name == "echo-auth":
             self.send(500, echo_auth_body(self.headers.get("Authorization")), "text/plain")
+        elif name in ECHO_AUTH_CASES:
+            status, ctype, answer = echo_auth_answer(name, self.headers.get("Authorization"), stream)
+            if isinstance(answer, bytes):
+                self.send(status, answer, ctype)
+            else:
+                self.start_stream()
+                for raw in answer:
+                    self.write_chunk(raw)
+                self.wfile.write(b"0\r\n\r\n")
         elif stream and name in MALFORMED_STREAMS:
             self.start_stream()
             for raw in MALFORMED_STREAMS[name]:

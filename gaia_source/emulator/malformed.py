@@ -1,7 +1,8 @@
 """The corpora of bad answers: ``[[malformed:NAME]]`` in a prompt, text or query makes a node answer with case NAME.
 
 ``MALFORMED`` holds whole responses, ``MALFORMED_STREAMS`` SSE bodies (sent when the request streams); ``huge``
-and ``echo-auth`` are built per request (:func:`huge_body`, :func:`echo_auth_body`). Every flavour answers them alike.
+and the ``echo-auth*`` cases are built per request (:func:`huge_body`, :func:`echo_auth_body`,
+:func:`echo_auth_answer`). Every flavour answers them alike.
 """
 
 from __future__ import annotations
@@ -88,3 +89,46 @@ def huge_body() -> bytes:
 def echo_auth_body(authorization: str | None) -> bytes:
     """``echo-auth``: a gateway error page that echoes the request's ``Authorization`` header (a key leak to catch)."""
     return f"500 Internal Server Error: rejected request with Authorization: {authorization}".encode()
+
+
+ECHO_AUTH_CASES = ("echo-auth-502", "echo-auth-200", "echo-auth-inband", "echo-auth-garbage")
+"""Answers that echo the request's ``Authorization`` header deep in their text, where a client that shortens an error
+message before redacting the key would cut the key in two and keep most of it: HTML pages (the key around character
+380 of the page's text), an in-band error (around character 190 of its message) and an unreadable SSE chunk (around
+character 105)."""
+
+_FILLER = ("The server, while acting as a gateway or proxy, received an invalid response from the upstream server it "
+           "accessed in attempting to fulfill the request. ")
+
+
+def _filler(length: int) -> str:
+    return (_FILLER * (length // len(_FILLER) + 1))[:length].strip()
+
+
+def echo_auth_answer(name: str, authorization: str | None, stream: bool) -> tuple[int, str, bytes | list[bytes]]:
+    """What case ``name`` of :data:`ECHO_AUTH_CASES` answers: ``(status, Content-Type, body)``, the body a list of SSE
+    chunks when it is a stream.
+
+    * ``echo-auth-502``: a gateway's 502 HTML page;
+    * ``echo-auth-200``: a 200 HTML maintenance page (not JSON, not an event stream);
+    * ``echo-auth-inband``: streamed, a content chunk then an in-band ``{"error"}`` chunk; else a 200 JSON error;
+    * ``echo-auth-garbage``: streamed, a content chunk then a chunk that is not JSON; else a 200 text body.
+    """
+    echo = f"Request headers: Authorization: {authorization}"
+    if name in ("echo-auth-502", "echo-auth-200"):
+        title = "502 Bad Gateway" if name == "echo-auth-502" else "Maintenance"
+        page = (f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{_filler(336 - len(title))}</p>"
+                f"<p>{echo}</p><hr><center>nginx</center></body></html>")
+        return (502 if name == "echo-auth-502" else 200), "text/html", page.encode()
+    if name == "echo-auth-inband":
+        message = f"upstream rejected the request. {_filler(120)} {echo}"
+        if not stream:
+            return 200, "application/json", _j({"error": {"message": message, "type": "server_error"}})
+        return 200, "text/event-stream", [b'data: {"choices": [{"delta": {"content": "Par"}}]}\n\n',
+                                          b"data: " + _j({"error": {"message": message, "type": "server_error"}})
+                                          + b"\n\n", b"data: [DONE]\n\n"]
+    garbage = f"%%% {_filler(57)} {echo} %%%"
+    if not stream:
+        return 200, "text/plain", garbage.encode()
+    return 200, "text/event-stream", [b'data: {"choices": [{"delta": {"content": "Par"}}]}\n\n',
+                                      f"data: {garbage}\n\n".encode()]

@@ -98,6 +98,7 @@ class NodeBase:
     retrieve_shape: str
     retrieve_limit: int
     score_threshold: float
+    knowledge_base: tuple[str, ...]
     fault_rate: float
     fault_seed: int
     fault_kinds: tuple[str, ...]
@@ -124,7 +125,7 @@ class NodeBase:
         self._in_flight = 0
         self._answered = 0
         self._bodies: list[tuple[str, bytes]] = []
-        self._knowledge = KnowledgeBase(self.dim)
+        self._knowledge = KnowledgeBase(self.dim, self.knowledge_base)
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
