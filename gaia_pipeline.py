@@ -25,7 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
 # Only light modules here: `--help` and argument errors answer before dlt, pyarrow or the emulator is imported.
-from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError
+from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaPipelineStateError
 from gaia_source.settings import (
     CHAT_TABLES,
     DATASET_NAME,
@@ -269,6 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from gaia_source import gaia_source
+    from gaia_source.lifecycle import run_pipeline
 
     gc.freeze()
     gc.enable()
@@ -289,10 +290,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             source = gaia_source(resources=resources, **source_args)
             idle = _idle(source, resources)
-            load_info = pipeline.run(source)
+            load_info = run_pipeline(pipeline, source)  # what an interrupted run left loads first, then the source
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except GaiaPipelineStateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except PipelineStepFailed as exc:
         cause = _gaia_cause(exc)
         print(f"error: {cause if cause is not None else exc}", file=sys.stderr)
