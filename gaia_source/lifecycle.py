@@ -1,19 +1,26 @@
 """One run of a pipeline, around dlt's steps: first finish what an interrupted run left, then do this run's work.
 
-dlt 1.31's ``Pipeline.run(source)``, when an interrupted run left packages, loads them and then returns *without
-extracting the source* (dlt only logs a warning): the run's own prompts are never sent, and it exits 0.
-:func:`run_pipeline` loads them first (:func:`load_pending`, one warning says how many), then runs the source. If they
-cannot be loaded, the run stops with :class:`~gaia_source.errors.GaiaPipelineStateError` (what failed, what to do)
-before anything new is sent.
+dlt 1.31 leaves two traps between runs, and :func:`run_pipeline` closes them:
+
+* **Pending packages.** ``Pipeline.run(source)`` loads the packages an interrupted run left and then returns *without
+  extracting the source* (dlt only logs a warning): the run's own prompts are never sent, and it exits 0.
+  :func:`load_pending` loads them first and says so; then the source runs. If they cannot be loaded, the run stops
+  with :class:`~gaia_source.errors.GaiaPipelineStateError` (what failed, what to do) before anything new is sent.
+* **A kill at normalize's commit** (dlt-hub/dlt#4446). Normalize renames ``load/new/<id>`` to
+  ``load/normalized/<id>`` and then deletes ``normalize/extracted/<id>``; killed in between, the package is in both
+  places, and every later run normalizes it again and fails with ``OSError [Errno 39] Directory not empty``.
+  :func:`repair_interrupted_normalize` deletes the leftover extracted copy when the committed one is complete.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import dlt
+from dlt.common.storages.load_package import PackageStorage
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from .errors import GaiaPipelineStateError
@@ -32,10 +39,12 @@ class RunResult:
     Attributes:
         load_info: This run's own load (its source extracted, normalized and loaded).
         pending: The load of packages an interrupted run left, done first; None when there were none.
+        repaired: Load ids whose leftover extracted copy was deleted (a kill at normalize's commit).
     """
 
     load_info: LoadInfo
     pending: Optional[LoadInfo] = None
+    repaired: Tuple[str, ...] = ()
 
     @property
     def load_infos(self) -> List[LoadInfo]:
@@ -72,12 +81,13 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource) -> RunResult:
         Both loads; ``has_failed_jobs`` covers each.
 
     Raises:
-        GaiaPipelineStateError: A pending package could not be loaded; nothing of ``source`` was extracted, and the
-            message says what to do.
+        GaiaPipelineStateError: A pending package could not be loaded, or the working directory is in a state this
+            module cannot repair safely; nothing of ``source`` was extracted, and the message says what to do.
         PipelineStepFailed: This run's own extract, normalize or load failed (as from ``pipeline.run``).
     """
+    repaired = repair_interrupted_normalize(pipeline)
     pending = load_pending(pipeline)
-    return RunResult(load_info=pipeline.run(source), pending=pending)
+    return RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
 
 
 def load_pending(pipeline: dlt.Pipeline) -> Optional[LoadInfo]:
@@ -114,3 +124,57 @@ def _pending_failed(pipeline: dlt.Pipeline, pending: Sequence[str], exc: Pipelin
                           "missing are then sent again).")
     return message + (f" dlt aborted the package, so its rows are not loaded; `dlt pipeline {name} info` shows the "
                       "failed job. Run again: requests whose rows are missing are sent again.")
+
+
+def repair_interrupted_normalize(pipeline: dlt.Pipeline) -> List[str]:
+    """Delete what a kill at dlt's normalize commit left (dlt-hub/dlt#4446); return the load ids repaired.
+
+    Normalize builds ``load/new/<id>``, renames it (atomically) to ``load/normalized/<id>``, then deletes
+    ``normalize/extracted/<id>``. A package in both ``normalize/extracted`` and the load storage is the leftover of a
+    commit that happened: its extracted copy (and any ``load/new/<id>`` a failed retry built) is deleted, and the
+    committed package loads as it is. A committed copy without its schema file is not trusted: the error names the
+    directory to delete (then the extracted copy is normalized again).
+
+    Raises:
+        GaiaPipelineStateError: The committed copy is incomplete.
+    """
+    extracted = pipeline.list_extracted_load_packages()
+    if not extracted:
+        return []
+    # dlt 1.31 has no public accessor for the package storages (pipeline.list_* only lists them)
+    load_storage = pipeline._get_load_storage()
+    extracted_packages = pipeline._get_normalize_storage().extracted_packages
+    repaired: List[str] = []
+    for load_id in extracted:
+        committed = next((packages for packages in (load_storage.normalized_packages, load_storage.loaded_packages)
+                          if packages.storage.has_folder(packages.get_package_path(load_id))), None)
+        if committed is None:
+            continue  # not normalized yet: dlt normalizes it
+        committed_dir = committed.storage.make_full_path(committed.get_package_path(load_id))
+        extracted_dir = extracted_packages.storage.make_full_path(extracted_packages.get_package_path(load_id))
+        # the commit is one os.rename; where dlt falls back to moving file by file (EMFILE), the job folders move
+        # before the package's own files: a committed copy with its schema file holds every job
+        schema_file = PackageStorage.SCHEMA_FILE_NAME
+        if not os.path.isfile(os.path.join(committed_dir, schema_file)):
+            raise GaiaPipelineStateError(
+                f"load package {load_id} is both in {extracted_dir} and, without its {schema_file}, in "
+                f"{committed_dir}: a run was killed while dlt's normalize step committed it (dlt-hub/dlt#4446). "
+                f"Delete {committed_dir} and run again: dlt normalizes the package again from {extracted_dir}."
+            )
+        deleted = [extracted_dir]
+        extracted_packages.delete_package(load_id)
+        new_dir = load_storage.new_packages.storage.make_full_path(load_storage.new_packages.get_package_path(load_id))
+        if os.path.isdir(new_dir):  # built by a retry whose commit then failed with "Directory not empty"
+            load_storage.new_packages.delete_package(load_id)
+            deleted.append(new_dir)
+        logger.warning(
+            "repaired what a kill at dlt's normalize commit left (dlt-hub/dlt#4446): package %s is complete in %s; "
+            "deleted %s", load_id, _relative(committed_dir, pipeline),
+            " and ".join(_relative(path, pipeline) for path in deleted),
+        )
+        repaired.append(load_id)
+    return repaired
+
+
+def _relative(path: str, pipeline: dlt.Pipeline) -> str:
+    return os.path.relpath(path, pipeline.working_dir)

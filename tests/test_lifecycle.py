@@ -1,10 +1,11 @@
-"""What a run finds that an earlier run left: a package killed in the load step. Each run is the CLI in a subprocess,
-killed with a real SIGKILL at a point dlt reaches deterministically (a dlt method replaced, in that subprocess only,
-by one that kills its own process)."""
+"""What a run finds that an earlier run left: a package killed in the load step, a kill at normalize's commit. Each
+run is the CLI in a subprocess, killed with a real SIGKILL at a point dlt reaches deterministically (a dlt method
+replaced, in that subprocess only, by one that kills its own process)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,8 @@ KILL_POINTS = {
     "load, before any job": ("dlt.load.load", "Load", "load_single_package", "before"),
     # every job is loaded; the load step dies before it marks the package loaded
     "load, before the package commit": ("dlt.load.load", "Load", "complete_package", "before"),
+    # normalize renamed load/new/<id> to load/normalized/<id>, then died before deleting normalize/extracted/<id>
+    "normalize commit": ("dlt.common.storages.load_storage", "LoadStorage", "commit_new_load_package", "after"),
 }
 
 
@@ -97,11 +100,16 @@ def test_a_run_killed_before_its_load_finished_is_loaded_and_the_next_run_does_i
     assert node.requests_to("/v1/chat/completions") == 1
     jobs_loaded = point == "load, before the package commit"  # its rows are in, the package is not marked loaded
     assert _answers(tmp_path / DB) == ({PROMPTS[0]: 1, PROMPTS[1]: 1} if jobs_loaded else {PROMPTS[0]: 1})
+    if point == "normalize commit":  # the state of dlt-hub/dlt#4446: the package is in both places
+        [load_id] = os.listdir(_pipeline_dir(tmp_path) / "normalize" / "extracted")
+        assert (_pipeline_dir(tmp_path) / "load" / "normalized" / load_id / "schema.json").exists()
     node.reset_stats()
 
     result = run_cli(tmp_path, *args, "--prompts-file", _prompts(tmp_path, [*PROMPTS, NEW_PROMPT]))
     assert result.returncode == 0, result.stderr
     assert "loaded 1 pending load package(s) left by an interrupted run" in result.stderr
+    if point == "normalize commit":
+        assert f"deleted normalize/extracted/{load_id}" in result.stderr
     assert node.requests_to("/v1/chat/completions") == 1  # only the new prompt: the others were in the package
     assert _answers(tmp_path / DB) == {PROMPTS[0]: 1, PROMPTS[1]: 1, NEW_PROMPT: 1}
     assert not os.listdir(_pipeline_dir(tmp_path) / "normalize" / "extracted")
@@ -111,6 +119,30 @@ def test_a_run_killed_before_its_load_finished_is_loaded_and_the_next_run_does_i
     assert result.returncode == 0, result.stderr
     assert "pending" not in result.stderr and node.requests_to("/v1/chat/completions") == 0
     assert _answers(tmp_path / DB) == {PROMPTS[0]: 1, PROMPTS[1]: 1, NEW_PROMPT: 1}
+
+
+def test_an_incomplete_committed_package_is_not_trusted_and_the_error_names_the_directory(make_node, tmp_path) -> None:
+    node = make_node("rag")
+    args = ["--base-url", node.base_url, "--resources", "chat_completions"]
+    assert run_cli(tmp_path, *args, "--prompts-file", _prompts(tmp_path, PROMPTS[:1])).returncode == 0
+    _killed_cli(tmp_path, "normalize commit", *args, "--prompts-file", _prompts(tmp_path, PROMPTS))
+    [load_id] = os.listdir(_pipeline_dir(tmp_path) / "normalize" / "extracted")
+    committed = _pipeline_dir(tmp_path) / "load" / "normalized" / load_id
+    (committed / "schema.json").unlink()  # as if the commit had moved the package file by file and stopped short
+    node.reset_stats()
+    new_args = [*args, "--prompts-file", _prompts(tmp_path, [*PROMPTS, NEW_PROMPT])]
+    result = run_cli(tmp_path, *new_args)
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: load package {load_id} is both in ") and f"Delete {committed} and run again" in error
+    assert node.requests_to("/v1/chat/completions") == 0
+    shutil.rmtree(committed)  # what the message says to do
+    result = run_cli(tmp_path, *new_args)
+    assert result.returncode == 0, result.stderr
+    assert "loaded 1 pending load package(s) left by an interrupted run" in result.stderr
+    assert node.requests_to("/v1/chat/completions") == 1
+    assert _answers(tmp_path / DB) == {PROMPTS[0]: 1, PROMPTS[1]: 1, NEW_PROMPT: 1}
+
 
 
 def test_a_pending_package_that_cannot_be_loaded_stops_the_run_and_says_what_to_do(make_node, tmp_path: Path) -> None:
