@@ -1,6 +1,6 @@
 """One run of a pipeline, around dlt's steps: first finish what an interrupted run left, then do this run's work.
 
-dlt 1.31 leaves two traps between runs, and :func:`run_pipeline` closes them:
+dlt 1.31 leaves three traps between runs, and :func:`run_pipeline` closes them:
 
 * **Pending packages.** ``Pipeline.run(source)`` loads the packages an interrupted run left and then returns *without
   extracting the source* (dlt only logs a warning): the run's own prompts are never sent, and it exits 0.
@@ -10,6 +10,8 @@ dlt 1.31 leaves two traps between runs, and :func:`run_pipeline` closes them:
   ``load/normalized/<id>`` and then deletes ``normalize/extracted/<id>``; killed in between, the package is in both
   places, and every later run normalizes it again and fails with ``OSError [Errno 39] Directory not empty``.
   :func:`repair_interrupted_normalize` deletes the leftover extracted copy when the committed one is complete.
+* **LanceDB after a schema change** fails every load with ``No field named "<schema hash>"``: dlt looks the stored
+  schema up with a double-quoted (identifier) literal. :func:`patch_lancedb_schema_lookup` fixes that statement.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 import dlt
 from dlt.common.storages.load_package import PackageStorage
@@ -85,6 +87,8 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource) -> RunResult:
             module cannot repair safely; nothing of ``source`` was extracted, and the message says what to do.
         PipelineStepFailed: This run's own extract, normalize or load failed (as from ``pipeline.run``).
     """
+    if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
+        patch_lancedb_schema_lookup()
     repaired = repair_interrupted_normalize(pipeline)
     pending = load_pending(pipeline)
     return RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
@@ -178,3 +182,92 @@ def repair_interrupted_normalize(pipeline: dlt.Pipeline) -> List[str]:
 
 def _relative(path: str, pipeline: dlt.Pipeline) -> str:
     return os.path.relpath(path, pipeline.working_dir)
+
+
+# --- dlt 1.31's LanceDB schema lookup --------------------------------------------------------------------------------
+
+
+def patch_lancedb_schema_lookup() -> bool:
+    """Make dlt 1.31's LanceDB client compare schema hashes and names with string literals; True when patched.
+
+    dlt 1.31.x filters its version table with ``version_hash = "<hash>"`` (``lancedb_client.py``,
+    ``get_stored_schema_by_hash``, near line 577; likewise ``get_stored_schema`` by name and
+    ``_delete_schema_in_storage``). LanceDB (DataFusion) reads a double-quoted token as a column name, so once the
+    version table exists, every load after a schema change fails with ``No field named "<hash>"`` and a lost
+    working directory cannot be restored from the destination. The three methods are replaced by the same code with
+    an escaped single-quoted literal. Applied only on dlt 1.31.x and only while the buggy statement is in dlt's
+    source (a fixed dlt is left alone); safe to call again.
+    """
+    import inspect
+
+    from dlt.destinations.impl.lancedb import lancedb_client
+    from dlt.destinations.impl.lancedb.exceptions import lancedb_error
+
+    client_class: Any = lancedb_client.LanceDBClient
+    if getattr(client_class, "_gaia_literals_patched", False):
+        return True
+    if not dlt.__version__.startswith("1.31."):
+        return False
+    if '= "{schema_hash}"' not in inspect.getsource(client_class.get_stored_schema_by_hash):
+        return False
+    client_class.get_stored_schema_by_hash = lancedb_error(_get_stored_schema_by_hash)
+    client_class.get_stored_schema = lancedb_error(_get_stored_schema)
+    client_class._delete_schema_in_storage = lancedb_error(_delete_schema_in_storage)
+    client_class._gaia_literals_patched = True
+    logger.debug("patched dlt %s's LanceDB schema lookup (string literals for hashes and names)", dlt.__version__)
+    return True
+
+
+def _version_table(client: Any) -> Any:
+    """dlt's schema version table of the client's dataset, at its latest version, or None before it exists."""
+    name = client.make_qualified_table_name(client.schema.version_table_name)
+    if name not in client.list_table_names():
+        return None
+    table = client.db_client.open_table(name)
+    table.checkout_latest()
+    return table
+
+
+def _newest_stored_schema(client: Any, column: str, value: Optional[str]) -> Any:
+    """The newest row of the version table whose ``column`` equals ``value`` (any row when None), as dlt returns it."""
+    from dlt.common.data_writers.escape import escape_lancedb_literal
+    from dlt.common.destination.client import StorageSchemaInfo
+
+    table = _version_table(client)
+    if table is None:
+        return None
+    field = client.schema.naming.normalize_identifier
+    query = table.search()
+    if value is not None:
+        query = query.where(f"`{field(column)}` = {escape_lancedb_literal(value)}", prefilter=True)
+    rows = query.to_list()
+    if not rows:
+        return None
+    newest = max(rows, key=lambda row: row[field("inserted_at")])
+    return StorageSchemaInfo(
+        version_hash=newest[field("version_hash")],
+        schema_name=newest[field("schema_name")],
+        version=newest[field("version")],
+        engine_version=newest[field("engine_version")],
+        inserted_at=newest[field("inserted_at")],
+        schema=newest[field("schema")],
+    )
+
+
+def _get_stored_schema_by_hash(self: Any, schema_hash: str) -> Any:
+    return _newest_stored_schema(self, "version_hash", schema_hash)
+
+
+def _get_stored_schema(self: Any, schema_name: Optional[str] = None) -> Any:
+    """Retrieves newest schema from destination storage."""
+    return _newest_stored_schema(self, "schema_name", schema_name or None)
+
+
+def _delete_schema_in_storage(self: Any, schema: Any) -> None:
+    """Deletes all stored versions with the same name as `schema`. No-op if table is missing."""
+    from dlt.common.data_writers.escape import escape_lancedb_literal
+
+    table = _version_table(self)
+    if table is not None:
+        column = self.schema.naming.normalize_identifier("schema_name")
+        table.delete(f"`{column}` = {escape_lancedb_literal(schema.name)}")

@@ -1,6 +1,6 @@
-"""What a run finds that an earlier run left: a package killed in the load step, a kill at normalize's commit. Each
-run is the CLI in a subprocess, killed with a real SIGKILL at a point dlt reaches deterministically (a dlt method
-replaced, in that subprocess only, by one that kills its own process)."""
+"""What a run finds that an earlier run left: a package killed in the load step, a kill at normalize's commit, a
+LanceDB dataset whose schema changed. Each run is the CLI in a subprocess, killed with a real SIGKILL at a point
+dlt reaches deterministically (a dlt method replaced, in that subprocess only, by one that kills its own process)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+import dlt
 import duckdb
 import pytest
 from conftest import REPO_ROOT, run_cli
@@ -193,3 +194,36 @@ def test_run_pipeline_reports_failed_jobs_of_the_pending_package_too(make_node, 
     with pipeline.sql_client() as client:  # the new prompt loaded; the pending package's rows did not
         contents = [r[0] for r in client.execute_sql("SELECT content FROM chat_completions")]
     assert contents == [ANSWERS[NEW_PROMPT]]
+
+
+def _lance_pipeline(tmp_path: Path) -> dlt.Pipeline:
+    return dlt.pipeline("gaia_lance", destination=dlt.destinations.lancedb(lance_uri=str(tmp_path / "lance")),
+                        dataset_name="gaia_data", pipelines_dir=str(tmp_path / "pipelines"))
+
+
+def _lance_rows(pipeline: dlt.Pipeline, table: str, column: str) -> List[Optional[str]]:
+    from gaia_source.destination import lance_table
+
+    return sorted(r[column] for r in lance_table(pipeline, table).to_arrow().to_pylist())
+
+
+def test_lancedb_loads_again_after_the_schema_changed(make_node, tmp_path: Path) -> None:
+    pytest.importorskip("lancedb")
+    node = make_node("rag")
+    pipeline = _lance_pipeline(tmp_path)
+    first = gaia_source(base_url=node.base_url, prompts=PROMPTS[:1]).with_resources("chat_completions")
+    assert not run_pipeline(pipeline, first).has_failed_jobs
+    # run 2: a new table (a schema change: dlt 1.31 looked its hash up with a double-quoted literal and failed)
+    second = gaia_source(base_url=node.base_url, prompts=PROMPTS, texts=["Paris is on the Seine."])
+    assert not run_pipeline(pipeline, second.with_resources("chat_completions", "embeddings")).has_failed_jobs
+    # run 3: another new table, and a new prompt into the existing one
+    third = gaia_source(base_url=node.base_url, prompts=[NEW_PROMPT])
+    assert not run_pipeline(pipeline, third.with_resources("chat_completions", "models")).has_failed_jobs
+    assert _lance_rows(pipeline, "chat_completions", "content") == sorted(ANSWERS.values())
+    assert _lance_rows(pipeline, "embeddings", "text") == ["Paris is on the Seine."]
+    assert _lance_rows(pipeline, "models", "id") == ["Llama-3.2-3B-Instruct", "Nomic-embed-text-v1.5"]
+    # the schema the destination stored last is the pipeline's (found by its hash, and by its name)
+    with pipeline.destination_client() as client:
+        stored = client.get_stored_schema(pipeline.default_schema_name)
+        assert stored is not None and stored.version_hash == pipeline.default_schema.stored_version_hash
+        assert client.get_stored_schema_by_hash(stored.version_hash).schema_name == pipeline.default_schema_name
