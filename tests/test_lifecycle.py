@@ -4,6 +4,7 @@ dlt reaches deterministically (a dlt method replaced, in that subprocess only, b
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional
 import dlt
 import duckdb
 import pytest
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, SCRIPT, free_port, run_cli
 
 from gaia_source import gaia_source
 from gaia_source.lifecycle import run_pipeline
@@ -227,3 +228,33 @@ def test_lancedb_loads_again_after_the_schema_changed(make_node, tmp_path: Path)
         stored = client.get_stored_schema(pipeline.default_schema_name)
         assert stored is not None and stored.version_hash == pipeline.default_schema.stored_version_hash
         assert client.get_stored_schema_by_hash(stored.version_hash).schema_name == pipeline.default_schema_name
+
+
+def test_a_table_count_that_fails_is_shown_as_unknown_never_as_zero(make_node, make_pipeline, capsys, caplog) -> None:
+    spec = importlib.util.spec_from_file_location("gaia_pipeline_cli", SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    node = make_node("rag")
+    pipeline = make_pipeline()
+    source = gaia_source(base_url=node.base_url, prompts=[PROMPTS[0], "bad [[malformed:not-json]]"], max_attempts=1)
+    pipeline.run(source.with_resources("chat_completions")).raise_on_failed_jobs()
+    capsys.readouterr()
+    assert cli._print_counts(pipeline) == 1  # counted: one request is failing
+    assert "failed_requests" in capsys.readouterr().out
+    with pipeline.sql_client() as client:  # the table goes away behind dlt's back: no count can be made
+        client.execute_sql("DROP TABLE failed_requests")
+    assert cli._print_counts(pipeline) is None  # unknown, not "none failing"
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows == {"chat_completions": ["1", "?"], "failed_requests": ["1", "?"]}
+    assert any("could not count the rows of chat_completions, failed_requests" in r.getMessage() for r in caplog.records)
+
+
+def test_lancedb_table_counts_are_counted_in_lancedb_and_failing_requests_fail_the_run(tmp_path: Path) -> None:
+    pytest.importorskip("lancedb")
+    prompts = _prompts(tmp_path, PROMPTS)
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: every request fails
+    result = run_cli(tmp_path, "--destination", "lancedb", "--base-url", dead, "--resources", "chat_completions",
+                     "--prompts-file", prompts, "--chat-model", "m", env={"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1"})
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("failed_")}
+    assert rows == {"failed_requests": ["2", "2"]}, result.stdout  # this run, in dataset: counted in LanceDB
+    assert result.returncode == 1 and "2 request(s) are failing" in result.stderr, result.stderr
