@@ -25,7 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
 # Only light modules here: `--help` and argument errors answer before dlt, pyarrow or the emulator is imported.
-from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaLookupError
+from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaLookupError, GaiaPipelineStateError
 from gaia_source.settings import (
     CHAT_TABLES,
     DATASET_NAME,
@@ -211,9 +211,7 @@ def _print_counts(pipeline: dlt.Pipeline) -> None:
     loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
     seen = pipeline.default_schema.data_table_names(seen_data_only=True)
     tables = sorted(t for t in seen if not t.startswith("_dlt"))
-    totals: Dict[str, int] = {}
-    with contextlib.suppress(Exception):
-        totals = _row_counts(pipeline, tables)
+    totals = _row_counts(pipeline, tables)
     print(f"\n{'table':<34}{'this run':>10}{'in dataset':>12}")
     for table in tables:
         total = totals.get(table)
@@ -232,19 +230,36 @@ def _print_outcomes(ledger: Ledger) -> None:
         print(f"note: {note}")
 
 
-def _row_counts(pipeline: dlt.Pipeline, tables: List[str]) -> Dict[str, int]:
-    """Rows in each table: one SQL query where the destination speaks SQL (no query compiler to import), else dlt's
-    dataset (which also reads filesystem destinations)."""
+def _row_counts(pipeline: dlt.Pipeline, tables: List[str]) -> Dict[str, Optional[int]]:
+    """Rows in each table: in LanceDB itself on LanceDB (dlt's SQL client there needs DuckDB's lance extension, from the
+    network), else one SQL query where the destination speaks SQL (no query compiler to import), else dlt's dataset
+    (which also reads filesystem destinations). A count that fails is None (shown as "?"), with a warning saying why."""
     if not tables:
         return {}
+    if pipeline.destination.destination_name == "lancedb":
+        from gaia_source.destination import lance_table
+
+        counts: Dict[str, Optional[int]] = {}
+        for table in tables:
+            try:
+                counts[table] = int(lance_table(pipeline, table).count_rows())
+            except Exception as exc:
+                logging.getLogger("gaia_source").warning("could not count the rows of %s: %s", table, exc)
+                counts[table] = None
+        return counts
     try:
         with pipeline.sql_client() as client:
             query = " UNION ALL ".join(
                 f"SELECT '{table}', count(*) FROM {client.make_qualified_table_name(table)}" for table in tables
             )
             return {str(name): int(count) for name, count in client.execute_sql(query)}
-    except Exception:
-        return dict(pipeline.dataset().row_counts(table_names=tables).fetchall())
+    except Exception as sql_exc:
+        try:
+            return dict(pipeline.dataset().row_counts(table_names=tables).fetchall())
+        except Exception as exc:
+            logging.getLogger("gaia_source").warning("could not count the rows of %s: %s (SQL: %s)", ", ".join(tables),
+                                                     " ".join(str(exc).split()), " ".join(str(sql_exc).split()))
+            return {}
 
 
 @contextlib.contextmanager
@@ -281,8 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from gaia_source import gaia_source
-    from gaia_source.destination import apply_chunk_sync
     from gaia_source.ledger import Ledger
+    from gaia_source.lifecycle import run_pipeline
 
     gc.freeze()
     gc.enable()
@@ -305,13 +320,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             source = gaia_source(resources=resources, required_resources=bool(args.resources), ledger=ledger,
                                  **source_args)
             idle = _idle(source, resources)
-            load_info = pipeline.run(source)
-            if not load_info.has_failed_jobs:  # changed documents lose their old chunks once the new ones are in
-                apply_chunk_sync(pipeline, ledger)
+            # what an interrupted run left loads first, then the source; then changed documents lose their old chunks
+            load_info = run_pipeline(pipeline, source, ledger)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except GaiaLookupError as exc:
+    except (GaiaLookupError, GaiaPipelineStateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except PipelineStepFailed as exc:

@@ -35,6 +35,7 @@ from .errors import (
     GaiaConfigError,
     GaiaError,
     GaiaLookupError,
+    GaiaPipelineStateError,
     GaiaRequestError,
     GaiaResponseError,
     GaiaStreamError,
@@ -45,11 +46,14 @@ from .settings import DEFAULT_RESOURCE_NAMES, RESOURCE_NAMES
 if TYPE_CHECKING:
     from .client import NodeClient, Reply
     from .config import NodeSettings, resolve_base_url, resolve_base_urls, resolve_node_settings
+    from .lifecycle import RunResult, run_pipeline
     from .pool import NodePool
     from .source import INPUT_SETTINGS, gaia_source
 
 __all__ = [
     "gaia_source",
+    "run_pipeline",
+    "RunResult",
     "NodeSettings",
     "resolve_node_settings",
     "NodePool",
@@ -62,6 +66,7 @@ __all__ = [
     "GaiaRequestError",
     "GaiaAuthError",
     "GaiaLookupError",
+    "GaiaPipelineStateError",
     "GaiaStreamError",
     "GaiaStreamInterrupted",
     "EndpointNotAvailable",
@@ -69,12 +74,15 @@ __all__ = [
     "RESOURCE_NAMES",
     "DEFAULT_RESOURCE_NAMES",
     "INPUT_SETTINGS",
+    "Ledger",
+    "run_pipeline",
+    "apply_chunk_sync",
 ]
 
 _LAZY = {
     "gaia_source": "source", "INPUT_SETTINGS": "source", "NodeSettings": "config", "resolve_node_settings": "config",
     "resolve_base_url": "config", "resolve_base_urls": "config", "NodePool": "pool", "NodeClient": "client",
-    "Reply": "client",
+    "Reply": "client", "Ledger": "ledger", "run_pipeline": "lifecycle", "apply_chunk_sync": "destination", "run_pipeline": "lifecycle", "RunResult": "lifecycle",
 }
 """Names imported on first use, with dlt, httpx and pyarrow behind them: importing the package (for its settings, errors
 or emulator) stays cheap, so the command line answers ``--help`` at once."""

@@ -122,6 +122,13 @@ class GaiaLookupError(GaiaError):
     """The destination could not say which rows are already loaded; nothing was sent, so nothing is doubled."""
 
 
+class GaiaPipelineStateError(GaiaError):
+    """What an interrupted run left in the pipeline's working directory cannot be finished; nothing new was sent.
+
+    The message names the package, the cause, and what to do (which directory to delete, or which ``dlt pipeline``
+    command to run)."""
+
+
 class GaiaResponseError(GaiaError):
     """The node answered 200 with a body that is not what the protocol promises (bad JSON, missing fields…)."""
 

@@ -1,0 +1,281 @@
+"""One run of a pipeline, around dlt's steps: first finish what an interrupted run left, then do this run's work.
+
+dlt 1.31 leaves three traps between runs, and :func:`run_pipeline` closes them:
+
+* **Pending packages.** ``Pipeline.run(source)`` loads the packages an interrupted run left and then returns *without
+  extracting the source* (dlt only logs a warning): the run's own prompts are never sent, and it exits 0.
+  :func:`load_pending` loads them first and says so; then the source runs. If they cannot be loaded, the run stops
+  with :class:`~gaia_source.errors.GaiaPipelineStateError` (what failed, what to do) before anything new is sent.
+* **A kill at normalize's commit** (dlt-hub/dlt#4446). Normalize renames ``load/new/<id>`` to
+  ``load/normalized/<id>`` and then deletes ``normalize/extracted/<id>``; killed in between, the package is in both
+  places, and every later run normalizes it again and fails with ``OSError [Errno 39] Directory not empty``.
+  :func:`repair_interrupted_normalize` deletes the leftover extracted copy when the committed one is complete.
+* **LanceDB after a schema change** fails every load with ``No field named "<schema hash>"``: dlt looks the stored
+  schema up with a double-quoted (identifier) literal. :func:`patch_lancedb_schema_lookup` fixes that statement.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+
+import dlt
+from dlt.common.storages.load_package import PackageStorage
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+from .destination import apply_chunk_sync
+from .errors import GaiaPipelineStateError
+from .ledger import Ledger
+
+if TYPE_CHECKING:
+    from dlt.common.pipeline import LoadInfo
+    from dlt.extract.source import DltSource
+
+logger = logging.getLogger("gaia_source")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run_pipeline` did.
+
+    Attributes:
+        load_info: This run's own load (its source extracted, normalized and loaded).
+        pending: The load of packages an interrupted run left, done first; None when there were none.
+        repaired: Load ids whose leftover extracted copy was deleted (a kill at normalize's commit).
+    """
+
+    load_info: LoadInfo
+    pending: Optional[LoadInfo] = None
+    repaired: Tuple[str, ...] = ()
+
+    @property
+    def load_infos(self) -> List[LoadInfo]:
+        """Every load of this run, the pending packages' first."""
+        return [info for info in (self.pending, self.load_info) if info is not None]
+
+    @property
+    def has_failed_jobs(self) -> bool:
+        """True when a job failed in either load: the pending packages' or this run's."""
+        return any(info.has_failed_jobs for info in self.load_infos)
+
+    def raise_on_failed_jobs(self) -> None:
+        """Raise dlt's ``DestinationHasFailedJobs`` for the first load with a failed job."""
+        for info in self.load_infos:
+            info.raise_on_failed_jobs()
+
+    def __str__(self) -> str:
+        if self.pending is None:
+            return str(self.load_info)
+        return f"Pending packages of an interrupted run:\n{self.pending}\n\nThis run:\n{self.load_info}"
+
+
+def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Ledger] = None) -> RunResult:
+    """Run ``source`` through ``pipeline`` after finishing what an interrupted run left; then, once this run's load
+    has no failed job, delete what its loaded rows replace (changed documents' old chunks).
+
+    Use it in place of ``pipeline.run(source)``: that call, when packages are pending, loads them and returns without
+    extracting ``source``. Here the pending packages load first (one warning says how many), then ``source`` runs.
+
+    Args:
+        pipeline: The pipeline (its destination set).
+        source: What this run loads, e.g. ``gaia_source(..., ledger=ledger)``.
+        ledger: The :class:`~gaia_source.ledger.Ledger` given to the source: after the load, the documents it found
+            changed lose their old chunks (see :func:`~gaia_source.destination.apply_chunk_sync`).
+
+    Returns:
+        Both loads; ``has_failed_jobs`` covers each.
+
+    Raises:
+        GaiaPipelineStateError: A pending package could not be loaded, or the working directory is in a state this
+            module cannot repair safely; nothing of ``source`` was extracted, and the message says what to do.
+        PipelineStepFailed: This run's own extract, normalize or load failed (as from ``pipeline.run``).
+    """
+    if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
+        patch_lancedb_schema_lookup()
+    repaired = repair_interrupted_normalize(pipeline)
+    pending = load_pending(pipeline)
+    result = RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
+    if ledger is not None and not result.has_failed_jobs:
+        apply_chunk_sync(pipeline, ledger)
+    return result
+
+
+def load_pending(pipeline: dlt.Pipeline) -> Optional[LoadInfo]:
+    """Normalize and load the packages an interrupted run left; None when there are none.
+
+    Raises:
+        GaiaPipelineStateError: They could not be normalized or loaded (the message names the cause and what to do).
+    """
+    if not pipeline.has_pending_data:
+        return None
+    pending = sorted({*pipeline.list_extracted_load_packages(), *pipeline.list_normalized_load_packages()})
+    try:
+        if pipeline.list_extracted_load_packages():
+            pipeline.normalize()
+        info = pipeline.load()
+    except PipelineStepFailed as exc:
+        raise GaiaPipelineStateError(_pending_failed(pipeline, pending, exc)) from exc
+    if info is not None and info.loads_ids:
+        logger.warning(
+            "loaded %d pending load package(s) left by an interrupted run (%s) before this run's own work",
+            len(info.loads_ids), ", ".join(info.loads_ids),
+        )
+    return info
+
+
+def _pending_failed(pipeline: dlt.Pipeline, pending: Sequence[str], exc: PipelineStepFailed) -> str:
+    cause = " ".join(str(exc.exception).split())  # one line
+    name = pipeline.pipeline_name
+    message = (f"{len(pending)} load package(s) left by an interrupted run could not be loaded "
+               f"({', '.join(pending)}; dlt's {exc.step} step failed: {cause}). Nothing new was sent.")
+    if pipeline.has_pending_data:
+        return message + (f" Fix the cause and run again: the package is loaded first. `dlt pipeline {name} info` "
+                          f"shows it; `dlt pipeline {name} abort-packages` gives it up (requests whose rows are "
+                          "missing are then sent again).")
+    return message + (f" dlt aborted the package, so its rows are not loaded; `dlt pipeline {name} info` shows the "
+                      "failed job. Run again: requests whose rows are missing are sent again.")
+
+
+def repair_interrupted_normalize(pipeline: dlt.Pipeline) -> List[str]:
+    """Delete what a kill at dlt's normalize commit left (dlt-hub/dlt#4446); return the load ids repaired.
+
+    Normalize builds ``load/new/<id>``, renames it (atomically) to ``load/normalized/<id>``, then deletes
+    ``normalize/extracted/<id>``. A package in both ``normalize/extracted`` and the load storage is the leftover of a
+    commit that happened: its extracted copy (and any ``load/new/<id>`` a failed retry built) is deleted, and the
+    committed package loads as it is. A committed copy without its schema file is not trusted: the error names the
+    directory to delete (then the extracted copy is normalized again).
+
+    Raises:
+        GaiaPipelineStateError: The committed copy is incomplete.
+    """
+    extracted = pipeline.list_extracted_load_packages()
+    if not extracted:
+        return []
+    # dlt 1.31 has no public accessor for the package storages (pipeline.list_* only lists them)
+    load_storage = pipeline._get_load_storage()
+    extracted_packages = pipeline._get_normalize_storage().extracted_packages
+    repaired: List[str] = []
+    for load_id in extracted:
+        committed = next((packages for packages in (load_storage.normalized_packages, load_storage.loaded_packages)
+                          if packages.storage.has_folder(packages.get_package_path(load_id))), None)
+        if committed is None:
+            continue  # not normalized yet: dlt normalizes it
+        committed_dir = committed.storage.make_full_path(committed.get_package_path(load_id))
+        extracted_dir = extracted_packages.storage.make_full_path(extracted_packages.get_package_path(load_id))
+        # the commit is one os.rename; where dlt falls back to moving file by file (EMFILE), the job folders move
+        # before the package's own files: a committed copy with its schema file holds every job
+        schema_file = PackageStorage.SCHEMA_FILE_NAME
+        if not os.path.isfile(os.path.join(committed_dir, schema_file)):
+            raise GaiaPipelineStateError(
+                f"load package {load_id} is both in {extracted_dir} and, without its {schema_file}, in "
+                f"{committed_dir}: a run was killed while dlt's normalize step committed it (dlt-hub/dlt#4446). "
+                f"Delete {committed_dir} and run again: dlt normalizes the package again from {extracted_dir}."
+            )
+        deleted = [extracted_dir]
+        extracted_packages.delete_package(load_id)
+        new_dir = load_storage.new_packages.storage.make_full_path(load_storage.new_packages.get_package_path(load_id))
+        if os.path.isdir(new_dir):  # built by a retry whose commit then failed with "Directory not empty"
+            load_storage.new_packages.delete_package(load_id)
+            deleted.append(new_dir)
+        logger.warning(
+            "repaired what a kill at dlt's normalize commit left (dlt-hub/dlt#4446): package %s is complete in %s; "
+            "deleted %s", load_id, _relative(committed_dir, pipeline),
+            " and ".join(_relative(path, pipeline) for path in deleted),
+        )
+        repaired.append(load_id)
+    return repaired
+
+
+def _relative(path: str, pipeline: dlt.Pipeline) -> str:
+    return os.path.relpath(path, pipeline.working_dir)
+
+
+# --- dlt 1.31's LanceDB schema lookup --------------------------------------------------------------------------------
+
+
+def patch_lancedb_schema_lookup() -> bool:
+    """Make dlt 1.31's LanceDB client compare schema hashes and names with string literals; True when patched.
+
+    dlt 1.31.x filters its version table with ``version_hash = "<hash>"`` (``lancedb_client.py``,
+    ``get_stored_schema_by_hash``, near line 577; likewise ``get_stored_schema`` by name and
+    ``_delete_schema_in_storage``). LanceDB (DataFusion) reads a double-quoted token as a column name, so once the
+    version table exists, every load after a schema change fails with ``No field named "<hash>"`` and a lost
+    working directory cannot be restored from the destination. The three methods are replaced by the same code with
+    an escaped single-quoted literal. Applied only on dlt 1.31.x and only while the buggy statement is in dlt's
+    source (a fixed dlt is left alone); safe to call again.
+    """
+    import inspect
+
+    from dlt.destinations.impl.lancedb import lancedb_client
+    from dlt.destinations.impl.lancedb.exceptions import lancedb_error
+
+    client_class: Any = lancedb_client.LanceDBClient
+    if getattr(client_class, "_gaia_literals_patched", False):
+        return True
+    if not dlt.__version__.startswith("1.31."):
+        return False
+    if '= "{schema_hash}"' not in inspect.getsource(client_class.get_stored_schema_by_hash):
+        return False
+    client_class.get_stored_schema_by_hash = lancedb_error(_get_stored_schema_by_hash)
+    client_class.get_stored_schema = lancedb_error(_get_stored_schema)
+    client_class._delete_schema_in_storage = lancedb_error(_delete_schema_in_storage)
+    client_class._gaia_literals_patched = True
+    logger.debug("patched dlt %s's LanceDB schema lookup (string literals for hashes and names)", dlt.__version__)
+    return True
+
+
+def _version_table(client: Any) -> Any:
+    """dlt's schema version table of the client's dataset, at its latest version, or None before it exists."""
+    name = client.make_qualified_table_name(client.schema.version_table_name)
+    if name not in client.list_table_names():
+        return None
+    table = client.db_client.open_table(name)
+    table.checkout_latest()
+    return table
+
+
+def _newest_stored_schema(client: Any, column: str, value: Optional[str]) -> Any:
+    """The newest row of the version table whose ``column`` equals ``value`` (any row when None), as dlt returns it."""
+    from dlt.common.data_writers.escape import escape_lancedb_literal
+    from dlt.common.destination.client import StorageSchemaInfo
+
+    table = _version_table(client)
+    if table is None:
+        return None
+    field = client.schema.naming.normalize_identifier
+    query = table.search()
+    if value is not None:
+        query = query.where(f"`{field(column)}` = {escape_lancedb_literal(value)}", prefilter=True)
+    rows = query.to_list()
+    if not rows:
+        return None
+    newest = max(rows, key=lambda row: row[field("inserted_at")])
+    return StorageSchemaInfo(
+        version_hash=newest[field("version_hash")],
+        schema_name=newest[field("schema_name")],
+        version=newest[field("version")],
+        engine_version=newest[field("engine_version")],
+        inserted_at=newest[field("inserted_at")],
+        schema=newest[field("schema")],
+    )
+
+
+def _get_stored_schema_by_hash(self: Any, schema_hash: str) -> Any:
+    return _newest_stored_schema(self, "version_hash", schema_hash)
+
+
+def _get_stored_schema(self: Any, schema_name: Optional[str] = None) -> Any:
+    """Retrieves newest schema from destination storage."""
+    return _newest_stored_schema(self, "schema_name", schema_name or None)
+
+
+def _delete_schema_in_storage(self: Any, schema: Any) -> None:
+    """Deletes all stored versions with the same name as `schema`. No-op if table is missing."""
+    from dlt.common.data_writers.escape import escape_lancedb_literal
+
+    table = _version_table(self)
+    if table is not None:
+        column = self.schema.naming.normalize_identifier("schema_name")
+        table.delete(f"`{column}` = {escape_lancedb_literal(schema.name)}")
