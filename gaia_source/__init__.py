@@ -75,14 +75,14 @@ __all__ = [
     "DEFAULT_RESOURCE_NAMES",
     "INPUT_SETTINGS",
     "Ledger",
-    "run_pipeline",
     "apply_chunk_sync",
 ]
 
 _LAZY = {
     "gaia_source": "source", "INPUT_SETTINGS": "source", "NodeSettings": "config", "resolve_node_settings": "config",
     "resolve_base_url": "config", "resolve_base_urls": "config", "NodePool": "pool", "NodeClient": "client",
-    "Reply": "client", "Ledger": "ledger", "run_pipeline": "lifecycle", "apply_chunk_sync": "destination", "run_pipeline": "lifecycle", "RunResult": "lifecycle",
+    "Reply": "client", "Ledger": "ledger", "run_pipeline": "lifecycle", "apply_chunk_sync": "destination",
+    "RunResult": "lifecycle",
 }
 """Names imported on first use, with dlt, httpx and pyarrow behind them: importing the package (for its settings, errors
 or emulator) stays cheap, so the command line answers ``--help`` at once."""

@@ -43,7 +43,7 @@ def test_a_cut_stream_is_kept_then_completed_by_a_clean_rerun(make_node, make_pi
     pipeline = make_pipeline()
 
     def run() -> None:
-        source = gaia_source(base_url=node.base_url, prompts=["What is a Gaia node?"], max_attempts=2, retry_backoff=0.01)
+        source = gaia_source(base_url=node.base_url, prompts=["What is a Gaia node?"], max_attempts=2, retry_backoff=0.01, retry_rounds=1)
         pipeline.run(source.with_resources("chat_completions_stream"))
 
     run()

@@ -75,7 +75,7 @@ def test_failed_requests_are_recorded_then_cleared_when_they_succeed(make_node, 
 
     def run() -> None:
         source = gaia_source(base_url=node.base_url, prompts=["one", "two"], texts=["t1", "t2", "t3"],
-                             embedding_batch_size=2, max_attempts=2, retry_backoff=0.01, chat_model="Qwen3-4B",
+                             embedding_batch_size=2, max_attempts=2, retry_backoff=0.01, retry_rounds=1, chat_model="Qwen3-4B",
                              embedding_model="Nomic-embed-text-v1.5")
         pipeline.run(source.with_resources("chat_completions", "embeddings")).raise_on_failed_jobs()
 
@@ -114,7 +114,7 @@ def test_one_failing_prompt_loses_nothing_else(make_node, make_pipeline) -> None
 def test_retries_recover_a_cut_stream_and_record_it_when_every_attempt_is_cut(make_node, make_pipeline) -> None:
     node = make_node("rag")
     pipeline = make_pipeline()
-    source = gaia_source(base_url=node.base_url, prompts=["tell me a long story [[cut]]"], max_attempts=2, retry_backoff=0.01)
+    source = gaia_source(base_url=node.base_url, prompts=["tell me a long story [[cut]]"], max_attempts=2, retry_backoff=0.01, retry_rounds=1)
     pipeline.run(source.with_resources("chat_completions_stream"))
     [row] = table_rows(pipeline, "chat_completions_stream", "request_id")
     assert row["status"] == "interrupted" and row["attempts"] == 4  # 2 attempts in each of 2 rounds

@@ -98,8 +98,8 @@ def test_export_writes_a_file_of_error_lines_for_a_node_that_failed_every_reques
     assert f"wrote 3 Batch output line(s) from chat_completions to {failed}" in result.stdout
 
 
-def test_export_puts_inputs_refused_before_any_node_in_a_file_of_their_own(make_node, make_pipeline,
-                                                                           tmp_path: Path) -> None:
+def test_export_puts_inputs_refused_for_a_compared_node_in_that_nodes_file(make_node, make_pipeline,
+                                                                          tmp_path: Path) -> None:
     from gaia_source.batch import export_batch_output_per_target
 
     a, b = make_node("amd"), make_node("amd")
@@ -108,11 +108,14 @@ def test_export_puts_inputs_refused_before_any_node_in_a_file_of_their_own(make_
     pipeline.run(gaia_source(base_url=[a.base_url, b.base_url], compare_nodes=True, chat_model="gaia",
                              prompts=[PROMPTS[0], refused]).with_resources("chat_completions"))
     written = export_batch_output_per_target(pipeline, str(tmp_path / "out.jsonl"))
-    assert written == {str(tmp_path / f"out.127.0.0.1_{node.port}_v1.gaia.jsonl"): 1 for node in (a, b)} | {
-        str(tmp_path / "out.default.gaia.jsonl"): 2}  # the refused prompt, once per node it was for
-    lines = [json.loads(line) for line in (tmp_path / "out.default.gaia.jsonl").read_text().splitlines()]
-    assert [(line["response"], line["error"]["code"]) for line in lines] == [(None, "GaiaInputRefused")] * 2
-    assert all("last message is a 'assistant' message" in line["error"]["message"] for line in lines)
+    # comparing nodes, the refused prompt is a cell of each node: each node's file has its answer and the refusal
+    assert written == {str(tmp_path / f"out.127.0.0.1_{node.port}_v1.gaia.jsonl"): 2 for node in (a, b)}
+    for node in (a, b):
+        lines = [json.loads(line) for line in
+                 (tmp_path / f"out.127.0.0.1_{node.port}_v1.gaia.jsonl").read_text().splitlines()]
+        refusals = [line for line in lines if line["error"]]
+        assert [(line["response"], line["error"]["code"]) for line in refusals] == [(None, "GaiaInputRefused")]
+        assert "last message is a 'assistant' message" in refusals[0]["error"]["message"]
 
 
 # --- samples ----------------------------------------------------------------------------------------------------

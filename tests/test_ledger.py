@@ -169,6 +169,20 @@ def test_pool_drift_resends_only_what_the_changed_node_answered(make_node, make_
     assert a.requests_to("/v1/chat/completions") + b.requests_to("/v1/chat/completions") - sent == again
 
 
+def test_answers_given_while_a_nodes_info_failed_are_not_sent_again_once_it_answers(make_node, make_pipeline) -> None:
+    a, b = make_node("nexus"), make_node("nexus", failing_paths=("/v1/info",))
+    pipeline = make_pipeline()
+    load(pipeline, "chat_completions", base_url=[a.base_url, b.base_url], prompts=PROMPTS)
+    unknown = query(pipeline, "SELECT count(*) FROM chat_completions WHERE node_url = ? AND info_hash IS NULL",
+                    b.base_url)[0][0]
+    assert unknown > 0  # B answered while it could not say its configuration
+    sent = a.requests_to("/v1/chat/completions") + b.requests_to("/v1/chat/completions")
+    b.failing_paths = ()
+    ledger = load(pipeline, "chat_completions", base_url=[a.base_url, b.base_url], prompts=PROMPTS)
+    assert a.requests_to("/v1/chat/completions") + b.requests_to("/v1/chat/completions") == sent
+    assert ledger.count("skipped") == 10
+
+
 def test_no_drift_after_a_model_swap_sends_nothing(make_node, make_pipeline) -> None:
     node = make_node("rag")
     pipeline = make_pipeline()

@@ -71,7 +71,7 @@ def test_a_404_that_persists_after_the_first_request_is_a_failed_request(make_no
     gateway = threading.Thread(target=lose_the_route, daemon=True)
     gateway.start()
     pipeline = make_pipeline()
-    source = gaia_source(base_url=node.base_url, prompts=[f"Question {i}?" for i in range(6)], chat_model="Qwen3-4B",
+    source = gaia_source(base_url=node.base_url, prompts=[f"Question {i}?" for i in range(6)], chat_model="Qwen3-4B", retry_rounds=1,
                          max_attempts=2, max_concurrency=1, **FAST)
     pipeline.run(source.with_resources("chat_completions")).raise_on_failed_jobs()
     gateway.join(timeout=5)

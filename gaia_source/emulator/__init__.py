@@ -142,6 +142,8 @@ class NodeEmulator(NodeBase):
     """The chat model loaded now (None: the flavour's). Set it while serving to emulate an operator swapping the model
     under the same URL: answers, ``/v1/models`` and ``/v1/info`` change with it."""
     outage: int | None = None
+    failing_paths: tuple[str, ...] = ()
+    """Paths (``/v1/info``) answered with a 503 while the rest of the node works: one route of a node failing."""
     """When set, every /v1 request is answered with this HTTP status in the flavour's dialect (a failing node)."""
     stats: Counter[str] = field(default_factory=Counter, init=False)
     max_in_flight: int = field(default=0, init=False)

@@ -113,6 +113,7 @@ class NodeBase:
     record_bodies: bool
     sampling: bool
     outage: int | None
+    failing_paths: tuple[str, ...]
     stats: Counter[str]
     max_in_flight: int
     started_at: int
@@ -341,6 +342,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         node = self.node
         if node.outage is not None and path.startswith("/v1/"):
             raise ClientError(node.outage, "emulated outage: the node is unavailable", "internal_error")
+        if path in node.failing_paths:
+            raise ClientError(503, f"emulated outage of {path}: the route is unavailable", "internal_error")
         self.fault = node.draw_fault() if path.startswith("/v1/") else None
         if self.fault in ("429", "502", "503", "404", "reset", "slow"):
             self._inject(self.fault)
