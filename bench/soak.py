@@ -37,7 +37,7 @@ def one_run(seed: int, prompts: int, texts: int) -> tuple[bool, str]:
     """One soak run with fault seed ``seed``; (clean, a line describing it)."""
     with NodeEmulator(flavor="nexus", fault_rate=0.3, fault_seed=seed, slow_ms=600) as node, \
             tempfile.TemporaryDirectory() as folder:
-        pipeline = dlt.pipeline(f"soak{seed}", destination=dlt.destinations.duckdb(f"{folder}/soak.duckdb"),
+        pipeline = dlt.pipeline(f"soak{seed}", destination=dlt.destinations.duckdb(f"{folder}/data.duckdb"),
                                 dataset_name="soak", pipelines_dir=folder)
         ledger = Ledger()
         started = time.perf_counter()
