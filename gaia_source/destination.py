@@ -14,6 +14,7 @@ by row, so one NUL in a prompt or an answer never fails a whole load job (which 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
@@ -172,6 +173,22 @@ def lance_table(pipeline: dlt.Pipeline, table: str) -> Any:
         return client.db_client.open_table(name)
     except (FileNotFoundError, ValueError):
         return None
+
+
+def purge_lance_tombstones(pipeline: dlt.Pipeline) -> int:
+    """Delete the tombstones dlt's LanceDB merge left in ``failed_requests``; return how many.
+
+    A completed cell's failure row is deleted by a tombstone (``resolved = true``, a ``hard_delete`` column). dlt
+    1.31's LanceDB merge ignores ``hard_delete``: it upserts the tombstone, so the row stays, with ``resolved`` true
+    and every other column null. Called after every load to LanceDB, so ``failed_requests`` lists what is failing.
+    """
+    table = lance_table(pipeline, FAILED_TABLE)
+    if table is None or "resolved" not in table.schema.names:
+        return 0
+    found = int(table.count_rows("resolved = TRUE"))
+    if found:
+        table.delete("resolved = TRUE")
+    return found
 
 
 def lance_literal(value: Any) -> str:
@@ -466,10 +483,16 @@ def unique(items: Iterable[T], key: Callable[[T], str], seen: Set[str]) -> Itera
             yield item
 
 
+def _cell_key(item: Any, key: Callable[[Any], str]) -> str:
+    """The ledger key of an item: a request's cell key, else its lookup key."""
+    return str(getattr(item, "request_id", None) or key(item))
+
+
 def skip_loaded(
     items: Iterable[T], key: Callable[[T], str], ids: LoadedIds, what: str = "requests",
     done: Optional[Callable[[T, List[Tuple[Any, ...]]], bool]] = None,
     ledger: Optional[Tuple[Ledger, str]] = None,
+    failures: Optional[Tuple[LoadedIds, Callable[[str], None]]] = None,
 ) -> Iterator[T]:
     """Yield the items not done yet: whose key is not in ``ids.table`` (looked up a batch at a time, streaming), or
     for which ``done(item, rows)`` says the rows found do not make it done.
@@ -477,6 +500,10 @@ def skip_loaded(
     The first batch is looked up before the first item is yielded, so a destination that cannot answer stops the
     resource before it sends anything. Each skipped item is recorded in ``ledger`` (a ledger and the resource) as
     ``skipped``; a log line says how many, so a re-run that sends nothing says why.
+
+    ``failures`` (a lookup of ``failed_requests`` by the items' cell keys, and a callback) tells the callback each
+    item, skipped or not, whose cell has a ``failed_requests`` row in the destination, whichever run or pipeline
+    wrote it: the runner then deletes that row once the cell is completed or found done.
     """
     skipped = 0
     batch: List[T] = []
@@ -484,17 +511,20 @@ def skip_loaded(
     def flush() -> Iterator[T]:
         nonlocal skipped
         found = ids.lookup(key(i) for i in batch)
+        if failures is not None:
+            for failing in failures[0].lookup(_cell_key(i, key) for i in batch):
+                failures[1](failing)
         for item in batch:
             rows = found.get(key(item))
             if rows is not None and (done is None or done(item, rows)):
                 skipped += 1
                 if ledger is not None:
-                    ledger[0].record(ledger[1], getattr(item, "request_id", key(item)), SKIPPED)
+                    ledger[0].record(ledger[1], _cell_key(item, key), SKIPPED)
             else:
                 yield item
         batch.clear()
 
-    with ids:
+    with ids, (failures[0] if failures is not None else contextlib.nullcontext()):
         for item in items:
             batch.append(item)
             if len(batch) >= LOOKUP_BATCH:

@@ -51,11 +51,13 @@ from .rows import (
     response_row,
     retrieve_row,
 )
+from .runner import mark_failing
 from .settings import (
     CHAT_PATH,
     DEFAULT_EMBEDDING_BATCH_SIZE,
     DEFAULT_RESOURCE_NAMES,
     EMBEDDINGS_PATH,
+    FAILED_REQUESTS_TABLE,
     HEALTH_PATH,
     INFO_PATH,
     MODELS_PATH,
@@ -221,9 +223,11 @@ def skip_done(
         return
     lookup = context.loaded_cells(endpoint.name)
     current = context.node_configuration
+    failures = context.loaded_ids(FAILED_REQUESTS_TABLE, "request_id")
     yield from skip_loaded(cells, lambda r: r.cell_id or r.request_id, lookup, what,
                            done=lambda r, answered: is_done(answered, r.node, plan.drift, current),
-                           ledger=(context.ledger, endpoint.name))
+                           ledger=(context.ledger, endpoint.name),
+                           failures=(failures, lambda key: mark_failing(endpoint.name, key)))
 
 
 def _prompt_requests(build: PromptRequest) -> RequestBuilder:

@@ -156,6 +156,11 @@ class Ledger:
             if error and outcome in (FAILED, REFUSED) and len(tally.errors) < self.MAX_ERRORS:
                 tally.errors.append(error)
 
+    def outcome(self, resource: str, key: str) -> Optional[str]:
+        """How cell ``key`` of ``resource`` has ended so far in this run (None: not recorded)."""
+        with self._lock:
+            return self._cells.get((resource, key))
+
     def note(self, text: str) -> None:
         """Keep a run-level finding for the summary."""
         with self._lock:

@@ -25,7 +25,7 @@ import dlt
 from dlt.common.storages.load_package import PackageStorage
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from .destination import apply_chunk_sync
+from .destination import apply_chunk_sync, purge_lance_tombstones
 from .errors import GaiaPipelineStateError
 from .ledger import Ledger
 
@@ -97,6 +97,8 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
     repaired = repair_interrupted_normalize(pipeline)
     pending = load_pending(pipeline)
     result = RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
+    if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
+        purge_lance_tombstones(pipeline)  # dlt's LanceDB merge keeps tombstones as rows
     if ledger is not None and not result.has_failed_jobs:
         apply_chunk_sync(pipeline, ledger)
     return result

@@ -39,7 +39,7 @@ from .errors import (
     clean_missing_route,
     is_transient,
 )
-from .ledger import COMPLETED, FAILED, REFUSED, Ledger
+from .ledger import COMPLETED, FAILED, REFUSED, SKIPPED, Ledger
 from .payloads import PreparedRequest, cells_of
 from .rows import failed_request_row
 from .settings import FAILED_REQUESTS_TABLE, MAX_HELD_FOR_ROUND
@@ -141,6 +141,12 @@ def _failed_state() -> Dict[str, str]:
         return {}
 
 
+def mark_failing(resource: str, key: str) -> None:
+    """Note that cell ``key`` of ``resource`` has a ``failed_requests`` row (found in the destination, written by any
+    run or pipeline), so this run deletes it once the cell completes or is found done."""
+    _failed_state()[key] = resource
+
+
 def run_requests(
     resource: str,
     requests: Iterable[PreparedRequest],
@@ -173,6 +179,28 @@ def run_requests(
         Rows for the resource's table, and ``failed_requests`` rows and tombstones.
     """
     failing = _failed_state()
+    yield from _run_requests(resource, requests, execute, max_workers, ledger, failing, retry_rounds,
+                             round_cooldown, verdict, on_verdict, required)
+    # cells found done (skipped) that were failing: a completed row of another request answers them (a compare run's
+    # row for a pool cell, a run with drift off), so their failure rows go too
+    for key in [k for k, r in failing.items() if r == resource and ledger.outcome(resource, k) == SKIPPED]:
+        del failing[key]
+        yield dlt.mark.with_hints({"request_id": key, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
+
+
+def _run_requests(
+    resource: str,
+    requests: Iterable[PreparedRequest],
+    execute: Execute,
+    max_workers: int,
+    ledger: Ledger,
+    failing: Dict[str, str],
+    retry_rounds: int,
+    round_cooldown: float,
+    verdict: Optional[bool],
+    on_verdict: Callable[[bool], None],
+    required: bool,
+) -> Iterator[Any]:
     iterator = iter(requests)
     first = next(iterator, None)
     if first is None:

@@ -81,3 +81,19 @@ def test_documents_replace_their_chunks(make_node, pipeline) -> None:
     expected = [(i, start, chunk) for i, (start, chunk) in enumerate(TextSplitter(60, overlap=10).chunk_indices(changed))]
     assert d1 == expected and not any("Mona Lisa" in r["text"] for r in after)  # the orphans are gone
     assert [r for r in after if r["document_id"] == "d2"] == [r for r in before if r["document_id"] == "d2"]
+
+
+def test_a_completed_cell_leaves_no_failed_requests_row(make_node, pipeline) -> None:
+    """dlt's LanceDB merge upserts a hard_delete tombstone instead of deleting: the row must still go."""
+    from gaia_source import run_pipeline
+
+    node = make_node("rag", outage=503)
+    prompts = ["First?", "Second?"]
+    for outage in (503, None):
+        node.outage = outage
+        ledger = Ledger()
+        run_pipeline(pipeline, gaia_source(base_url=node.base_url, prompts=prompts, max_attempts=1, retry_rounds=0,
+                                           ledger=ledger).with_resources("chat_completions"), ledger)
+        assert ledger.count("failed" if outage else "completed") == 2
+    assert lance_table(pipeline, "chat_completions").count_rows() == 2
+    assert lance_table(pipeline, "failed_requests").count_rows() == 0

@@ -193,6 +193,40 @@ def test_no_drift_after_a_model_swap_sends_nothing(make_node, make_pipeline) -> 
     assert ledger.count("skipped") == 10 and ledger.count("completed") == 0
 
 
+def test_a_failing_pool_cell_answered_by_a_compare_run_is_no_longer_failing(make_node, make_pipeline) -> None:
+    node = make_node("rag", outage=503)
+    pipeline = make_pipeline()
+    ledger = load(pipeline, "chat_completions", base_url=node.base_url, prompts=PROMPTS[:3], max_attempts=1,
+                  retry_rounds=0)
+    assert ledger.failing == 3
+    node.outage = None
+    load(pipeline, "chat_completions", base_url=node.base_url, prompts=PROMPTS[:3], compare_nodes=True)
+    # the pool run finds its cells done (the compare run's rows answer them): their failure rows go, nothing is sent
+    ledger = load(pipeline, "chat_completions", base_url=node.base_url, prompts=PROMPTS[:3])
+    assert ledger.count("skipped") == 3 and ledger.failing == 0
+    assert node.requests_to("/v1/chat/completions") == 3 + 3
+    assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(0,)]
+
+
+def test_a_cell_failing_in_one_shards_pipeline_is_cleared_by_another_shard(make_node, tmp_path: Path) -> None:
+    node = make_node("rag", outage=503)
+    prompts = [f"Prompt {i}" for i in range(8)]
+
+    def shard(name: str) -> dlt.Pipeline:  # one DuckDB file, one pipeline (and dlt state) per shard
+        return dlt.pipeline(name, destination=dlt.destinations.duckdb(str(tmp_path / "shared.duckdb")),
+                            dataset_name="gaia_data", pipelines_dir=str(tmp_path / "pipelines"))
+
+    for i in range(2):
+        load(shard(f"two{i}"), "chat_completions", base_url=node.base_url, prompts=prompts, shard=f"{i}/2",
+             max_attempts=1, retry_rounds=0)
+    assert query(shard("two0"), "SELECT count(*) FROM failed_requests") == [(8,)]
+    node.outage = None
+    for i in range(3):  # resharded: cells move to pipelines whose dlt state never saw them fail
+        load(shard(f"three{i}"), "chat_completions", base_url=node.base_url, prompts=prompts, shard=f"{i}/3")
+    assert query(shard("two0"), "SELECT count(*) FROM chat_completions") == [(8,)]
+    assert query(shard("two0"), "SELECT count(*) FROM failed_requests") == [(0,)]
+
+
 # --- 6: every input is its own cell; an id names one input ------------------------------------------------------
 
 
