@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, free_port, run_cli
+from conftest import REPO_ROOT, free_port, query, run_cli
 
+DEMO_PIPELINE = "gaia_pipeline"
+"""The pipeline `python gaia_pipeline.py --demo` loads; the tests find its dataset and DuckDB file through it."""
 TABLES = ["chat_completions", "chat_completions_stream", "embeddings", "info", "models", "retrieve"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = os.environ.get("GAIA_TEST_ARTIFACTS")  # read at import: each test's environment is cleaned of GAIA_*
@@ -22,6 +27,102 @@ ARTIFACTS = os.environ.get("GAIA_TEST_ARTIFACTS")  # read at import: each test's
 
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"]
+
+FAILURE_TEXT = re.compile(r"internal error|error executing|not able to read|has no attribute|fetch_arrow_table|"
+                          r"traceback|stacktrace|an exception", re.IGNORECASE)
+"""What a failed cell or query puts on a marimo page (in `marimo run` a cell that raises shows "An internal error
+occurred"; dlt's dashboard shows "Error executing SQL query. …" with a stacktrace); never on a page that works."""
+
+_TABLES_JS = """tables => tables.map(t => {
+    const head = [...t.querySelectorAll('thead th')].map(c => c.innerText.trim().split('\\n')[0].trim());
+    const rows = [...t.querySelectorAll('tbody tr')].map(r => Object.fromEntries(
+        [...r.querySelectorAll('td')].map((c, i) => [head[i], c.innerText.trim()]).filter(([name]) => name)));
+    return {head, rows};
+})"""
+"""Every table on the page (marimo's live in shadow roots, which Playwright's CSS locators pierce) as its header
+(column names, without the dtype line marimo adds) and rows of ``{column: shown text}``."""
+
+
+class _Kernel:
+    """What a marimo page's kernel is doing, from its websocket: the status of every cell, and when it last said
+    anything. A page that shows its tables is not done: the app runs a second time right after it loads, and a cell
+    that runs again makes its widgets anew (text typed into the old editor is gone)."""
+
+    def __init__(self, page: Any) -> None:
+        self.cells: Dict[str, str] = {}
+        self.heard = time.monotonic()
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload: Any) -> None:
+        self.heard = time.monotonic()
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = json.loads(payload)
+            data = message.get("data") or {}
+            if message.get("op") == "cell-op" and data.get("status"):
+                self.cells[data["cell_id"]] = data["status"]
+
+    def settle(self, page: Any, quiet: float = 1.0, timeout: float = 60) -> None:
+        """Wait until every cell is idle and the kernel has been silent for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not (self.cells and all(s == "idle" for s in self.cells.values())
+                   and time.monotonic() - self.heard > quiet):
+            assert time.monotonic() < deadline, f"the marimo kernel did not settle: {self.cells}"
+            page.wait_for_timeout(100)  # Playwright delivers websocket events while it waits
+
+
+def _require_chromium() -> None:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+def _artifacts(folder: Path) -> Path:
+    """Where screenshots go: ``GAIA_TEST_ARTIFACTS`` (CI's artifacts), else the test's folder."""
+    artifacts = Path(ARTIFACTS or folder)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts
+
+
+def _failure_shot(page: Any, step: str) -> Path:
+    """A screenshot of the page as a check failed, into the artifacts (CI keeps them), named after the step."""
+    shot = _artifacts(Path(tempfile.gettempdir())) / f"failed-{re.sub(r'[^a-z0-9]+', '-', step.lower())}.png"
+    page.screenshot(path=str(shot))
+    return shot
+
+
+def _assert_no_failure(page: Any, step: str) -> None:
+    shown = page.get_by_text(FAILURE_TEXT)
+    if shown.count():
+        raise AssertionError(f"{step}: the page shows a failure: {shown.all_inner_texts()} ({_failure_shot(page, step)})")
+
+
+def _press(page: Any, button: str) -> None:
+    """Click a marimo button and see the click reach the kernel."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        with page.expect_request(lambda r: "set_ui_element_value" in r.url, timeout=10_000):
+            page.get_by_role("button", name=button).click()
+    except PlaywrightTimeout:
+        raise AssertionError(f"clicking {button!r} sent nothing to the kernel ({_failure_shot(page, button)})") from None
+
+
+def _shown_table(page: Any, columns: Sequence[str], step: str, until: Callable[[List[Dict[str, str]]], bool] = bool,
+                 timeout: float = 30) -> List[Dict[str, str]]:
+    """The rows of the table on the page that has ``columns``, once ``until(rows)`` holds; fails at once when the page
+    shows a failure, and after ``timeout`` seconds with what it last saw."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _assert_no_failure(page, step)
+        tables = page.locator("table").evaluate_all(_TABLES_JS)
+        found = [t["rows"] for t in tables if set(columns) <= set(t["head"])]
+        if found and until(found[0]):
+            return found[0]
+        if time.monotonic() > deadline:
+            shot = _failure_shot(page, step)
+            raise AssertionError(f"{step}: no table with columns {columns} as expected; saw {found} ({shot})")
+        page.wait_for_timeout(200)
 
 
 @contextlib.contextmanager
@@ -55,28 +156,61 @@ def demo_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_dashboard_shows_the_gaia_tables_in_a_real_browser(demo_dir: Path) -> None:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+DASHBOARD_QUERY = "SELECT count(*) AS n_answers, min(content) AS first_answer FROM chat_completions"
+
+
+def test_dashboard_runs_a_query_and_loads_row_counts_in_a_real_browser(demo_dir: Path) -> None:
+    """dlt's dashboard on the demo's pipeline, used as a user does: the Gaia tables are listed; a SQL typed into the
+    query editor runs with "Run Query" and its result is on screen; "Load row counts" shows each table's count. The
+    values shown are checked against the same SQL on the DuckDB file, and no step may show a failure (DuckDB 2.0 broke
+    both buttons with "'DuckDBPyConnection' object has no attribute 'fetch_arrow_table'")."""
+    _require_chromium()
+    import dlt
     import dlt._workspace.helpers.dashboard.dlt_dashboard as dashboard
     from playwright.sync_api import sync_playwright
 
-    pipelines_dir = Path(os.environ["DLT_DATA_DIR"]) / "pipelines"
-    app = [dashboard.__file__, "--", "--pipeline", "gaia_pipeline", "--pipelines-dir", str(pipelines_dir)]
+    pipeline = dlt.attach(DEMO_PIPELINE)
+    [(answers, first_answer)] = query(pipeline, DASHBOARD_QUERY)
+    tables = sorted(t for t in pipeline.default_schema.data_table_names(seen_data_only=True) if not t.startswith("_dlt"))
+    counts = {table: query(pipeline, f"SELECT count(*) FROM {table}")[0][0] for table in tables}
+    assert answers > 0 and counts["embeddings"] > 0 and first_answer
+    artifacts = _artifacts(demo_dir)
+
+    app = [dashboard.__file__, "--", "--pipeline", DEMO_PIPELINE, "--pipelines-dir", str(pipeline.pipelines_dir)]
     with _marimo_app(app, demo_dir) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})  # marimo scrolls inside: one tall view
+        kernel = _Kernel(page)
         page.goto(url, wait_until="domcontentloaded")
-        # a JS app: wait for what it renders (locators reach into marimo's shadow DOM)
-        page.get_by_text("Pipeline gaia_pipeline").first.wait_for(timeout=90_000)
+        # a JS app: wait for what it renders (locators reach into marimo's shadow DOM), then for its kernel to be done
+        page.get_by_text(f"Pipeline {DEMO_PIPELINE}").first.wait_for(timeout=90_000)
         for table in TABLES:
             page.get_by_text(table, exact=True).first.wait_for(timeout=60_000)
-        shot = demo_dir / "dashboard.png"
-        page.screenshot(path=str(shot), full_page=True)
+        kernel.settle(page)
+
+        # the query editor (CodeMirror) holds a default query: replace it, as a user types
+        editor = page.locator(".cm-content").first
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.insert_text(DASHBOARD_QUERY)
+        with page.expect_response(lambda r: "set_ui_element_value" in r.url):  # the editor sends its text on blur
+            editor.blur()
+        kernel.settle(page)
+        assert editor.inner_text() == DASHBOARD_QUERY
+        page.screenshot(path=str(artifacts / "dashboard-1-query-typed.png"))
+        _press(page, "Run Query")
+        [row] = _shown_table(page, ["n_answers", "first_answer"], "Run Query")
+        page.get_by_text("Query History").first.wait_for()
+        page.screenshot(path=str(artifacts / "dashboard-2-query-result.png"))
+        assert row == {"n_answers": str(answers), "first_answer": first_answer}
+
+        _press(page, "Load row counts")
+        listed = _shown_table(page, ["name", "row_count"], "Load row counts")
+        page.screenshot(path=str(artifacts / "dashboard-3-row-counts.png"))
+        shown = {r["name"]: r["row_count"] for r in listed}
+        assert {t: shown.get(t) for t in tables} == {t: str(n) for t, n in counts.items()}
+        _assert_no_failure(page, "after both buttons")
         browser.close()
-    assert shot.stat().st_size > 20_000
 
 
 def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
