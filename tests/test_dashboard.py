@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Sequence
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -319,3 +320,137 @@ def _screenshot_comparison_page(notebook: Path, folder: Path) -> None:
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 50_000
+
+
+EVALUATION_PIPELINE = "gaia_pipeline"
+"""The pipeline the notebooks open when ``GAIA_PIPELINE_NAME`` is not set."""
+GRADED_PROMPTS = [  # the emulator's answers pass: by contains 2 of 4, by regex 3 of 4, exactly none
+    {"custom_id": "capital", "prompt": "What is the capital of France?", "expected": "Paris"},
+    {"custom_id": "dlt", "prompt": "What does dlt do?", "expected": "loads data"},
+    {"custom_id": "river", "prompt": "Name the river of Paris", "expected": "^Seine$"},
+    {"custom_id": "gaia", "prompt": "What is a Gaia node?", "expected": "^A Gaia node is an"},
+]
+GRADED_QUERIES = [  # an expected passage at rank 1, 2 and 3 of the emulator's knowledge base, and a miss
+    {"custom_id": "located", "query": "Where is Paris located?", "expected_sources": ["northern central France"]},
+    {"custom_id": "monuments", "query": "Tell me about Paris monuments", "expected_sources": ["Ports of Paris"]},
+    {"custom_id": "transport", "query": "Paris river transport", "expected_sources": ["Le Havre"]},
+    {"custom_id": "vectors", "query": "Which database stores vectors?", "expected_sources": ["Tokyo"]},
+]
+
+
+@pytest.fixture
+def graded_run_dir(tmp_path: Path, make_node) -> Path:
+    """A project folder holding one evaluation run whose figures move when a user changes a control: two nodes side
+    by side, three sampled answers per prompt graded against expected answers, graded retrieval, and the embeddings of
+    the sample texts (the explore notebook's similarity search)."""
+    import dlt
+
+    from gaia_source import gaia_source
+    from gaia_source.samples import SAMPLE_TEXTS
+
+    node_a, node_b = make_node("rag", sampling=True), make_node("node06", sampling=True)
+    # the DuckDB file where a pipeline of this name looks by default: the notebooks open it by name only
+    pipeline = dlt.pipeline(EVALUATION_PIPELINE, dataset_name="gaia_data",
+                            destination=dlt.destinations.duckdb(str(tmp_path / f"{EVALUATION_PIPELINE}.duckdb")))
+    source = gaia_source(base_url=[node_a.base_url, node_b.base_url], prompts=GRADED_PROMPTS, queries=GRADED_QUERIES,
+                         texts=SAMPLE_TEXTS, compare_nodes=True, samples=3, temperature=0.7,
+                         retry_backoff=0.01, retry_max_wait=0.05)  # node06 answers /v1/retrieve with a 405, retried
+    pipeline.run(source.with_resources("chat_completions", "retrieve", "info", "embeddings")).raise_on_failed_jobs()
+    return tmp_path
+
+
+PASS_RATES_SQL = """
+WITH latest AS (  -- the newest answer of each prompt, node and sample
+    SELECT node_url, coalesce(trim(content), '') AS content, trim(expected) AS expected FROM chat_completions
+    WHERE expected IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY prompt_id, node_url, sample_index ORDER BY requested_at DESC) = 1)
+SELECT node_url, count(*),
+       count(*) FILTER (WHERE contains(lower(content), lower(expected))),
+       count(*) FILTER (WHERE regexp_matches(content, expected)),
+       count(*) FILTER (WHERE lower(content) = lower(expected))
+FROM latest GROUP BY node_url"""
+MATCH_MODES = ("contains", "regex", "exact")
+
+
+def _open_notebook(page: Any, url: str, heading: str) -> _Kernel:
+    kernel = _Kernel(page)
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
+    kernel.settle(page)
+    _assert_no_failure(page, f"opening the notebook at {heading!r}")
+    return kernel
+
+
+def _cell(page: Any, heading: str) -> Any:
+    """The notebook cell whose output has this heading (for a screenshot of just that part of the page)."""
+    return page.locator("div.marimo-cell").filter(has=page.get_by_role("heading", name=heading)).first
+
+
+def _by_node(rows: List[Dict[str, str]], label: str, nodes: Sequence[str], *columns: str) -> Dict[str, tuple]:
+    """Shown rows keyed by the node (base URL) whose host:port their ``label`` column names."""
+    keyed: Dict[str, tuple] = {}
+    for row in rows:
+        [node] = [n for n in nodes if urlsplit(n).netloc in row[label]]
+        keyed[node] = tuple(float(row[c]) for c in columns)
+    return keyed
+
+
+def _close(shown: Dict[str, tuple], expected: Dict[str, tuple]) -> bool:
+    return shown.keys() == expected.keys() and all(shown[k] == pytest.approx(expected[k]) for k in expected)
+
+
+def test_evaluation_notebook_rerenders_pass_rates_and_hit_at_k_in_a_real_browser(graded_run_dir: Path) -> None:
+    """notebooks/gaia_evaluate.py served with `marimo run`, used in Chromium: choosing another match mode in the pass
+    rate dropdown (contains → regex → exact) and moving the hit@k slider (3 → 2 → 1) re-render the figures, each time
+    to what SQL on the same DuckDB file says."""
+    _require_chromium()
+    import dlt
+    from playwright.sync_api import sync_playwright
+
+    pipeline = dlt.attach(EVALUATION_PIPELINE)
+    graded = query(pipeline, PASS_RATES_SQL)
+    nodes = sorted(node for node, *_ in graded)
+    rates = {mode: {node: (answers, passed[i], passed[i] / answers) for node, answers, *passed in graded}
+             for i, mode in enumerate(MATCH_MODES)}
+    hit_at = {k: {node: (n, hits / n, mrr) for node, n, hits, mrr in query(
+        pipeline, "SELECT node_url, count(*), count(*) FILTER (WHERE hit_rank <= ?), avg(coalesce(1.0 / hit_rank, 0)) "
+                  "FROM retrieve WHERE hits IS NOT NULL GROUP BY node_url", k)} for k in (1, 2, 3)}
+    assert len(nodes) == 2 and len({str(r) for r in rates.values()}) == 3  # every mode gives other figures
+    assert hit_at[1] != hit_at[2] != hit_at[3]
+    artifacts = _artifacts(graded_run_dir)
+
+    notebook = REPO_ROOT / "notebooks" / "gaia_evaluate.py"
+    with _marimo_app([str(notebook)], graded_run_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        _open_notebook(page, url, "Retrieval hit@k and MRR")
+
+        pass_cell = _cell(page, "Pass rate against expected answers")
+        mode = page.locator("select", has=page.locator("option", has_text="regex"))
+        for step, match_mode in enumerate(MATCH_MODES, 1):
+            if match_mode != mode.input_value():
+                mode.select_option(match_mode)
+            expected = rates[match_mode]
+            shown = _shown_table(page, ["target", "answers", "passed", "pass_rate"], f"pass rate by {match_mode}",
+                                 until=lambda rows, want=expected: _by_node(rows, "target", nodes, "answers", "passed",
+                                                                            "pass_rate") == want)
+            assert _by_node(shown, "target", nodes, "answers", "passed", "pass_rate") == expected
+            pass_cell.screenshot(path=str(artifacts / f"evaluate-{step}-pass-rate-{match_mode}.png"))
+
+        retrieval_cell = _cell(page, "Retrieval hit@k and MRR")
+        slider = page.get_by_role("slider").first
+        assert slider.get_attribute("aria-valuenow") == "3"
+        for step, k in enumerate((3, 2, 1), len(MATCH_MODES) + 1):
+            if k != 3:
+                slider.focus()
+                page.keyboard.press("ArrowLeft")
+            expected = hit_at[k]
+            shown = _shown_table(page, ["node_url", "queries", "hit_at_k", "mrr"], f"hit@{k}",
+                                 until=lambda rows, want=expected: _close(_by_node(rows, "node_url", nodes, "queries",
+                                                                                   "hit_at_k", "mrr"), want))
+            figures = _by_node(shown, "node_url", nodes, "queries", "hit_at_k", "mrr")
+            assert _close(figures, expected), (figures, expected)
+            assert slider.get_attribute("aria-valuenow") == str(k)
+            retrieval_cell.screenshot(path=str(artifacts / f"evaluate-{step}-hit-at-{k}.png"))
+        _assert_no_failure(page, "after the controls")
+        browser.close()
