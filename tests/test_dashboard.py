@@ -1,4 +1,6 @@
-"""Where users look: dlt's dashboard in a real headless Chromium, and the marimo notebook run headless, on demo data."""
+"""Where users look, used as users use it: dlt's dashboard and the marimo notebooks in a real headless Chromium (a query
+run, buttons pressed, a dropdown and a slider changed, and the figures on screen checked against SQL on the same DuckDB
+file), and the notebooks exported headless. Screenshots of each step go to ``GAIA_TEST_ARTIFACTS`` (CI's artifacts)."""
 
 from __future__ import annotations
 
@@ -390,8 +392,9 @@ def _by_node(rows: List[Dict[str, str]], label: str, nodes: Sequence[str], *colu
     """Shown rows keyed by the node (base URL) whose host:port their ``label`` column names."""
     keyed: Dict[str, tuple] = {}
     for row in rows:
-        [node] = [n for n in nodes if urlsplit(n).netloc in row[label]]
-        keyed[node] = tuple(float(row[c]) for c in columns)
+        named = [n for n in nodes if urlsplit(n).netloc in row[label]]
+        assert len(named) == 1 and named[0] not in keyed, f"{row[label]!r} should name one node of {nodes}, once"
+        keyed[named[0]] = tuple(float(row[c]) for c in columns)
     return keyed
 
 
@@ -453,4 +456,58 @@ def test_evaluation_notebook_rerenders_pass_rates_and_hit_at_k_in_a_real_browser
             assert slider.get_attribute("aria-valuenow") == str(k)
             retrieval_cell.screenshot(path=str(artifacts / f"evaluate-{step}-hit-at-{k}.png"))
         _assert_no_failure(page, "after the controls")
+        browser.close()
+
+
+def _nearest(vectors: Dict[str, Any], anchor: str, limit: int = 5) -> List[tuple]:
+    """The texts most similar to ``anchor`` by cosine, computed here in numpy from the stored vectors."""
+    import numpy as np
+
+    a = vectors[anchor]
+    scores = {text: float(np.dot(a, v) / (np.linalg.norm(a) * np.linalg.norm(v))) for text, v in vectors.items()}
+    return sorted(scores.items(), key=lambda item: -item[1])[:limit]
+
+
+def _similar_shown(rows: List[Dict[str, str]]) -> List[tuple]:
+    return [(row["text"], float(row["similarity"])) for row in rows]
+
+
+def _matches(shown: List[tuple], expected: List[tuple]) -> bool:
+    return [t for t, _ in shown] == [t for t, _ in expected] and all(
+        abs(s - e) <= 2e-4 for (_, s), (_, e) in zip(shown, expected, strict=True))  # DuckDB's float32, rounded to 4
+
+
+def test_explore_notebook_rerenders_similarity_search_in_a_real_browser(graded_run_dir: Path) -> None:
+    """notebooks/gaia_explore.py served with `marimo run`, used in Chromium: choosing another text in the similarity
+    search dropdown re-renders the nearest texts and their cosine similarity, each time to what the stored vectors
+    give (computed here in numpy from the same DuckDB file)."""
+    _require_chromium()
+    import dlt
+    from conftest import as_vector
+    from playwright.sync_api import sync_playwright
+
+    pipeline = dlt.attach(EVALUATION_PIPELINE)
+    stored = query(pipeline, "SELECT text, embedding FROM embeddings ORDER BY text")
+    vectors = {text: as_vector(embedding) for text, embedding in stored}
+    first, other = stored[0][0], stored[len(stored) // 2][0]  # the dropdown starts at the first text in SQL's order
+    assert len(vectors) == len(stored) >= 6 and _nearest(vectors, first) != _nearest(vectors, other)
+    artifacts = _artifacts(graded_run_dir)
+
+    notebook = REPO_ROOT / "notebooks" / "gaia_explore.py"
+    with _marimo_app([str(notebook)], graded_run_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        _open_notebook(page, url, "Embedding similarity search (cosine, in SQL)")
+        cell = _cell(page, "Embedding similarity search (cosine, in SQL)")
+        anchor = page.locator("select", has=page.locator("option", has_text=other))
+        for step, text in enumerate((first, other), 1):
+            if step > 1:
+                anchor.select_option(label=text)
+            expected = _nearest(vectors, text)
+            shown = _shown_table(page, ["text", "similarity"], f"texts most similar to {text!r}",
+                                 until=lambda rows, want=expected: _matches(_similar_shown(rows), want))
+            assert _matches(_similar_shown(shown), expected), (shown, expected)
+            assert shown[0]["text"] == text and float(shown[0]["similarity"]) == pytest.approx(1.0)
+            cell.screenshot(path=str(artifacts / f"explore-{step}-most-similar.png"))
+        _assert_no_failure(page, "after the dropdown")
         browser.close()
