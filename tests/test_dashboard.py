@@ -1,20 +1,28 @@
-"""Where users look: dlt's dashboard in a real headless Chromium, and the marimo notebook run headless, on demo data."""
+"""Where users look, used as users use it: dlt's dashboard and the marimo notebooks in a real headless Chromium (a query
+run, buttons pressed, a dropdown and a slider changed, and the figures on screen checked against SQL on the same DuckDB
+file), and the notebooks exported headless. Screenshots of each step go to ``GAIA_TEST_ARTIFACTS`` (CI's artifacts)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Sequence
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, free_port, run_cli
+from conftest import REPO_ROOT, free_port, query, run_cli
 
+DEMO_PIPELINE = "gaia_pipeline"
+"""The pipeline `python gaia_pipeline.py --demo` loads; the tests find its dataset and DuckDB file through it."""
 TABLES = ["chat_completions", "chat_completions_stream", "embeddings", "info", "models", "retrieve"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = os.environ.get("GAIA_TEST_ARTIFACTS")  # read at import: each test's environment is cleaned of GAIA_*
@@ -22,6 +30,102 @@ ARTIFACTS = os.environ.get("GAIA_TEST_ARTIFACTS")  # read at import: each test's
 
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"]
+
+FAILURE_TEXT = re.compile(r"internal error|error executing|not able to read|has no attribute|fetch_arrow_table|"
+                          r"traceback|stacktrace|an exception", re.IGNORECASE)
+"""What a failed cell or query puts on a marimo page (in `marimo run` a cell that raises shows "An internal error
+occurred"; dlt's dashboard shows "Error executing SQL query. …" with a stacktrace); never on a page that works."""
+
+_TABLES_JS = """tables => tables.map(t => {
+    const head = [...t.querySelectorAll('thead th')].map(c => c.innerText.trim().split('\\n')[0].trim());
+    const rows = [...t.querySelectorAll('tbody tr')].map(r => Object.fromEntries(
+        [...r.querySelectorAll('td')].map((c, i) => [head[i], c.innerText.trim()]).filter(([name]) => name)));
+    return {head, rows};
+})"""
+"""Every table on the page (marimo's live in shadow roots, which Playwright's CSS locators pierce) as its header
+(column names, without the dtype line marimo adds) and rows of ``{column: shown text}``."""
+
+
+class _Kernel:
+    """What a marimo page's kernel is doing, from its websocket: the status of every cell, and when it last said
+    anything. A page that shows its tables is not done: the app runs a second time right after it loads, and a cell
+    that runs again makes its widgets anew (text typed into the old editor is gone)."""
+
+    def __init__(self, page: Any) -> None:
+        self.cells: Dict[str, str] = {}
+        self.heard = time.monotonic()
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload: Any) -> None:
+        self.heard = time.monotonic()
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = json.loads(payload)
+            data = message.get("data") or {}
+            if message.get("op") == "cell-op" and data.get("status"):
+                self.cells[data["cell_id"]] = data["status"]
+
+    def settle(self, page: Any, quiet: float = 1.0, timeout: float = 60) -> None:
+        """Wait until every cell is idle and the kernel has been silent for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not (self.cells and all(s == "idle" for s in self.cells.values())
+                   and time.monotonic() - self.heard > quiet):
+            assert time.monotonic() < deadline, f"the marimo kernel did not settle: {self.cells}"
+            page.wait_for_timeout(100)  # Playwright delivers websocket events while it waits
+
+
+def _require_chromium() -> None:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+def _artifacts(folder: Path) -> Path:
+    """Where screenshots go: ``GAIA_TEST_ARTIFACTS`` (CI's artifacts), else the test's folder."""
+    artifacts = Path(ARTIFACTS or folder)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts
+
+
+def _failure_shot(page: Any, step: str) -> Path:
+    """A screenshot of the page as a check failed, into the artifacts (CI keeps them), named after the step."""
+    shot = _artifacts(Path(tempfile.gettempdir())) / f"failed-{re.sub(r'[^a-z0-9]+', '-', step.lower())}.png"
+    page.screenshot(path=str(shot))
+    return shot
+
+
+def _assert_no_failure(page: Any, step: str) -> None:
+    shown = page.get_by_text(FAILURE_TEXT)
+    if shown.count():
+        raise AssertionError(f"{step}: the page shows a failure: {shown.all_inner_texts()} ({_failure_shot(page, step)})")
+
+
+def _press(page: Any, button: str) -> None:
+    """Click a marimo button and see the click reach the kernel."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        with page.expect_request(lambda r: "set_ui_element_value" in r.url, timeout=10_000):
+            page.get_by_role("button", name=button).click()
+    except PlaywrightTimeout:
+        raise AssertionError(f"clicking {button!r} sent nothing to the kernel ({_failure_shot(page, button)})") from None
+
+
+def _shown_table(page: Any, columns: Sequence[str], step: str, until: Callable[[List[Dict[str, str]]], bool] = bool,
+                 timeout: float = 30) -> List[Dict[str, str]]:
+    """The rows of the table on the page that has ``columns``, once ``until(rows)`` holds; fails at once when the page
+    shows a failure, and after ``timeout`` seconds with what it last saw."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _assert_no_failure(page, step)
+        tables = page.locator("table").evaluate_all(_TABLES_JS)
+        found = [t["rows"] for t in tables if set(columns) <= set(t["head"])]
+        if found and until(found[0]):
+            return found[0]
+        if time.monotonic() > deadline:
+            shot = _failure_shot(page, step)
+            raise AssertionError(f"{step}: no table with columns {columns} as expected; saw {found} ({shot})")
+        page.wait_for_timeout(200)
 
 
 @contextlib.contextmanager
@@ -55,28 +159,61 @@ def demo_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_dashboard_shows_the_gaia_tables_in_a_real_browser(demo_dir: Path) -> None:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+DASHBOARD_QUERY = "SELECT count(*) AS n_answers, min(content) AS first_answer FROM chat_completions"
+
+
+def test_dashboard_runs_a_query_and_loads_row_counts_in_a_real_browser(demo_dir: Path) -> None:
+    """dlt's dashboard on the demo's pipeline, used as a user does: the Gaia tables are listed; a SQL typed into the
+    query editor runs with "Run Query" and its result is on screen; "Load row counts" shows each table's count. The
+    values shown are checked against the same SQL on the DuckDB file, and no step may show a failure (DuckDB 2.0 broke
+    both buttons with "'DuckDBPyConnection' object has no attribute 'fetch_arrow_table'")."""
+    _require_chromium()
+    import dlt
     import dlt._workspace.helpers.dashboard.dlt_dashboard as dashboard
     from playwright.sync_api import sync_playwright
 
-    pipelines_dir = Path(os.environ["DLT_DATA_DIR"]) / "pipelines"
-    app = [dashboard.__file__, "--", "--pipeline", "gaia_pipeline", "--pipelines-dir", str(pipelines_dir)]
+    pipeline = dlt.attach(DEMO_PIPELINE)
+    [(answers, first_answer)] = query(pipeline, DASHBOARD_QUERY)
+    tables = sorted(t for t in pipeline.default_schema.data_table_names(seen_data_only=True) if not t.startswith("_dlt"))
+    counts = {table: query(pipeline, f"SELECT count(*) FROM {table}")[0][0] for table in tables}
+    assert answers > 0 and counts["embeddings"] > 0 and first_answer
+    artifacts = _artifacts(demo_dir)
+
+    app = [dashboard.__file__, "--", "--pipeline", DEMO_PIPELINE, "--pipelines-dir", str(pipeline.pipelines_dir)]
     with _marimo_app(app, demo_dir) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})  # marimo scrolls inside: one tall view
+        kernel = _Kernel(page)
         page.goto(url, wait_until="domcontentloaded")
-        # a JS app: wait for what it renders (locators reach into marimo's shadow DOM)
-        page.get_by_text("Pipeline gaia_pipeline").first.wait_for(timeout=90_000)
+        # a JS app: wait for what it renders (locators reach into marimo's shadow DOM), then for its kernel to be done
+        page.get_by_text(f"Pipeline {DEMO_PIPELINE}").first.wait_for(timeout=90_000)
         for table in TABLES:
             page.get_by_text(table, exact=True).first.wait_for(timeout=60_000)
-        shot = demo_dir / "dashboard.png"
-        page.screenshot(path=str(shot), full_page=True)
+        kernel.settle(page)
+
+        # the query editor (CodeMirror) holds a default query: replace it, as a user types
+        editor = page.locator(".cm-content").first
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.insert_text(DASHBOARD_QUERY)
+        with page.expect_response(lambda r: "set_ui_element_value" in r.url):  # the editor sends its text on blur
+            editor.blur()
+        kernel.settle(page)
+        assert editor.inner_text() == DASHBOARD_QUERY
+        page.screenshot(path=str(artifacts / "dashboard-1-query-typed.png"))
+        _press(page, "Run Query")
+        [row] = _shown_table(page, ["n_answers", "first_answer"], "Run Query")
+        page.get_by_text("Query History").first.wait_for()
+        page.screenshot(path=str(artifacts / "dashboard-2-query-result.png"))
+        assert row == {"n_answers": str(answers), "first_answer": first_answer}
+
+        _press(page, "Load row counts")
+        listed = _shown_table(page, ["name", "row_count"], "Load row counts")
+        page.screenshot(path=str(artifacts / "dashboard-3-row-counts.png"))
+        shown = {r["name"]: r["row_count"] for r in listed}
+        assert {t: shown.get(t) for t in tables} == {t: str(n) for t, n in counts.items()}
+        _assert_no_failure(page, "after both buttons")
         browser.close()
-    assert shot.stat().st_size > 20_000
 
 
 def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
@@ -185,3 +322,192 @@ def _screenshot_comparison_page(notebook: Path, folder: Path) -> None:
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 50_000
+
+
+EVALUATION_PIPELINE = "gaia_pipeline"
+"""The pipeline the notebooks open when ``GAIA_PIPELINE_NAME`` is not set."""
+GRADED_PROMPTS = [  # the emulator's answers pass: by contains 2 of 4, by regex 3 of 4, exactly none
+    {"custom_id": "capital", "prompt": "What is the capital of France?", "expected": "Paris"},
+    {"custom_id": "dlt", "prompt": "What does dlt do?", "expected": "loads data"},
+    {"custom_id": "river", "prompt": "Name the river of Paris", "expected": "^Seine$"},
+    {"custom_id": "gaia", "prompt": "What is a Gaia node?", "expected": "^A Gaia node is an"},
+]
+GRADED_QUERIES = [  # an expected passage at rank 1, 2 and 3 of the emulator's knowledge base, and a miss
+    {"custom_id": "located", "query": "Where is Paris located?", "expected_sources": ["northern central France"]},
+    {"custom_id": "monuments", "query": "Tell me about Paris monuments", "expected_sources": ["Ports of Paris"]},
+    {"custom_id": "transport", "query": "Paris river transport", "expected_sources": ["Le Havre"]},
+    {"custom_id": "vectors", "query": "Which database stores vectors?", "expected_sources": ["Tokyo"]},
+]
+
+
+@pytest.fixture
+def graded_run_dir(tmp_path: Path, make_node) -> Path:
+    """A project folder holding one evaluation run whose figures move when a user changes a control: two nodes side
+    by side, three sampled answers per prompt graded against expected answers, graded retrieval, and the embeddings of
+    the sample texts (the explore notebook's similarity search)."""
+    import dlt
+
+    from gaia_source import gaia_source
+    from gaia_source.samples import SAMPLE_TEXTS
+
+    node_a, node_b = make_node("rag", sampling=True), make_node("node06", sampling=True)
+    # the DuckDB file where a pipeline of this name looks by default: the notebooks open it by name only
+    pipeline = dlt.pipeline(EVALUATION_PIPELINE, dataset_name="gaia_data",
+                            destination=dlt.destinations.duckdb(str(tmp_path / f"{EVALUATION_PIPELINE}.duckdb")))
+    source = gaia_source(base_url=[node_a.base_url, node_b.base_url], prompts=GRADED_PROMPTS, queries=GRADED_QUERIES,
+                         texts=SAMPLE_TEXTS, compare_nodes=True, samples=3, temperature=0.7,
+                         retry_backoff=0.01, retry_max_wait=0.05)  # node06 answers /v1/retrieve with a 405, retried
+    pipeline.run(source.with_resources("chat_completions", "retrieve", "info", "embeddings")).raise_on_failed_jobs()
+    return tmp_path
+
+
+PASS_RATES_SQL = """
+WITH latest AS (  -- the newest answer of each prompt, node and sample
+    SELECT node_url, coalesce(trim(content), '') AS content, trim(expected) AS expected FROM chat_completions
+    WHERE expected IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY prompt_id, node_url, sample_index ORDER BY requested_at DESC) = 1)
+SELECT node_url, count(*),
+       count(*) FILTER (WHERE contains(lower(content), lower(expected))),
+       count(*) FILTER (WHERE regexp_matches(content, expected)),
+       count(*) FILTER (WHERE lower(content) = lower(expected))
+FROM latest GROUP BY node_url"""
+MATCH_MODES = ("contains", "regex", "exact")
+
+
+def _open_notebook(page: Any, url: str, heading: str) -> _Kernel:
+    kernel = _Kernel(page)
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
+    kernel.settle(page)
+    _assert_no_failure(page, f"opening the notebook at {heading!r}")
+    return kernel
+
+
+def _cell(page: Any, heading: str) -> Any:
+    """The notebook cell whose output has this heading (for a screenshot of just that part of the page)."""
+    return page.locator("div.marimo-cell").filter(has=page.get_by_role("heading", name=heading)).first
+
+
+def _by_node(rows: List[Dict[str, str]], label: str, nodes: Sequence[str], *columns: str) -> Dict[str, tuple]:
+    """Shown rows keyed by the node (base URL) whose host:port their ``label`` column names."""
+    keyed: Dict[str, tuple] = {}
+    for row in rows:
+        named = [n for n in nodes if urlsplit(n).netloc in row[label]]
+        assert len(named) == 1 and named[0] not in keyed, f"{row[label]!r} should name one node of {nodes}, once"
+        keyed[named[0]] = tuple(float(row[c]) for c in columns)
+    return keyed
+
+
+def _close(shown: Dict[str, tuple], expected: Dict[str, tuple]) -> bool:
+    return shown.keys() == expected.keys() and all(shown[k] == pytest.approx(expected[k]) for k in expected)
+
+
+def test_evaluation_notebook_rerenders_pass_rates_and_hit_at_k_in_a_real_browser(graded_run_dir: Path) -> None:
+    """notebooks/gaia_evaluate.py served with `marimo run`, used in Chromium: choosing another match mode in the pass
+    rate dropdown (contains → regex → exact) and moving the hit@k slider (3 → 2 → 1) re-render the figures, each time
+    to what SQL on the same DuckDB file says."""
+    _require_chromium()
+    import dlt
+    from playwright.sync_api import sync_playwright
+
+    pipeline = dlt.attach(EVALUATION_PIPELINE)
+    graded = query(pipeline, PASS_RATES_SQL)
+    nodes = sorted(node for node, *_ in graded)
+    rates = {mode: {node: (answers, passed[i], passed[i] / answers) for node, answers, *passed in graded}
+             for i, mode in enumerate(MATCH_MODES)}
+    hit_at = {k: {node: (n, hits / n, mrr) for node, n, hits, mrr in query(
+        pipeline, "SELECT node_url, count(*), count(*) FILTER (WHERE hit_rank <= ?), avg(coalesce(1.0 / hit_rank, 0)) "
+                  "FROM retrieve WHERE hits IS NOT NULL GROUP BY node_url", k)} for k in (1, 2, 3)}
+    assert len(nodes) == 2 and len({str(r) for r in rates.values()}) == 3  # every mode gives other figures
+    assert hit_at[1] != hit_at[2] != hit_at[3]
+    artifacts = _artifacts(graded_run_dir)
+
+    notebook = REPO_ROOT / "notebooks" / "gaia_evaluate.py"
+    with _marimo_app([str(notebook)], graded_run_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        _open_notebook(page, url, "Retrieval hit@k and MRR")
+
+        pass_cell = _cell(page, "Pass rate against expected answers")
+        mode = page.locator("select", has=page.locator("option", has_text="regex"))
+        for step, match_mode in enumerate(MATCH_MODES, 1):
+            if match_mode != mode.input_value():
+                mode.select_option(match_mode)
+            expected = rates[match_mode]
+            shown = _shown_table(page, ["target", "answers", "passed", "pass_rate"], f"pass rate by {match_mode}",
+                                 until=lambda rows, want=expected: _by_node(rows, "target", nodes, "answers", "passed",
+                                                                            "pass_rate") == want)
+            assert _by_node(shown, "target", nodes, "answers", "passed", "pass_rate") == expected
+            pass_cell.screenshot(path=str(artifacts / f"evaluate-{step}-pass-rate-{match_mode}.png"))
+
+        retrieval_cell = _cell(page, "Retrieval hit@k and MRR")
+        slider = page.get_by_role("slider").first
+        assert slider.get_attribute("aria-valuenow") == "3"
+        for step, k in enumerate((3, 2, 1), len(MATCH_MODES) + 1):
+            if k != 3:
+                slider.focus()
+                page.keyboard.press("ArrowLeft")
+            expected = hit_at[k]
+            shown = _shown_table(page, ["node_url", "queries", "hit_at_k", "mrr"], f"hit@{k}",
+                                 until=lambda rows, want=expected: _close(_by_node(rows, "node_url", nodes, "queries",
+                                                                                   "hit_at_k", "mrr"), want))
+            figures = _by_node(shown, "node_url", nodes, "queries", "hit_at_k", "mrr")
+            assert _close(figures, expected), (figures, expected)
+            assert slider.get_attribute("aria-valuenow") == str(k)
+            retrieval_cell.screenshot(path=str(artifacts / f"evaluate-{step}-hit-at-{k}.png"))
+        _assert_no_failure(page, "after the controls")
+        browser.close()
+
+
+def _nearest(vectors: Dict[str, Any], anchor: str, limit: int = 5) -> List[tuple]:
+    """The texts most similar to ``anchor`` by cosine, computed here in numpy from the stored vectors."""
+    import numpy as np
+
+    a = vectors[anchor]
+    scores = {text: float(np.dot(a, v) / (np.linalg.norm(a) * np.linalg.norm(v))) for text, v in vectors.items()}
+    return sorted(scores.items(), key=lambda item: -item[1])[:limit]
+
+
+def _similar_shown(rows: List[Dict[str, str]]) -> List[tuple]:
+    return [(row["text"], float(row["similarity"])) for row in rows]
+
+
+def _matches(shown: List[tuple], expected: List[tuple]) -> bool:
+    return [t for t, _ in shown] == [t for t, _ in expected] and all(
+        abs(s - e) <= 2e-4 for (_, s), (_, e) in zip(shown, expected, strict=True))  # DuckDB's float32, rounded to 4
+
+
+def test_explore_notebook_rerenders_similarity_search_in_a_real_browser(graded_run_dir: Path) -> None:
+    """notebooks/gaia_explore.py served with `marimo run`, used in Chromium: choosing another text in the similarity
+    search dropdown re-renders the nearest texts and their cosine similarity, each time to what the stored vectors
+    give (computed here in numpy from the same DuckDB file)."""
+    _require_chromium()
+    import dlt
+    from conftest import as_vector
+    from playwright.sync_api import sync_playwright
+
+    pipeline = dlt.attach(EVALUATION_PIPELINE)
+    stored = query(pipeline, "SELECT text, embedding FROM embeddings ORDER BY text")
+    vectors = {text: as_vector(embedding) for text, embedding in stored}
+    first, other = stored[0][0], stored[len(stored) // 2][0]  # the dropdown starts at the first text in SQL's order
+    assert len(vectors) == len(stored) >= 6 and _nearest(vectors, first) != _nearest(vectors, other)
+    artifacts = _artifacts(graded_run_dir)
+
+    notebook = REPO_ROOT / "notebooks" / "gaia_explore.py"
+    with _marimo_app([str(notebook)], graded_run_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        _open_notebook(page, url, "Embedding similarity search (cosine, in SQL)")
+        cell = _cell(page, "Embedding similarity search (cosine, in SQL)")
+        anchor = page.locator("select", has=page.locator("option", has_text=other))
+        for step, text in enumerate((first, other), 1):
+            if step > 1:
+                anchor.select_option(label=text)
+            expected = _nearest(vectors, text)
+            shown = _shown_table(page, ["text", "similarity"], f"texts most similar to {text!r}",
+                                 until=lambda rows, want=expected: _matches(_similar_shown(rows), want))
+            assert _matches(_similar_shown(shown), expected), (shown, expected)
+            assert shown[0]["text"] == text and float(shown[0]["similarity"]) == pytest.approx(1.0)
+            cell.screenshot(path=str(artifacts / f"explore-{step}-most-similar.png"))
+        _assert_no_failure(page, "after the dropdown")
+        browser.close()
