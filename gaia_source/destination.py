@@ -489,7 +489,8 @@ def skip_loaded(
             if rows is not None and (done is None or done(item, rows)):
                 skipped += 1
                 if ledger is not None:
-                    ledger[0].record(ledger[1], getattr(item, "request_id", key(item)), SKIPPED)
+                    ledger[0].record(ledger[1], getattr(item, "request_id", key(item)), SKIPPED,
+                                     cell=getattr(item, "cell", None))
             else:
                 yield item
         batch.clear()
