@@ -296,6 +296,18 @@ def test_a_changed_model_sends_pinned_prompts_again_and_keeps_both_generations(m
     assert node.requests_to("/v1/chat/completions") == 4
 
 
+def test_answers_of_a_node_no_longer_configured_are_not_sent_again(make_node, make_pipeline) -> None:
+    """A prompt answered by a node that is not in this run's pool (a --demo node on another port, a node removed)
+    is done: it is not sent again, and the run does not fail looking up that node's configuration."""
+    old, new = make_node("rag"), make_node("rag")
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=old.base_url, prompts=PROMPTS).with_resources("chat_completions", "info"))
+    old.stop()
+    pipeline.run(gaia_source(base_url=new.base_url, prompts=PROMPTS).with_resources("chat_completions", "info"))
+    assert new.requests_to("/v1/chat/completions") == 0
+    assert query(pipeline, "SELECT node_url, count(*) FROM chat_completions GROUP BY 1") == [(old.base_url, 2)]
+
+
 def test_the_configuration_hash_ignores_what_a_restart_changes(make_node, make_pipeline) -> None:
     """gaia-nexus names its servers with fresh ids on each start: two identical 0.6 nodes have one info_hash."""
     a, b = make_node("node06"), make_node("node06")
