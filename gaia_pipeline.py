@@ -348,9 +348,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (GaiaLookupError, GaiaPipelineStateError) as exc:
+    except (GaiaLookupError, GaiaPipelineStateError) as exc:  # nothing sent; the destination is not answering
         print(f"error: {exc}", file=sys.stderr)
-        return recorded(EXIT_FAILED)
+        return EXIT_FAILED
     except PipelineStepFailed as exc:
         cause = _gaia_cause(exc)
         print(f"error: {cause if cause is not None else exc}", file=sys.stderr)

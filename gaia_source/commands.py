@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import GaiaConfigError, GaiaError
@@ -67,8 +68,9 @@ def print_summary(summary: Mapping[str, Any], out: Optional[Console] = None) -> 
             table.add_column(name, justify="right")
         for t in targets:
             sampled = t.get("sampled_prompts", 0)
-            table.add_row(*([t["table"]] if several else []), _node(t["node_url"]), t["model"] or "?",
-                          ", ".join(t["model_requested"]) or "—", _rate(t["passed"], t["graded"]), str(t["samples"]),
+            table.add_row(*([t["table"]] if several else []), escape(_node(t["node_url"])), escape(t["model"] or "?"),
+                          escape(", ".join(t["model_requested"]) or "—"), _rate(t["passed"], t["graded"]),
+                          str(t["samples"]),
                           f"{t['flaky_prompts']}/{sampled}" if sampled else "—", str(t["drifted_prompts"]))
         out.print(table)
     if summary["retrieval"]:
@@ -78,8 +80,8 @@ def print_summary(summary: Mapping[str, Any], out: Optional[Console] = None) -> 
         for name in ("queries", "hit@1", f"hit@{k}", "MRR"):
             table.add_column(name, justify="right")
         for r in summary["retrieval"]:
-            table.add_row(_node(r["node_url"]), str(r["queries"]), f"{r['hit_at_1']:.2f}", f"{r['hit_at_k']:.2f}",
-                          f"{r['mrr']:.2f}")
+            table.add_row(escape(_node(r["node_url"])), str(r["queries"]), f"{r['hit_at_1']:.2f}",
+                          f"{r['hit_at_k']:.2f}", f"{r['mrr']:.2f}")
         out.print(table)
     for f in summary["flaky"][:SHOWN]:
         out.print(f"flaky: {f['prompt']} on {_node(f['node_url'])} · {f['model']}: {f['distinct_answers']} distinct "
@@ -219,7 +221,7 @@ def _runs(args: argparse.Namespace) -> int:
     if not found:
         print(f"No runs of pipeline {args.pipeline_name!r} yet.")
         return EXIT_OK
-    table = Table(title=f"Runs of {args.pipeline_name}, newest first (UTC)", title_justify="left")
+    table = Table(title=escape(f"Runs of {args.pipeline_name}, newest first (UTC)"), title_justify="left")
     for name in ("started", "took", "nodes", "resources", "inputs"):
         table.add_column(name)
     for name in ("rows", "completed", "failing", "skipped", "exit"):
@@ -232,9 +234,10 @@ def _runs(args: argparse.Namespace) -> int:
         took = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
         inputs = ", ".join(f"{kind}: {value}" for kind, value in (run["inputs"] or {}).items()) or "—"
         failing = (run["failed"] or 0) + (run["refused"] or 0)
+        ran = [o["resource"] for o in run.get("outcomes") or []] or run["resources"] or []  # those that had cells
         table.add_row(_when(run["started_at"]), "—" if took is None else f"{took:.1f} s",
-                      ", ".join(_node(n) for n in run["nodes"] or []) or "—", ", ".join(run["resources"] or []),
-                      inputs, str(run["rows"]), str(run["completed"]), str(failing), str(run["skipped"]),
+                      escape(" ".join(_node(n) for n in run["nodes"] or []) or "—"), " ".join(ran), escape(inputs),
+                      str(run["rows"]), str(run["completed"]), str(failing), str(run["skipped"]),
                       str(run["exit_code"]), style=None if run["exit_code"] == 0 else "red")
     console().print(table)
     return EXIT_OK
@@ -273,15 +276,15 @@ def _search(args: argparse.Namespace) -> int:
     if not rows:
         print("No loaded texts match" + (" the --where filter." if where else " (is the embeddings table empty?)."))
         return EXIT_OK
-    table = Table(title=f"Nearest loaded texts to {args.query!r} (cosine similarity)", title_justify="left")
+    table = Table(title=escape(f"Nearest loaded texts to {args.query!r} (cosine similarity)"), title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("text_id")
     table.add_column("text")
     table.add_column("model")
     for rank, row in enumerate(rows, 1):
-        table.add_row(str(rank), f"{row['score']:.3f}", str(row.get("text_id") or "—"), str(row.get("text") or ""),
-                      str(row.get("model") or "—"))
+        table.add_row(str(rank), f"{row['score']:.3f}", escape(str(row.get("text_id") or "—")),
+                      escape(str(row.get("text") or "")), escape(str(row.get("model") or "—")))
     console().print(table)
     return EXIT_OK
 

@@ -221,7 +221,7 @@ EVAL_QUERIES = [
 EVAL_TEXTS = [
     {"id": "doc-1", "text": "Paris is located in northern central France, on the river Seine."},
     {"id": "doc-2", "text": "The Eiffel Tower was built for the 1889 World's Fair.", "metadata": {"lang": "en"}},
-    {"id": "doc-3", "text": "dlt loads data from APIs into warehouses such as DuckDB.", "metadata": {"lang": "en"}},
+    {"id": "doc-3", "text": "[guide] dlt loads data from APIs into DuckDB.", "metadata": {"lang": "en"}},
     {"id": "doc-4", "text": "La tour Eiffel a été construite pour l'Exposition universelle.", "metadata": {"lang": "fr"}},
 ]
 

@@ -193,6 +193,9 @@ def test_search_prefilters_with_where(evaluation_run: EvaluationRun) -> None:
     assert [h["text_id"] for h in search("-k", "1")] == ["doc-2"]
     assert [h["text_id"] for h in search("-k", "5", "--where", "lang=fr")] == ["doc-4"]
     assert [h["text_id"] for h in search("-k", "5", "--where", "lang=en", "--where", "text_id=doc-3")] == ["doc-3"]
+    table = run_cli(evaluation_run.folder, "search", "dlt", "--base-url", evaluation_run.a.base_url, "--where",
+                    "text_id=doc-3")
+    assert table.returncode == 0 and EVAL_TEXTS[2]["text"] in table.stdout  # "[guide]" is text, not Rich markup
     bad = run_cli(evaluation_run.folder, "search", "x", "--where", "lang")
     assert bad.returncode == 2 and "expected NAME=VALUE" in bad.stderr
 
