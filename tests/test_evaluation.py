@@ -353,7 +353,9 @@ def test_export_names_each_file_by_the_model_that_answered(make_node, make_pipel
                            ["content"]) for line in files[name] if line["error"] is None)
         assert answered == sorted((model, answer_for(p, model)) for p in PROMPTS), name
     # a failing request goes with its node's newest model; none with the old one
-    assert [len([line for line in files[n] if line["error"]]) for n in sorted(files)] == [1, 0, 1]
+    assert {name: len([line for line in lines if line["error"]]) for name, lines in files.items()} == {
+        f"{name_a}.Llama-3.2-3B-Instruct.jsonl": 1, f"{name_b}.Llama-3.2-1B-Instruct.jsonl": 0,
+        f"{name_b}.Qwen3-4B-Q5_K_M.jsonl": 1}
 
 
 def test_compared_nodes_are_graded_on_the_same_queries(make_node, make_pipeline, tmp_path: Path) -> None:
