@@ -7,6 +7,9 @@ Examples::
     python gaia_pipeline.py --base-url http://localhost:8080/v1 --prompts-file prompts.jsonl
     python gaia_pipeline.py --resources models,info                 # a monitoring snapshot only
     python gaia_pipeline.py --prompts-file batch.jsonl --export-batch-output results.jsonl
+    python gaia_pipeline.py runs                                    # past runs, their outcomes and exit codes
+    python gaia_pipeline.py search "Where is Paris?" -k 5           # the loaded texts nearest to a query
+    python gaia_pipeline.py report -o evaluation.html               # the evaluation page, static and offline
     dlt pipeline gaia_pipeline show                                 # browse what was loaded
 
 The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
@@ -33,6 +36,7 @@ from gaia_source.settings import (
     FAILED_REQUESTS_TABLE,
     PIPELINE_NAME,
     RESOURCE_NAMES,
+    SUBCOMMANDS,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
-        epilog="Exit codes: 0 loaded; 1 load failed or requests failing; 2 bad configuration/input; 3 key refused.",
+        epilog="Exit codes: 0 loaded; 1 load failed or requests failing; 2 bad configuration/input; 3 key refused. "
+        f"Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on).",
     )
     node = parser.add_argument_group("node")
     node.add_argument("--demo", action="store_true", help="start a local emulated node and load built-in sample data")
@@ -136,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="after loading, write the completions as OpenAI Batch output JSONL (joined by custom_id)")
     out.add_argument("--export-table", choices=CHAT_TABLES, default="chat_completions",
                      help="table to export with --export-batch-output (default chat_completions)")
+    out.add_argument("--summary-json", metavar="PATH",
+                     help="write the run's evaluation summary (pass rates, flaky prompts, hit@k, drift) as JSON")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="-v: log every HTTP request; -vv: debug logs of every library")
     return parser
@@ -275,7 +282,12 @@ def _demo_node(enabled: bool, flavor: str) -> Iterator[Optional[NodeEmulator]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the pipeline from the command line; returns the exit code."""
+    """Run the pipeline from the command line (or the subcommand named first); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        from gaia_source.commands import main as command
+
+        return command(argv)
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -296,8 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from gaia_source import gaia_source
+    from gaia_source.commands import evaluate_run, record_run
     from gaia_source.ledger import Ledger
     from gaia_source.lifecycle import run_pipeline
+    from gaia_source.runs import utc_now
 
     gc.freeze()
     gc.enable()
@@ -309,6 +323,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger("httpx").setLevel(logging.INFO)
     os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
     progress = args.progress or ("log" if sys.stderr.isatty() else "none")
+    started_at, pipeline, ledger, source_args = utc_now(), None, None, {}  # set as the run gets to them
+
+    def recorded(code: int, load_ids: Sequence[str] = ()) -> int:
+        """The run's row in gaia_runs (once dlt has a pipeline), then its exit code."""
+        if pipeline is not None:
+            record_run(pipeline, ledger, load_ids, started_at=started_at, argv=argv, source_args=source_args,
+                       resources=resources, exit_code=code)
+        return code
+
     try:
         with _demo_node(args.demo, args.demo_flavor) as emulator:
             source_args = _source_args(args, emulator.base_url if emulator else None)
@@ -325,15 +348,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (GaiaLookupError, GaiaPipelineStateError) as exc:
+    except (GaiaLookupError, GaiaPipelineStateError) as exc:  # nothing sent; the destination is not answering
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except PipelineStepFailed as exc:
         cause = _gaia_cause(exc)
         print(f"error: {cause if cause is not None else exc}", file=sys.stderr)
         if isinstance(cause, GaiaAuthError):
-            return EXIT_AUTH
-        return EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED
+            return recorded(EXIT_AUTH)
+        return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED)
+    load_ids = [load_id for info in load_info.load_infos for load_id in info.loads_ids]
     print(load_info)
     _print_counts(pipeline)
     _print_outcomes(ledger)
@@ -352,14 +376,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.export_batch_output:
         lines = export_batch_output(pipeline, args.export_batch_output, args.export_table)
         print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
+    evaluate_run(pipeline, ledger, args.summary_json)
     if load_info.has_failed_jobs:
         print("error: some load jobs failed; see the load info above", file=sys.stderr)
-        return EXIT_FAILED
+        return recorded(EXIT_FAILED, load_ids)
     if failing:
         print(f"\n{failing} request(s) of this run are failing: SELECT * FROM {args.dataset_name}."
               f"{FAILED_REQUESTS_TABLE}; a re-run retries them.", file=sys.stderr)
-        return EXIT_OK if args.allow_failed_requests else EXIT_FAILED
-    return EXIT_OK
+        return recorded(EXIT_OK if args.allow_failed_requests else EXIT_FAILED, load_ids)
+    return recorded(EXIT_OK, load_ids)
 
 
 def _exit_now(code: int) -> None:

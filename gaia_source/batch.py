@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 from datetime import datetime
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
@@ -58,23 +59,50 @@ def _completion_body(row: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-Target = Tuple[Optional[str], Optional[str]]
-"""(node URL, model requested): one side of a comparison."""
+Target = Tuple[Optional[str], Optional[str], Optional[str]]
+"""(node URL, model that answered, model requested): one side of a comparison. A Gaia node answers any model name
+with its own, so the model that answered says what was compared; the name asked stays beside it. A request that
+got no answer takes the model its node answers the same name with (its newest), and None when the node answered
+none (a node that failed every request)."""
+
+Answered = Dict[Tuple[Optional[str], Optional[str]], Optional[str]]
+"""(node URL, model requested) -> the model that node answered that name with, newest first."""
+
+
+def _answered_models(pipeline: dlt.Pipeline, table: str) -> Answered:
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+    newest: Dict[Tuple[Optional[str], Optional[str]], Tuple[Any, Optional[str]]] = {}
+    with contextlib.suppress(DatabaseUndefinedRelation):
+        sql = (f"SELECT node_url, model_requested, model, max(requested_at) AS at FROM {qualified} "
+               "WHERE model IS NOT NULL GROUP BY node_url, model_requested, model")
+        for row in _rows(pipeline, sql):
+            key = (row["node_url"], row["model_requested"])
+            at = row["at"] or datetime.min
+            if key not in newest or (at, row["model"]) > newest[key]:
+                newest[key] = (at, row["model"])
+    return {key: model for key, (_, model) in newest.items()}
+
+
+def _target(node_url: Optional[str], model: Optional[str], requested: Optional[str], answered: Answered) -> Target:
+    return node_url, model or answered.get((node_url, requested)), requested
 
 
 def batch_output_lines(
     pipeline: dlt.Pipeline, table: str = "chat_completions", target: Optional[Target] = None
 ) -> Iterator[Dict[str, Any]]:
     """Yield Batch output objects for every request of ``table`` (answered ones, then failing ones), or only for
-    those of one ``target``."""
+    those of one ``target`` (see :data:`Target`)."""
     if table not in CHAT_TABLES:
         raise ValueError(f"table must be one of {CHAT_TABLES}, got {table!r}")
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
         failed = client.make_qualified_table_name(FAILED_REQUESTS_TABLE)
+    answered = _answered_models(pipeline, table) if target is not None else {}
     with contextlib.suppress(DatabaseUndefinedRelation):
         for row in _rows(pipeline, f"SELECT * FROM {qualified} ORDER BY custom_id, request_id"):
-            if target is not None and (row.get("node_url"), row.get("model_requested")) != target:
+            if target is not None and _target(row.get("node_url"), row.get("model"), row.get("model_requested"),
+                                              answered) != target:
                 continue
             request_id = row["request_id"]
             line: Dict[str, Any] = {"id": f"batch_req_{request_id}", "custom_id": row.get("custom_id") or request_id}
@@ -89,7 +117,7 @@ def batch_output_lines(
         sql = f"SELECT * FROM {failed} WHERE resource = '{table}' ORDER BY custom_id, request_id"
         for row in _rows(pipeline, sql):
             model = (_json(row.get("request_body")) or {}).get("model")
-            if target is not None and (row.get("node_url"), model) != target:
+            if target is not None and _target(row.get("node_url"), None, model, answered) != target:
                 continue
             request_id = row["request_id"]
             status = row.get("http_status")
@@ -113,53 +141,67 @@ def export_batch_output(
     return count
 
 
-def _target_order(target: Target) -> Tuple[bool, str, bool, str]:
-    return target[0] is None, target[0] or "", target[1] is None, target[1] or ""
+def _target_order(target: Target) -> Tuple[Tuple[bool, str], ...]:
+    return tuple((part is None, part or "") for part in target)
 
 
-def _failed_targets(pipeline: dlt.Pipeline, table: str) -> Set[Target]:
-    """The (node URL, model) pairs of the requests of ``table``'s resource that are failing (node URL None: a
-    request that reached no node, such as an input refused before it was sent)."""
+def _failed_targets(pipeline: dlt.Pipeline, table: str, answered: Answered) -> Set[Target]:
+    """The targets of the requests of ``table``'s resource that are failing (node URL None: a request that reached
+    no node, such as an input refused before it was sent)."""
     with pipeline.sql_client() as client:
         failed = client.make_qualified_table_name(FAILED_REQUESTS_TABLE)
     found: Set[Target] = set()
     with contextlib.suppress(DatabaseUndefinedRelation):
         sql = f"SELECT node_url, request_body FROM {failed} WHERE resource = '{table}'"
-        found = {(row["node_url"], (_json(row.get("request_body")) or {}).get("model")) for row in _rows(pipeline, sql)}
+        found = {_target(row["node_url"], None, (_json(row.get("request_body")) or {}).get("model"), answered)
+                 for row in _rows(pipeline, sql)}
     return found
 
 
 def targets(pipeline: dlt.Pipeline, table: str = "chat_completions") -> List[Target]:
-    """The (node URL, model requested) pairs asked in ``table``: those it has rows for, and those that only have
-    failing requests (in ``failed_requests``), such as a compared node that failed every request."""
+    """The targets (node URL, model that answered, model requested) of ``table``: those it has rows for, and those
+    that only have failing requests (in ``failed_requests``), such as a compared node that failed every request."""
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
-    found: Set[Target] = {target for target in _failed_targets(pipeline, table) if target[0] is not None}
+    answered = _answered_models(pipeline, table)
+    found: Set[Target] = {target for target in _failed_targets(pipeline, table, answered) if target[0] is not None}
     with contextlib.suppress(DatabaseUndefinedRelation):
-        sql = f"SELECT DISTINCT node_url, model_requested FROM {qualified}"
-        found.update((row["node_url"], row["model_requested"]) for row in _rows(pipeline, sql))
+        sql = f"SELECT DISTINCT node_url, model, model_requested FROM {qualified}"
+        found.update(_target(row["node_url"], row["model"], row["model_requested"], answered)
+                     for row in _rows(pipeline, sql))
     return sorted(found, key=_target_order)
 
 
-def target_path(path: str, target: Target) -> str:
-    """``out.jsonl`` → ``out.<node>.<model>.jsonl``: one Batch output file per compared node and model."""
+def target_path(path: str, target: Target, with_requested: bool = False) -> str:
+    """``out.jsonl`` → ``out.<node>.<model that answered>.jsonl`` (a node that answered nothing: the model requested),
+    and ``out.<node>.<model>.<model requested>.jsonl`` with ``with_requested`` (one model answered several names)."""
     def slug(value: Optional[str]) -> str:
         text = re.sub(r"^https?://", "", value or "default")
         return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "default"
 
+    node, model, requested = target
+    parts = [slug(node), slug(model or requested)]
+    if with_requested:
+        parts.append(slug(requested))
     stem, dot, ext = path.rpartition(".")
     base, suffix = (stem, f".{ext}") if dot and "/" not in ext else (path, "")
-    return f"{base}.{slug(target[0])}.{slug(target[1])}{suffix}"
+    return f"{base}.{'.'.join(parts)}{suffix}"
 
 
 def export_batch_output_per_target(
     pipeline: dlt.Pipeline, path: str, table: str = "chat_completions"
 ) -> Dict[str, int]:
-    """One Batch output file per (node, model) of ``table`` (see :func:`targets` and :func:`target_path`), each with
-    its answers and an error line for each of its failing requests; returns lines per file.
+    """One Batch output file per target of ``table`` (see :func:`targets` and :func:`target_path`), each with its
+    answers and an error line for each of its failing requests; returns lines per file.
 
     Failing requests that reached no node (inputs refused before they were sent) go to a file of their own per model,
     ``out.default.<model>.jsonl``."""
-    unsent = {target for target in _failed_targets(pipeline, table) if target[0] is None}
-    return {target_path(path, t): export_batch_output(pipeline, target_path(path, t), table, t)
-            for t in [*targets(pipeline, table), *sorted(unsent, key=_target_order)]}
+    answered = _answered_models(pipeline, table)
+    unsent = {target for target in _failed_targets(pipeline, table, answered) if target[0] is None}
+    every = [*targets(pipeline, table), *sorted(unsent, key=_target_order)]
+    shared = Counter((node, model or requested) for node, model, requested in every)
+    written: Dict[str, int] = {}
+    for target in every:
+        file = target_path(path, target, with_requested=shared[(target[0], target[1] or target[2])] > 1)
+        written[file] = export_batch_output(pipeline, file, table, target)
+    return written

@@ -249,7 +249,10 @@ class RunContext:
         return read_info(self._info_body(node_url))
 
     def node_configuration(self, node_url: str) -> Optional[str]:
-        """The node's configuration hash (the ``info_hash`` of its rows), None when it reports none."""
+        """The node's configuration hash (the ``info_hash`` of its rows), None when it reports none or is not in
+        this run's pool (a row answered by a node no longer configured: nothing to compare it with)."""
+        if all(node.base_url != node_url for node in self.pool.nodes):
+            return None
         body = self._info_body(node_url)
         return configuration_hash(body) if isinstance(body, dict) else None
 

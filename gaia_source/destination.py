@@ -519,7 +519,7 @@ def skip_loaded(
             if rows is not None and (done is None or done(item, rows)):
                 skipped += 1
                 if ledger is not None:
-                    ledger[0].record(ledger[1], _cell_key(item, key), SKIPPED)
+                    ledger[0].record(ledger[1], _cell_key(item, key), SKIPPED, cell=getattr(item, "cell", None))
             else:
                 yield item
         batch.clear()

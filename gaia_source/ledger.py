@@ -28,7 +28,7 @@ import hashlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import orjson
 
@@ -135,17 +135,22 @@ class Ledger:
         self._lock = threading.Lock()
         self._cells: Dict[Tuple[str, str], str] = {}
         self._tallies: Dict[str, ResourceTally] = {}
+        self._scope: Dict[str, Set[Tuple[str, Optional[str]]]] = {}
         self.notes: List[str] = []
         """Run-level findings to tell the user (an endpoint missing, documents whose old chunks were kept…)."""
         self.pending_chunk_syncs: Dict[Tuple[str, Optional[str]], Dict[str, List[str]]] = {}
         """(table, model) -> document id -> the keys of all its chunks this run: documents whose old chunks are to
         be deleted once these are loaded (:func:`~gaia_source.destination.apply_chunk_sync`)."""
 
-    def record(self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None) -> None:
-        """Record how cell ``key`` of ``resource`` ended (``attempts``: the sends this record adds)."""
+    def record(self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None,
+               cell: Optional[Cell] = None) -> None:
+        """Record how cell ``key`` of ``resource`` ended (``attempts``: the sends this record adds; ``cell``: the
+        cell itself, when the request is one, so that :meth:`cells` can say which rows are this run's)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         with self._lock:
+            if cell is not None:
+                self._scope.setdefault(resource, set()).add((cell.cell_id, cell.node))
             tally = self._tallies.setdefault(resource, ResourceTally())
             previous = self._cells.get((resource, key))
             if previous is not None:
@@ -173,6 +178,13 @@ class Ledger:
             tallies = [self._tallies[resource]] if resource is not None and resource in self._tallies else (
                 [] if resource is not None else list(self._tallies.values()))
             return sum(t.outcomes[outcome] for t in tallies)
+
+    def cells(self, resource: str) -> Set[Tuple[str, Optional[str]]]:
+        """The cells of ``resource`` this run asked for, whatever their outcome: (``cell_id``, pinned node or None).
+        A row of the table is this run's when its ``cell_id`` is one of them and, for a pinned cell, its ``node_url``
+        is that node (texts are not cells of this kind: none for ``embeddings``)."""
+        with self._lock:
+            return set(self._scope.get(resource, ()))
 
     @property
     def failing(self) -> int:

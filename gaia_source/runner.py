@@ -263,14 +263,16 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
         logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
         state = REFUSED if outcome.refused else FAILED
         for i, (key, text) in enumerate(cells):
-            ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error))
+            ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error),
+                          request.cell if text is None else None)
             failing[key] = resource
             row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
                    "resolved": False}
             yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
         return
-    for i, (key, _) in enumerate(cells):
-        ledger.record(resource, key, COMPLETED, outcome.attempts if i == 0 else 0)
+    for i, (key, text) in enumerate(cells):
+        ledger.record(resource, key, COMPLETED, outcome.attempts if i == 0 else 0,
+                      cell=request.cell if text is None else None)
         if failing.pop(key, None) is not None:
             tombstone = {"request_id": key, "resolved": True}
             yield dlt.mark.with_hints(tombstone, _FAILED_HINTS, create_table_variant=True)

@@ -10,7 +10,11 @@ then, where the pipeline ran:
 
     marimo edit notebooks/gaia_evaluate.py         # interactive
     marimo run notebooks/gaia_evaluate.py          # as an app
-    marimo export html notebooks/gaia_evaluate.py -o evaluation.html   # a static report (what CI runs)
+    marimo export html notebooks/gaia_evaluate.py -o evaluation.html   # a static page (loads marimo from a CDN)
+    python gaia_pipeline.py report -o evaluation.html                  # the same figures, static and offline
+
+A target is a node and the model that answered (``model``; a Gaia node answers any name with its own), with the
+name asked (``model_requested``) beside it; samples are grouped by cell (prompt × target × configuration).
 
 ``GAIA_PIPELINE_NAME`` picks another pipeline (default ``gaia_pipeline``).
 """
@@ -58,18 +62,27 @@ def _(dlt, json, mo, os, pd):
         text = users[-1] if users else ""
         return text if isinstance(text, str) else json.dumps(text)
 
-    if has("chat_completions", "prompt_id", "sample_index", "info_hash"):
+    if has("chat_completions", "prompt_id", "sample_index", "info_hash", "cell_id"):
         answers = sql(
-            "SELECT prompt_id, request_id, custom_id, node_url, served_by, model_requested, model, sample_index, "
-            "info_hash, requested_at, status, content, expected, messages FROM chat_completions"
+            "SELECT cell_id, prompt_id, request_id, custom_id, node_url, served_by, model_requested, model, "
+            "sample_index, info_hash, requested_at, status, content, expected, messages FROM chat_completions "
+            "WHERE status = 'completed'"
         )
+        # a prompt is named by its custom_id or its text; two prompts of one name (a changed parameter) get its id too
         answers["prompt"] = [cid if isinstance(cid, str) else prompt_text(m)[:70]
                              for cid, m in zip(answers["custom_id"], answers["messages"], strict=True)]
-        answers["target"] = (answers["served_by"].fillna(answers["node_url"]).str.replace("http://", "")
-                             + " · " + answers["model_requested"].fillna(answers["model"]).fillna("?"))
-        # the newest configuration generation of each (prompt, target, sample): what the node answers today
+        names = answers.groupby("prompt")["prompt_id"].transform("nunique")
+        answers.loc[names > 1, "prompt"] = answers["prompt"] + " #" + answers["prompt_id"].str[:6]
+        # a target is a node and the model that ANSWERED (a Gaia node answers any name with its own); the name asked
+        # is added only where one model answered several names
+        answers["model"] = answers["model"].fillna("?")
+        answers["node"] = answers["served_by"].fillna(answers["node_url"]).str.replace("http://", "")
+        answers["target"] = answers["node"] + " · " + answers["model"]
+        asked = answers.groupby("target")["model_requested"].transform("nunique")
+        answers.loc[asked > 1, "target"] = answers["target"] + " (asked " + answers["model_requested"].fillna("?") + ")"
+        # the newest answer of each cell per target: an older model's answers stay under their own target
         latest = (answers.sort_values("requested_at")
-                  .groupby(["prompt_id", "target", "sample_index"], as_index=False).last())
+                  .groupby(["cell_id", "node_url", "model"], as_index=False).last())
     else:
         answers = latest = pd.DataFrame()
     mo.md(
@@ -119,8 +132,10 @@ def _(alt, latest, match_mode, mo, pd, re):
     if len(graded):
         graded["passed"] = [passes(c, e, match_mode.value)
                             for c, e in zip(graded["content"], graded["expected"], strict=True)]
-        pass_rates = graded.groupby("target", as_index=False).agg(answers=("passed", "size"),
-                                                                   passed=("passed", "sum"))
+        pass_rates = graded.groupby("target", as_index=False).agg(
+            node=("node", "first"), model=("model", "first"),
+            model_requested=("model_requested", lambda names: ", ".join(sorted(set(names.dropna())))),
+            answers=("passed", "size"), passed=("passed", "sum"))
         pass_rates["pass_rate"] = pass_rates["passed"] / pass_rates["answers"]
         pass_chart = alt.Chart(pass_rates).mark_bar().encode(
             x=alt.X("pass_rate:Q", title="pass rate", scale=alt.Scale(domain=[0, 1])),
@@ -137,16 +152,22 @@ def _(alt, latest, match_mode, mo, pd, re):
 
 
 @app.cell
-def _(alt, latest, mo):
-    samples = latest[latest.groupby(["prompt_id", "target"])["sample_index"].transform("size") > 1] \
-        if len(latest) else latest
+def _(alt, answers, mo):
+    # samples of one cell: a prompt on one target under one node configuration, never a label (a changed parameter
+    # is another prompt_id, a swapped model another info_hash: neither is sampling noise)
+    cell = ["prompt_id", "node_url", "model_requested", "model", "info_hash"]
+    samples = answers[answers.groupby(cell, dropna=False)["sample_index"].transform("size") > 1] \
+        if len(answers) else answers
     if len(samples):
         samples = samples.assign(length=samples["content"].fillna("").str.len())
-        variance = samples.groupby(["prompt", "target"], as_index=False).agg(
+        variance = samples.groupby(cell, as_index=False, dropna=False).agg(
+            prompt=("prompt", "first"), target=("target", "first"),
             samples=("sample_index", "size"), distinct_answers=("content", "nunique"),
             mean_length=("length", "mean"), length_std=("length", "std"),
         ).sort_values(["distinct_answers", "length_std"], ascending=False).reset_index(drop=True)
         variance["flaky"] = variance["distinct_answers"] > 1
+        variance = variance[["prompt", "target", "info_hash", "samples", "distinct_answers", "flaky", "mean_length",
+                             "length_std", "prompt_id"]]
         variance_chart = alt.Chart(variance).mark_bar().encode(
             x=alt.X("distinct_answers:Q", title="distinct answers across samples"),
             y=alt.Y("prompt:N", title=None, sort="-x"), color="target:N", yOffset="target:N",

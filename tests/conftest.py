@@ -136,11 +136,11 @@ def run_cli(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subp
 
 
 def counts(db: Path) -> Dict[str, int]:
-    """Row count of every gaia_data table in a DuckDB file."""
+    """Row count of every gaia_data table in a DuckDB file (not dlt's own, nor the CLI's gaia_runs bookkeeping)."""
     with duckdb.connect(str(db), read_only=True) as con:
         tables = [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data' "
-            "AND table_name NOT LIKE '_dlt%'").fetchall()]
+            "AND table_name NOT LIKE '_dlt%' AND table_name <> 'gaia_runs'").fetchall()]
         return {t: con.execute(f"SELECT count(*) FROM gaia_data.{t}").fetchone()[0] for t in tables}
 
 
@@ -200,3 +200,73 @@ def pgvector_pipeline(pgvector_server: str, tmp_path: Path) -> Iterator[dlt.Pipe
         cur.execute("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s", (f"{name}%",))
         for (schema,) in cur.fetchall():
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# --- an evaluation run through the command line -------------------------------------------------------------------
+
+EVAL_MODELS = ("Llama-3.2-3B-Instruct", "Llama-3.2-1B-Instruct", "Qwen3-4B-Q5_K_M")
+"""Node A's model, node B's model, and the model node B's operator swaps in before the second run."""
+EVAL_PROMPTS = [
+    {"custom_id": "capital", "prompt": "What is the capital of France?", "expected": "Paris"},
+    {"custom_id": "dlt", "prompt": "What does dlt do?", "expected": "loads data"},
+    {"custom_id": "river", "prompt": "Name the river of Paris", "expected": "Seine"},
+    {"custom_id": "model", "prompt": "Which model are you?", "expected": "qwen3"},  # only Qwen passes it
+    {"custom_id": "broken", "prompt": "[[fail]] Explain the Seine"},  # a 500 on every node: the first run exits 1
+]
+EVAL_QUERIES = [
+    {"custom_id": "where", "query": "Where is Paris located?", "expected_sources": ["northern central France"]},
+    {"custom_id": "seine", "query": "Where does the Seine flow?", "expected_sources": ["Le Havre"]},
+    {"custom_id": "eiffel", "query": "When was the Eiffel Tower built?", "expected_sources": ["Tokyo"]},
+]
+EVAL_TEXTS = [
+    {"id": "doc-1", "text": "Paris is located in northern central France, on the river Seine."},
+    {"id": "doc-2", "text": "The Eiffel Tower was built for the 1889 World's Fair.", "metadata": {"lang": "en"}},
+    {"id": "doc-3", "text": "[guide] dlt loads data from APIs into DuckDB.", "metadata": {"lang": "en"}},
+    {"id": "doc-4", "text": "La tour Eiffel a été construite pour l'Exposition universelle.", "metadata": {"lang": "fr"}},
+]
+
+
+def passes(prompt: Dict[str, Any], model: str) -> bool:
+    """Whether the emulator's answer of ``model`` to an EVAL_PROMPTS prompt contains its expected text (a sampled
+    ending never adds one)."""
+    from gaia_source.emulator import answer_for
+
+    return prompt["expected"].lower() in answer_for(prompt["prompt"], model).lower()
+
+
+class EvaluationRun:
+    """Two evaluation runs of ``gaia_pipeline.py`` in ``folder``: node A (sampling) and node B compared, three samples
+    per prompt, expected answers, graded queries, texts; node B's model swapped between the runs (drift). The first
+    run exits 1 (the ``broken`` prompt fails), the second, with ``--allow-failed-requests`` and ``--summary-json``, 0."""
+
+    def __init__(self, folder: Path, a: NodeEmulator, b: NodeEmulator) -> None:
+        self.folder, self.a, self.b = folder, a, b
+        self.runs: List[subprocess.CompletedProcess] = []
+
+    @property
+    def db(self) -> Path:
+        return self.folder / "gaia_pipeline.duckdb"
+
+    def run(self, *extra: str) -> subprocess.CompletedProcess:
+        result = run_cli(self.folder, "--base-url", f"{self.a.base_url},{self.b.base_url}", "--compare-nodes",
+                         "--samples", "3", "--prompts-file", "prompts.jsonl", "--queries-file", "queries.jsonl",
+                         "--texts-file", "texts.jsonl", *extra,
+                         env={"SOURCES__GAIA_SOURCE__TEMPERATURE": "0.7", "SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1",
+                              "SOURCES__GAIA_SOURCE__RETRY_ROUNDS": "0"})
+        self.runs.append(result)
+        return result
+
+
+@pytest.fixture
+def evaluation_run(tmp_path: Path, make_node: Callable[..., NodeEmulator]) -> EvaluationRun:
+    """See :class:`EvaluationRun`."""
+    for name, lines in (("prompts.jsonl", EVAL_PROMPTS), ("queries.jsonl", EVAL_QUERIES), ("texts.jsonl", EVAL_TEXTS)):
+        (tmp_path / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = EvaluationRun(tmp_path, make_node("rag", sampling=True, loaded_model=EVAL_MODELS[0]),
+                        make_node("rag", loaded_model=EVAL_MODELS[1]))
+    first = run.run()
+    assert first.returncode == 1, first.stdout + first.stderr
+    run.b.loaded_model = EVAL_MODELS[2]
+    second = run.run("--allow-failed-requests", "--summary-json", "summary.json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    return run

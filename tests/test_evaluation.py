@@ -86,7 +86,9 @@ def test_export_writes_a_file_of_error_lines_for_a_node_that_failed_every_reques
     assert result.returncode == 0, result.stderr
     assert down.requests_to("/v1/chat/completions") == 3
     files = {f.name: [json.loads(line) for line in f.read_text().splitlines()] for f in tmp_path.glob("out.*.jsonl")}
-    answered, failed = (f"out.127.0.0.1_{node.port}_v1.m1.jsonl" for node in (good, down))
+    # named by the model that answered; the node that answered nothing by the model asked
+    answered = f"out.127.0.0.1_{good.port}_v1.{good.default_chat_model}.jsonl"
+    failed = f"out.127.0.0.1_{down.port}_v1.m1.jsonl"
     assert sorted(files) == sorted([answered, failed]) and not (tmp_path / "out.jsonl").exists()
     assert [(line["custom_id"], line["response"]["body"]["choices"][0]["message"]["content"], line["error"])
             for line in files[answered]] == [(c, answer_for(p, good.default_chat_model), None)
@@ -296,6 +298,18 @@ def test_a_changed_model_sends_pinned_prompts_again_and_keeps_both_generations(m
     assert node.requests_to("/v1/chat/completions") == 4
 
 
+def test_answers_of_a_node_no_longer_configured_are_not_sent_again(make_node, make_pipeline) -> None:
+    """A prompt answered by a node that is not in this run's pool (a --demo node on another port, a node removed)
+    is done: it is not sent again, and the run does not fail looking up that node's configuration."""
+    old, new = make_node("rag"), make_node("rag")
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=old.base_url, prompts=PROMPTS).with_resources("chat_completions", "info"))
+    old.stop()
+    pipeline.run(gaia_source(base_url=new.base_url, prompts=PROMPTS).with_resources("chat_completions", "info"))
+    assert new.requests_to("/v1/chat/completions") == 0
+    assert query(pipeline, "SELECT node_url, count(*) FROM chat_completions GROUP BY 1") == [(old.base_url, 2)]
+
+
 def test_the_configuration_hash_ignores_what_a_restart_changes(make_node, make_pipeline) -> None:
     """gaia-nexus names its servers with fresh ids on each start: two identical 0.6 nodes have one info_hash."""
     a, b = make_node("node06"), make_node("node06")
@@ -303,3 +317,122 @@ def test_the_configuration_hash_ignores_what_a_restart_changes(make_node, make_p
     pipeline = make_pipeline()
     pipeline.run(gaia_source(base_url=[a.base_url, b.base_url]).with_resources("info"))
     assert query(pipeline, "SELECT count(*), count(DISTINCT info_hash) FROM info") == [(2, 1)]
+
+
+# --- reading an evaluation right: targets are the node and the model that answered ----------------------------------
+
+
+def test_export_names_each_file_by_the_model_that_answered(make_node, make_pipeline, tmp_path: Path) -> None:
+    """Discovery asks node A's model of every node; node B answers with its own, and, after its operator swaps it,
+    with another: each is a file of its own, named by what answered."""
+    from gaia_source.batch import export_batch_output_per_target, targets
+
+    a, b = make_node("rag", loaded_model="Llama-3.2-3B-Instruct"), make_node("rag", loaded_model="Llama-3.2-1B-Instruct")
+    pipeline = make_pipeline()
+
+    def run() -> None:
+        source = gaia_source(base_url=[a.base_url, b.base_url], prompts=[*PROMPTS, "[[fail]] Explain"],
+                             compare_nodes=True, max_attempts=1, retry_rounds=0)
+        pipeline.run(source.with_resources("chat_completions", "info"))
+
+    run()
+    b.loaded_model = "Qwen3-4B-Q5_K_M"
+    run()
+    assert targets(pipeline) == sorted([(a.base_url, "Llama-3.2-3B-Instruct", "Llama-3.2-3B-Instruct"),
+                                        (b.base_url, "Llama-3.2-1B-Instruct", "Llama-3.2-3B-Instruct"),
+                                        (b.base_url, "Qwen3-4B-Q5_K_M", "Llama-3.2-3B-Instruct")])
+    written = export_batch_output_per_target(pipeline, str(tmp_path / "out.jsonl"))
+    files = {Path(path).name: [json.loads(line) for line in Path(path).read_text().splitlines()] for path in written}
+    name_a, name_b = (f"out.127.0.0.1_{node.port}_v1" for node in (a, b))
+    assert sorted(files) == sorted([f"{name_a}.Llama-3.2-3B-Instruct.jsonl", f"{name_b}.Llama-3.2-1B-Instruct.jsonl",
+                                    f"{name_b}.Qwen3-4B-Q5_K_M.jsonl"])
+    for name, model in ((f"{name_a}.Llama-3.2-3B-Instruct.jsonl", "Llama-3.2-3B-Instruct"),
+                        (f"{name_b}.Llama-3.2-1B-Instruct.jsonl", "Llama-3.2-1B-Instruct"),
+                        (f"{name_b}.Qwen3-4B-Q5_K_M.jsonl", "Qwen3-4B-Q5_K_M")):
+        answered = sorted((line["response"]["body"]["model"], line["response"]["body"]["choices"][0]["message"]
+                           ["content"]) for line in files[name] if line["error"] is None)
+        assert answered == sorted((model, answer_for(p, model)) for p in PROMPTS), name
+    # a failing request goes with its node's newest model; none with the old one
+    assert {name: len([line for line in lines if line["error"]]) for name, lines in files.items()} == {
+        f"{name_a}.Llama-3.2-3B-Instruct.jsonl": 1, f"{name_b}.Llama-3.2-1B-Instruct.jsonl": 0,
+        f"{name_b}.Qwen3-4B-Q5_K_M.jsonl": 1}
+
+
+def test_compared_nodes_are_graded_on_the_same_queries(make_node, make_pipeline, tmp_path: Path) -> None:
+    """With compare_nodes, every query goes to every node and stays there (no failover to another node), so per-node
+    hit@k compares one query set."""
+    from gaia_source.evaluation import summarize
+
+    a, b = make_node("rag", loaded_model="Llama-3.2-3B-Instruct"), make_node("rag", loaded_model="Llama-3.2-1B-Instruct")
+    queries = [{"custom_id": "where", "query": "Where is Paris located?", "expected_sources": ["northern central"]},
+               {"custom_id": "seine", "query": "Where does the Seine flow?", "expected_sources": ["Le Havre"]},
+               {"custom_id": "tower", "query": "When was the Eiffel Tower built?", "expected_sources": ["Tokyo"]}]
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=[a.base_url, b.base_url], queries=queries, compare_nodes=True,
+                             max_concurrency=4).with_resources("retrieve"))
+    assert a.requests_to("/v1/retrieve") == b.requests_to("/v1/retrieve") == 3
+    per_node = {}
+    for node_url, custom_id, cell_id in query(pipeline, "SELECT node_url, custom_id, cell_id FROM retrieve"):
+        per_node.setdefault(node_url, set()).add((custom_id, cell_id))
+    assert set(per_node) == {a.base_url, b.base_url} and per_node[a.base_url] == per_node[b.base_url]
+    assert len(per_node[a.base_url]) == 3
+    graded = summarize(pipeline)["retrieval"]
+    assert [(r["node_url"], r["queries"], r["hit_at_1"]) for r in graded] == sorted(
+        (node.base_url, 3, pytest.approx(2 / 3)) for node in (a, b))
+
+
+def _notebook_defs(pipeline_name: str) -> dict:
+    """Run notebooks/gaia_evaluate.py headless on pipeline ``pipeline_name``; its cells' definitions."""
+    import importlib.util
+    import os
+
+    from conftest import REPO_ROOT
+
+    os.environ["GAIA_PIPELINE_NAME"] = pipeline_name
+    try:
+        spec = importlib.util.spec_from_file_location("gaia_evaluate", REPO_ROOT / "notebooks" / "gaia_evaluate.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _, defs = module.app.run()
+        return dict(defs)
+    finally:
+        del os.environ["GAIA_PIPELINE_NAME"]
+
+
+def test_the_evaluation_page_labels_targets_by_the_model_that_answered(make_node, tmp_path: Path) -> None:
+    """Node B answers with its own model, then with a swapped-in one; a later run changes a parameter. The page
+    labels each target by what answered (the name asked beside it), and groups samples by cell: three samples per
+    prompt, target and configuration, never six; a model swap or a parameter change is not flakiness."""
+    import dlt
+
+    a, b = make_node("rag", loaded_model="Llama-3.2-3B-Instruct"), make_node("rag", loaded_model="Llama-3.2-1B-Instruct")
+    prompts = [{"custom_id": "capital", "prompt": "What is the capital of France?", "expected": "Paris"},
+               {"custom_id": "model", "prompt": "Which model are you?", "expected": "qwen3"}]
+    pipeline = dlt.pipeline("gaia_eval_page", destination="duckdb", dataset_name="gaia_data")  # where the page looks
+
+    def run(**params) -> None:
+        source = gaia_source(base_url=[a.base_url, b.base_url], prompts=prompts, compare_nodes=True, samples=3,
+                             **params)
+        pipeline.run(source.with_resources("chat_completions", "info")).raise_on_failed_jobs()
+
+    run(temperature=0.7)
+    b.loaded_model = "Qwen3-4B-Q5_K_M"
+    run(temperature=0.7)
+    run(temperature=0.2)  # another parameter: other prompts (prompt_id), the same custom_ids
+    defs = _notebook_defs("gaia_eval_page")
+    node_a, node_b = (n.base_url.removeprefix("http://") for n in (a, b))
+    labels = {f"{node_a} · Llama-3.2-3B-Instruct", f"{node_b} · Llama-3.2-1B-Instruct", f"{node_b} · Qwen3-4B-Q5_K_M"}
+    assert set(defs["side_by_side"].columns) - {"prompt"} == labels
+    rates = {r["target"]: (r["model_requested"], r["passed"], r["answers"])
+             for r in defs["pass_rates"].to_dict("records")}
+    assert rates == {  # 2 prompts x 3 samples x 2 temperatures; only Qwen names itself
+        f"{node_a} · Llama-3.2-3B-Instruct": ("Llama-3.2-3B-Instruct", 6, 12),
+        f"{node_b} · Llama-3.2-1B-Instruct": ("Llama-3.2-3B-Instruct", 3, 6),  # its first run only
+        f"{node_b} · Qwen3-4B-Q5_K_M": ("Llama-3.2-3B-Instruct", 12, 12),
+    }
+    variance = defs["variance"]
+    # 2 prompts x (temperature 0.7: A, B's first model, B's second; 0.2: A, B's second)
+    assert len(variance) == 2 * 5 and set(variance["samples"]) == {3}
+    assert not variance["flaky"].any()  # no node samples here: neither the swap nor the temperature is flakiness
+    assert variance["prompt"].str.match(r"^(capital|model) #[0-9a-f]{6}$").all()  # two prompts share each name

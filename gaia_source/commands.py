@@ -1,0 +1,319 @@
+"""What the command line does besides loading: the ``runs``, ``search`` and ``report`` subcommands, and what a run
+tells at its end (the evaluation summary on stdout and in ``--summary-json``, its row in ``gaia_runs``).
+
+``gaia_pipeline.py`` parses its own flags and hands a first positional argument that names a subcommand to
+:func:`main`. Imports here are light (argparse, Rich); dlt and the package's heavier modules load when a command
+runs, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import GaiaConfigError, GaiaError
+from .settings import DATASET_NAME, PIPELINE_NAME, SUBCOMMANDS
+
+if TYPE_CHECKING:
+    import dlt
+
+    from .ledger import Ledger
+
+logger = logging.getLogger("gaia_source")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+SHOWN = 5
+"""Flaky and drifted prompts listed by name under the summary table (``--summary-json`` has all)."""
+
+
+def console() -> Console:
+    """A Rich console on stdout: as wide as the terminal, or 160 columns when stdout is a file or a pipe."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+# --- the evaluation summary at the end of a run -------------------------------------------------------------------
+
+
+def _rate(passed: int, graded: int) -> str:
+    return f"{passed}/{graded} {passed / graded:.0%}" if graded else "—"
+
+
+def _node(url: Optional[str]) -> str:
+    return (url or "?").removeprefix("http://").removeprefix("https://")
+
+
+def print_summary(summary: Mapping[str, Any], out: Optional[Console] = None) -> None:
+    """Print an evaluation summary (:func:`~gaia_source.evaluation.summarize`) as compact Rich tables."""
+    out = out or console()
+    targets, several = summary["targets"], len({t["table"] for t in summary["targets"]}) > 1
+    scope = "this run's prompts" if summary["scope"] == "run" else "the dataset"
+    if targets:
+        table = Table(title=f"Evaluation of {scope}: an answer passes when it contains its expected answer "
+                            f"({summary['match']})", title_justify="left")
+        if several:
+            table.add_column("table")
+        for name in ("node", "model (answered)", "model requested"):
+            table.add_column(name)
+        for name in ("passed", "samples", "flaky", "drifted"):
+            table.add_column(name, justify="right")
+        for t in targets:
+            sampled = t.get("sampled_prompts", 0)
+            table.add_row(*([t["table"]] if several else []), escape(_node(t["node_url"])), escape(t["model"] or "?"),
+                          escape(", ".join(t["model_requested"]) or "—"), _rate(t["passed"], t["graded"]),
+                          str(t["samples"]),
+                          f"{t['flaky_prompts']}/{sampled}" if sampled else "—", str(t["drifted_prompts"]))
+        out.print(table)
+    if summary["retrieval"]:
+        k = summary["k"]
+        table = Table(title="Retrieval (queries with expected_sources)", title_justify="left")
+        table.add_column("node")
+        for name in ("queries", "hit@1", f"hit@{k}", "MRR"):
+            table.add_column(name, justify="right")
+        for r in summary["retrieval"]:
+            table.add_row(escape(_node(r["node_url"])), str(r["queries"]), f"{r['hit_at_1']:.2f}",
+                          f"{r['hit_at_k']:.2f}", f"{r['mrr']:.2f}")
+        out.print(table)
+    for f in summary["flaky"][:SHOWN]:
+        out.print(f"flaky: {f['prompt']} on {_node(f['node_url'])} · {f['model']}: {f['distinct_answers']} distinct "
+                  f"answers in {f['samples']} samples", markup=False)
+    for d in summary["drift"][:SHOWN]:
+        out.print(f"drifted: {d['prompt']} on {_node(d['node_url'])}: answered under {d['configurations']} "
+                  f"configurations ({' → '.join(m or '?' for m in d['models'])})", markup=False)
+    hidden = max(0, len(summary["flaky"]) - SHOWN) + max(0, len(summary["drift"]) - SHOWN)
+    if hidden:
+        out.print(f"… and {hidden} more (--summary-json PATH writes them all)", markup=False)
+
+
+def evaluate_run(pipeline: dlt.Pipeline, ledger: Ledger, summary_json: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The end of a run: its evaluation summary printed when it evaluates something (expected answers, samples,
+    graded queries, drift), and written to ``summary_json`` when asked. Never changes the run's outcome: a summary
+    that cannot be computed is a warning."""
+    from .evaluation import run_scope, summarize
+
+    try:
+        summary = summarize(pipeline, run_scope(ledger))
+    except Exception as exc:  # the summary reads the destination; the run's exit code does not depend on it
+        logger.warning("could not compute the evaluation summary: %s", " ".join(str(exc).split())[:300])
+        return None
+    if summary["evaluated"]:
+        print()
+        print_summary(summary)
+    if summary_json:
+        with open(summary_json, "wb") as fh:
+            fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    return summary
+
+
+def record_run(
+    pipeline: dlt.Pipeline,
+    ledger: Optional[Ledger],
+    load_ids: Sequence[str],
+    *,
+    started_at: datetime,
+    argv: Sequence[str],
+    source_args: Mapping[str, Any],
+    resources: Sequence[str],
+    exit_code: int,
+) -> None:
+    """Write the run's row into ``gaia_runs`` (see :mod:`gaia_source.runs`)."""
+    from .config import resolve_node_settings
+    from .runs import run_row, write_run
+
+    try:
+        nodes = resolve_node_settings(base_url=source_args.get("base_url"), node_id=source_args.get("node_id")).urls()
+    except GaiaError:
+        nodes = []
+    inputs: Dict[str, Any] = {}
+    for kind in ("prompts", "texts", "queries"):
+        if source_args.get(f"{kind}_file"):
+            inputs[kind] = source_args[f"{kind}_file"]
+        elif source_args.get(kind):
+            inputs[kind] = f"{len(source_args[kind])} given"
+    trace = pipeline.last_trace
+    normalized = trace.last_normalize_info if trace is not None else None
+    row_counts = {table: count for table, count in (normalized.row_counts if normalized else {}).items()
+                  if not table.startswith("_dlt")}
+    row = run_row(ledger, started_at=started_at, command=shlex.join(["gaia_pipeline.py", *argv]), nodes=nodes,
+                  resources=resources, inputs=inputs, load_ids=load_ids, row_counts=row_counts, exit_code=exit_code)
+    write_run(pipeline, row)
+
+
+# --- subcommands --------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gaia_pipeline.py", description="Look at what gaia_pipeline.py loaded.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+
+    def pipeline_args(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"dlt pipeline (default {PIPELINE_NAME})")
+        command.add_argument("--dataset-name", help=f"dataset (default: the pipeline's, else {DATASET_NAME})")
+        command.add_argument("--destination", help="dlt destination (default: the pipeline's, from its last run here)")
+
+    runs = commands.add_parser("runs", help="list past runs: when, nodes, resources, inputs, rows, failures, exit code",
+                               description="List past runs of the pipeline, newest first (from gaia_runs and dlt's "
+                               "_dlt_loads).")
+    runs.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
+    runs.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    pipeline_args(runs)
+
+    search = commands.add_parser("search", help="the loaded texts most similar to a query",
+                                 description="Embed a query through the node and list the most similar loaded texts "
+                                 "(gaia_source.vectors.search).")
+    search.add_argument("query", help="the text to search for")
+    search.add_argument("-k", type=int, default=5, help="how many hits (default 5)")
+    search.add_argument("--where", action="append", default=[], metavar="NAME=VALUE",
+                        help="prefilter: a column of embeddings (text_id, document_id, …) or a metadata field; "
+                        "repeat for several (all must hold)")
+    search.add_argument("--model", help="embedding model (default: the node's)")
+    node = search.add_mutually_exclusive_group()
+    node.add_argument("--base-url", help="node that embeds the query (default: [sources.gaia_source] config)")
+    node.add_argument("--node-id", help="hosted node id that embeds the query")
+    node.add_argument("--demo", action="store_true", help="embed with a local emulated node, as --demo loaded")
+    search.add_argument("--demo-flavor", default="rag", help="server the --demo node emulates (default rag)")
+    search.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    pipeline_args(search)
+
+    report = commands.add_parser("report", help="the evaluation page as a static HTML file that works offline",
+                                 description="Write the evaluation page (pass rates, answers side by side, flaky "
+                                 "prompts, retrieval hit@k and MRR, drift) as one HTML file with no script and "
+                                 "nothing loaded from the network.")
+    report.add_argument("-o", "--output", default="evaluation.html", help="file to write (default evaluation.html)")
+    report.add_argument("-k", type=int, default=3, help="the k of hit@k (default 3)")
+    pipeline_args(report)
+    return parser
+
+
+def _pipeline(args: argparse.Namespace) -> dlt.Pipeline:
+    """The pipeline as its last run here left it (destination and dataset from its state), or as the flags say."""
+    import dlt
+
+    pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
+    if pipeline.destination is None or pipeline.default_schema_name is None:
+        raise GaiaConfigError(
+            f"pipeline {args.pipeline_name!r} has not loaded anything from this folder ({pipeline.working_dir}). Run "
+            "the command where gaia_pipeline.py ran, or name its --destination and --dataset-name")
+    return pipeline
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else "—"
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    found = list_runs(_pipeline(args), args.limit)
+    if args.json:
+        for run in found:
+            print(orjson.dumps(run, default=str).decode())
+        return EXIT_OK
+    if not found:
+        print(f"No runs of pipeline {args.pipeline_name!r} yet.")
+        return EXIT_OK
+    table = Table(title=escape(f"Runs of {args.pipeline_name}, newest first (UTC)"), title_justify="left")
+    for name in ("started", "took", "nodes", "resources", "inputs"):
+        table.add_column(name)
+    for name in ("rows", "completed", "failing", "skipped", "exit"):
+        table.add_column(name, justify="right")
+    for run in found:
+        if run["run_id"] is None:  # a load no command-line run recorded (Python, Airflow, an older version)
+            table.add_row(_when(run["finished_at"]), "—", "(not recorded: a load from Python or an older version)",
+                          "—", "—", "—", "—", "—", "—", "—", style="dim")
+            continue
+        took = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
+        inputs = ", ".join(f"{kind}: {value}" for kind, value in (run["inputs"] or {}).items()) or "—"
+        failing = (run["failed"] or 0) + (run["refused"] or 0)
+        ran = [o["resource"] for o in run.get("outcomes") or []] or run["resources"] or []  # those that had cells
+        table.add_row(_when(run["started_at"]), "—" if took is None else f"{took:.1f} s",
+                      escape(" ".join(_node(n) for n in run["nodes"] or []) or "—"), " ".join(ran), escape(inputs),
+                      str(run["rows"]), str(run["completed"]), str(failing), str(run["skipped"]),
+                      str(run["exit_code"]), style=None if run["exit_code"] == 0 else "red")
+    console().print(table)
+    return EXIT_OK
+
+
+def _where(pairs: Sequence[str]) -> Dict[str, Any]:
+    where: Dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise GaiaConfigError(f"--where {pair!r}: expected NAME=VALUE, e.g. --where document_id=guide-7")
+        where[name.strip()] = value
+    return where
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .vectors import search
+
+    where = _where(args.where)
+    pipeline = _pipeline(args)
+    node: Dict[str, Any] = {"base_url": args.base_url, "node_id": args.node_id}
+    if args.demo:
+        from .emulator import NodeEmulator
+
+        with NodeEmulator(flavor=args.demo_flavor) as emulator:
+            hits = search(pipeline, args.query, args.k, where=where or None, model=args.model,
+                          base_url=emulator.base_url)
+    else:
+        hits = search(pipeline, args.query, args.k, where=where or None, model=args.model,
+                      **{key: value for key, value in node.items() if value is not None})
+    rows: List[Dict[str, Any]] = hits.to_dict("records")
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        return EXIT_OK
+    if not rows:
+        print("No loaded texts match" + (" the --where filter." if where else " (is the embeddings table empty?)."))
+        return EXIT_OK
+    table = Table(title=escape(f"Nearest loaded texts to {args.query!r} (cosine similarity)"), title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("text_id")
+    table.add_column("text")
+    table.add_column("model")
+    for rank, row in enumerate(rows, 1):
+        table.add_row(str(rank), f"{row['score']:.3f}", escape(str(row.get("text_id") or "—")),
+                      escape(str(row.get("text") or "")), escape(str(row.get("model") or "—")))
+    console().print(table)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    summary = write_report(_pipeline(args), args.output, args.k)
+    graded = sum(1 for t in summary["targets"] if t["graded"])
+    print(f"wrote {args.output}: {len(summary['targets'])} node/model target(s) ({graded} graded), "
+          f"{len(summary['flaky'])} flaky prompt(s), {len(summary['retrieval'])} node(s) with graded retrieval, "
+          f"{len(summary['drift'])} drifted prompt(s)")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run one subcommand (``argv`` starts with its name); returns the exit code: 0, 1 when it failed, 2 for bad
+    arguments or configuration."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    handlers = {"runs": _runs, "search": _search, "report": _report}
+    try:
+        code = handlers[args.command](args)
+    except GaiaConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (GaiaError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    logger.debug("%s answered in %.2f s", args.command, time.perf_counter() - started)
+    return code
