@@ -369,12 +369,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + "; inputs can also be set in [sources.gaia_source] (prompts, texts, queries and their *_file keys)")
     if args.export_batch_output:
         from gaia_source.batch import export_batch_output, export_batch_output_per_target, targets
+
+        # the answers to this run's inputs (one line per cell and node), not to inputs edited or removed since
+        this_run = {cell_id for cell_id, _ in ledger.cells(args.export_table)} or None
     if args.export_batch_output and len(targets(pipeline, args.export_table)) > 1:  # comparing: a file per target
-        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table)
+        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table, this_run)
         for path, lines in written.items():
             print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")
     elif args.export_batch_output:
-        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table)
+        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table, cells=this_run)
         print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
     evaluate_run(pipeline, ledger, args.summary_json)
     if load_info.has_failed_jobs:

@@ -89,21 +89,36 @@ def _target(node_url: Optional[str], model: Optional[str], requested: Optional[s
 
 
 def batch_output_lines(
-    pipeline: dlt.Pipeline, table: str = "chat_completions", target: Optional[Target] = None
+    pipeline: dlt.Pipeline, table: str = "chat_completions", target: Optional[Target] = None,
+    cells: Optional[Set[str]] = None,
 ) -> Iterator[Dict[str, Any]]:
-    """Yield Batch output objects for every request of ``table`` (answered ones, then failing ones), or only for
-    those of one ``target`` (see :data:`Target`)."""
+    """Yield Batch output objects for the requests of ``table`` (answered ones, then failing ones), or only for those
+    of one ``target`` (see :data:`Target`).
+
+    One line per cell and node: a cell answered again (drift, an edited run) gives its newest answer, and a failing
+    cell that has an answer from that node gives the answer. ``cells``: only these ``cell_id``s (the cells a run asked
+    for, ``Ledger.cells``), so a prompt edited under the same ``custom_id`` exports its answer, not the old one's.
+    """
     if table not in CHAT_TABLES:
         raise ValueError(f"table must be one of {CHAT_TABLES}, got {table!r}")
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
         failed = client.make_qualified_table_name(FAILED_REQUESTS_TABLE)
     answered = _answered_models(pipeline, table) if target is not None else {}
+    emitted: Set[Tuple[Any, Any]] = set()
+    lines: List[Dict[str, Any]] = []
     with contextlib.suppress(DatabaseUndefinedRelation):
-        for row in _rows(pipeline, f"SELECT * FROM {qualified} ORDER BY custom_id, request_id"):
+        for row in _rows(pipeline, f"SELECT * FROM {qualified} ORDER BY requested_at DESC, request_id"):
             if target is not None and _target(row.get("node_url"), row.get("model"), row.get("model_requested"),
                                               answered) != target:
                 continue
+            cell_id = row.get("cell_id")
+            if cells is not None and cell_id not in cells:
+                continue
+            key = (cell_id or row["request_id"], row.get("node_url"))
+            if key in emitted:  # an older answer of the same cell from the same node
+                continue
+            emitted.add(key)
             request_id = row["request_id"]
             line: Dict[str, Any] = {"id": f"batch_req_{request_id}", "custom_id": row.get("custom_id") or request_id}
             if row.get("status") == "completed":
@@ -112,13 +127,19 @@ def batch_output_lines(
             else:
                 line["response"] = None
                 line["error"] = {"code": row.get("status"), "message": row.get("error")}
-            yield line
+            lines.append(line)
+    yield from sorted(lines, key=lambda line: (str(line["custom_id"]), line["id"]))
     with contextlib.suppress(DatabaseUndefinedRelation):
         sql = f"SELECT * FROM {failed} WHERE resource = '{table}' ORDER BY custom_id, request_id"
         for row in _rows(pipeline, sql):
             model = (_json(row.get("request_body")) or {}).get("model")
             if target is not None and _target(row.get("node_url"), None, model, answered) != target:
                 continue
+            cell_id = row.get("cell_id")
+            if cells is not None and cell_id not in cells:
+                continue
+            if cell_id is not None and (cell_id, row.get("node_url")) in emitted:
+                continue  # answered by that node: the answer's line stands for it
             request_id = row["request_id"]
             status = row.get("http_status")
             yield {
@@ -130,12 +151,14 @@ def batch_output_lines(
 
 
 def export_batch_output(
-    pipeline: dlt.Pipeline, path: str, table: str = "chat_completions", target: Optional[Target] = None
+    pipeline: dlt.Pipeline, path: str, table: str = "chat_completions", target: Optional[Target] = None,
+    cells: Optional[Set[str]] = None,
 ) -> int:
-    """Write ``table`` (or one target's rows of it) as OpenAI Batch output JSONL to ``path``; return the line count."""
+    """Write ``table`` (or one target's rows of it; only ``cells`` when given) as OpenAI Batch output JSONL to
+    ``path``; return the line count."""
     count = 0
     with open(path, "wb") as fh:
-        for line in batch_output_lines(pipeline, table, target):
+        for line in batch_output_lines(pipeline, table, target, cells):
             fh.write(orjson.dumps(line) + b"\n")
             count += 1
     return count
@@ -189,7 +212,7 @@ def target_path(path: str, target: Target, with_requested: bool = False) -> str:
 
 
 def export_batch_output_per_target(
-    pipeline: dlt.Pipeline, path: str, table: str = "chat_completions"
+    pipeline: dlt.Pipeline, path: str, table: str = "chat_completions", cells: Optional[Set[str]] = None
 ) -> Dict[str, int]:
     """One Batch output file per target of ``table`` (see :func:`targets` and :func:`target_path`), each with its
     answers and an error line for each of its failing requests; returns lines per file.
@@ -203,5 +226,5 @@ def export_batch_output_per_target(
     written: Dict[str, int] = {}
     for target in every:
         file = target_path(path, target, with_requested=shared[(target[0], target[1] or target[2])] > 1)
-        written[file] = export_batch_output(pipeline, file, table, target)
+        written[file] = export_batch_output(pipeline, file, table, target, cells)
     return written

@@ -408,3 +408,20 @@ def test_search_finds_vectors_by_the_model_asked_for_or_answered(make_node, make
     for model in ("nomic-embed", answered):
         found = search(pipeline, "Paris", k=1, model=model, base_url=node.base_url)
         assert list(found["text"]) == ["Paris is in France"], model
+
+
+# --- export: the answers to this run's inputs, one line per cell and node --------------------------------------------
+
+
+def test_an_edited_prompt_exports_its_new_answer_once(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"custom_id": "x", "prompt": "Hi"}) + "\n")
+    args = ["--base-url", node.base_url, "--prompts-file", "p.jsonl", "--resources", "chat_completions"]
+    assert run_cli(tmp_path, *args).returncode == 0
+    prompts.write_text(json.dumps({"custom_id": "x", "prompt": "Hello there"}) + "\n")
+    result = run_cli(tmp_path, *args, "--export-batch-output", "out.jsonl")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(line["custom_id"], line["response"]["body"]["choices"][0]["message"]["content"]) for line in lines] == [
+        ("x", answer_for("Hello there", node.default_chat_model))]
