@@ -206,6 +206,16 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
+def _print_load_info(load_info: Any, failing: int) -> None:
+    """dlt's load info. Its "contains no failed jobs" speaks of load jobs: beside failing requests it must not read as
+    if all were well."""
+    text = str(load_info)
+    if failing:
+        text = text.replace("contains no failed jobs",
+                            f"contains no failed load jobs, but {failing} request(s) of this run are failing")
+    print(text)
+
+
 def _print_counts(pipeline: dlt.Pipeline) -> None:
     """Print rows loaded now and rows in each table."""
     loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
@@ -334,10 +344,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(cause, GaiaAuthError):
             return EXIT_AUTH
         return EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED
-    print(load_info)
+    failing = ledger.failing
+    _print_load_info(load_info, failing)
     _print_counts(pipeline)
     _print_outcomes(ledger)
-    failing = ledger.failing
     if idle:
         from gaia_source.endpoints import ENDPOINT_BY_NAME
 

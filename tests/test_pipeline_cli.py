@@ -81,6 +81,9 @@ def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_pat
                      "--prompts-file", "prompts.txt", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "3 request(s) of this run are failing: SELECT * FROM gaia_data.failed_requests" in result.stderr
+    # dlt's "no failed jobs" (load jobs) does not read as if all were well
+    assert "contains no failed jobs" not in result.stdout
+    assert "contains no failed load jobs, but 3 request(s) of this run are failing" in result.stdout
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"failed_requests": 3}
     allowed = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
                       "--prompts-file", "prompts.txt", "--allow-failed-requests", env=env)
