@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="send every prompt to every --base-url node (rows per node) instead of spreading them")
     evaluation.add_argument("--samples", type=int, metavar="N",
                             help="send every prompt N times (rows carry sample_index; a re-run fills missing ones)")
+    evaluation.add_argument("--temperature", type=float, metavar="T",
+                            help="sampling temperature of every chat request (a prompt's own wins)")
+    evaluation.add_argument("--seed", type=int, metavar="N",
+                            help="sampling seed of every chat request; with --samples, sample i is sent with N + i")
     evaluation.add_argument("--no-drift", action="store_true",
                             help="never send an answered prompt again, even after the node's configuration changed")
     data.add_argument("--max-tokens", type=int, metavar="N",
@@ -157,6 +161,8 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "max_tokens": args.max_tokens,
         "compare_nodes": True if args.compare_nodes else None,
         "samples": args.samples,
+        "temperature": args.temperature,
+        "seed": args.seed,
         "drift": False if args.no_drift else None,
         "chunk_size": args.chunk_size,
         "chunk_overlap": args.chunk_overlap,

@@ -151,3 +151,17 @@ def test_the_run_exits_with_its_code_and_all_its_output(make_node, tmp_path: Pat
     # the last lines: how every request of the run ended (one per node's info and models)
     assert lines[-2].split() == ["info", "1", "0", "0", "0", "1"] and lines[-1].split() == ["models", "1", "0", "0", "0", "1"]
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"info": 1, "models": 2}
+
+
+def test_temperature_and_seed_flags_are_sent_and_samples_count_the_seed_up(make_node, tmp_path: Path) -> None:
+    node = make_node("llama", record_bodies=True)
+    (tmp_path / "p.txt").write_text("What does dlt do?\n")
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources",
+                     "chat_completions", "--samples", "3", "--seed", "5", "--temperature", "0.7")
+    assert result.returncode == 0, result.stderr
+    bodies = node.bodies("/v1/chat/completions")
+    assert sorted(b["seed"] for b in bodies) == [5, 6, 7] and [b["temperature"] for b in bodies] == [0.7] * 3
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT sample_index, params->>'$.seed', params->>'$.temperature' "
+                           "FROM gaia_data.chat_completions ORDER BY 1").fetchall()
+    assert rows == [(0, "5", "0.7"), (1, "6", "0.7"), (2, "7", "0.7")]
