@@ -127,8 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb)")
     load.add_argument("--dataset-name", default=DATASET_NAME, help=f"dataset / schema name (default {DATASET_NAME})")
     load.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"dlt pipeline name (default {PIPELINE_NAME})")
-    load.add_argument("--progress", choices=("log", "tqdm", "enlighten", "alive_progress", "none"),
-                      help="dlt progress display (default: log when run in a terminal, else none)")
+    load.add_argument("--progress", choices=("rich", "log", "tqdm", "enlighten", "alive_progress", "none"),
+                      default="rich",
+                      help="rich (default): a line per resource with done/total, rate and ETA, redrawn in place on "
+                      "a terminal, else only a final line per resource (on stderr); log, tqdm, enlighten, "
+                      "alive_progress: dlt's collectors of its own extract/normalize/load steps instead (log prints a "
+                      "block of counters every second); none: nothing")
     load.add_argument("--allow-failed-requests", action="store_true",
                       help="exit 0 even when some requests are in the failed_requests table")
     load.add_argument("--shard", metavar="I/N",
@@ -278,6 +282,15 @@ def _row_counts(pipeline: dlt.Pipeline, tables: List[str]) -> Dict[str, Optional
             return {}
 
 
+def _progress_view(kind: str, ledger: Ledger) -> contextlib.AbstractContextManager[Any]:
+    """The run's own progress view (``--progress rich``), read from its ledger; dlt's collectors need none."""
+    if kind != "rich":
+        return contextlib.nullcontext()
+    from gaia_source.progress import LedgerProgress
+
+    return LedgerProgress(ledger)
+
+
 @contextlib.contextmanager
 def _demo_node(enabled: bool, flavor: str) -> Iterator[Optional[NodeEmulator]]:
     if not enabled:
@@ -324,20 +337,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.verbose == 1:
         logging.getLogger("httpx").setLevel(logging.INFO)
     os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
-    progress = args.progress or ("log" if sys.stderr.isatty() else "none")
+    dlt_progress = None if args.progress in ("rich", "none") else args.progress
     try:
         with _demo_node(args.demo, args.demo_flavor) as emulator:
             source_args = _source_args(args, emulator.base_url if emulator else None)
             pipeline = dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
-                progress=None if progress == "none" else progress,
+                progress=dlt_progress,
             )
             ledger = Ledger()
             source = gaia_source(resources=resources, required_resources=bool(args.resources), ledger=ledger,
                                  **source_args)
             idle = _idle(source, resources)
             # what an interrupted run left loads first, then the source; then changed documents lose their old chunks
-            load_info = run_pipeline(pipeline, source, ledger)
+            with _progress_view(args.progress, ledger):
+                load_info = run_pipeline(pipeline, source, ledger)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
