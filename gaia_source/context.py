@@ -231,7 +231,10 @@ class RunContext:
 
     def _info_body(self, node_url: str) -> Any:
         """``/v1/info`` of a node, or AMD GAIA's ``/health`` where the server has no such route (each asked once per
-        run). None when neither says anything: a failing ``/v1/info`` is not replaced by another server's health."""
+        run). None when neither says anything: a failing ``/v1/info`` is not replaced by another server's health; and
+        for a node not in this run's pool (one that answered an earlier run), which is not asked."""
+        if all(node.base_url != node_url for node in self.pool.nodes):
+            return None
         try:
             return self.metadata(node_url, INFO_PATH, missing_is_transient=False).body
         except GaiaRunStopped:
