@@ -64,13 +64,13 @@ def test_dashboard_shows_the_gaia_tables_in_a_real_browser(demo_dir: Path) -> No
     from playwright.sync_api import sync_playwright
 
     pipelines_dir = Path(os.environ["DLT_DATA_DIR"]) / "pipelines"
-    app = [dashboard.__file__, "--", "--pipeline", "gaia_pipeline", "--pipelines-dir", str(pipelines_dir)]
+    app = [dashboard.__file__, "--", "--pipeline", "gaia_demo_pipeline", "--pipelines-dir", str(pipelines_dir)]
     with _marimo_app(app, demo_dir) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.goto(url, wait_until="domcontentloaded")
         # a JS app: wait for what it renders (locators reach into marimo's shadow DOM)
-        page.get_by_text("Pipeline gaia_pipeline").first.wait_for(timeout=90_000)
+        page.get_by_text("Pipeline gaia_demo_pipeline").first.wait_for(timeout=90_000)
         for table in TABLES:
             page.get_by_text(table, exact=True).first.wait_for(timeout=60_000)
         shot = demo_dir / "dashboard.png"
@@ -82,8 +82,9 @@ def test_dashboard_shows_the_gaia_tables_in_a_real_browser(demo_dir: Path) -> No
 def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
     notebook = REPO_ROOT / "notebooks" / "gaia_explore.py"
     report = demo_dir / "report.html"
+    env = {**os.environ, "GAIA_PIPELINE_NAME": "gaia_demo_pipeline"}  # the demo's own pipeline
     result = subprocess.run([sys.executable, "-m", "marimo", "export", "html", str(notebook), "-o", str(report)],
-                            cwd=demo_dir, capture_output=True, text=True, timeout=300)
+                            cwd=demo_dir, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr  # marimo exits 1 when any cell fails
     html = report.read_text(encoding="utf-8")
     for heading in ("Token usage per request", "Latency per model over time", "The slowest requests",
@@ -93,7 +94,8 @@ def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
     for table, rows in (("chat_completions", 3), ("embeddings", 6), ("retrieve", 3)):
         assert f"{table}\\u003C/code\\u003E: {rows} rows" in html, table
     assert "\\u003Cem\\u003ENo " not in html  # no section rendered its "no rows yet" notice
-    script = subprocess.run([sys.executable, str(notebook)], cwd=demo_dir, capture_output=True, text=True, timeout=300)
+    script = subprocess.run([sys.executable, str(notebook)], cwd=demo_dir, capture_output=True, text=True, timeout=300,
+                            env=env)
     assert script.returncode == 0, script.stderr
 
 

@@ -16,12 +16,12 @@ def test_demo_loads_all_six_tables(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "--demo")
     assert result.returncode == 0, result.stderr
     assert "demo: emulated Gaia node (rag)" in result.stdout and "is LOADED and contains no failed jobs" in result.stdout
-    loaded = counts(tmp_path / "gaia_pipeline.duckdb")
+    loaded = counts(tmp_path / "gaia_demo_pipeline.duckdb", "gaia_demo")
     assert loaded == {"models": 2, "info": 1, "chat_completions": 3, "chat_completions_stream": 3, "embeddings": 6,
                       "retrieve": 3, "retrieve__points": loaded["retrieve__points"]}
     assert loaded["retrieve__points"] >= 3
-    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT content FROM gaia_data.chat_completions WHERE content LIKE 'Paris%'").fetchall() == [
+    with duckdb.connect(str(tmp_path / "gaia_demo_pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT content FROM gaia_demo.chat_completions WHERE content LIKE 'Paris%'").fetchall() == [
             ("Paris is the capital of France.",)]
     for table in ("chat_completions_stream", "embeddings", "retrieve"):  # the per-table counts are printed
         assert any(line.startswith(table) for line in result.stdout.splitlines())
@@ -165,3 +165,26 @@ def test_temperature_and_seed_flags_are_sent_and_samples_count_the_seed_up(make_
         rows = con.execute("SELECT sample_index, params->>'$.seed', params->>'$.temperature' "
                            "FROM gaia_data.chat_completions ORDER BY 1").fetchall()
     assert rows == [(0, "5", "0.7"), (1, "6", "0.7"), (2, "7", "0.7")]
+
+
+LACKING = {"rag": "responses", "llama": "retrieve", "nexus": "retrieve", "node06": "retrieve, responses",
+           "amd": "embeddings, retrieve, responses"}
+
+
+@pytest.mark.parametrize("flavor", ["rag", "llama", "nexus", "node06", "amd"])
+def test_the_demo_has_its_own_dataset_says_nothing_alarming_and_runs_again(tmp_path: Path, flavor: str) -> None:
+    first = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
+    assert first.returncode == 0, first.stderr
+    assert not [line for line in first.stderr.splitlines() if "WARNING" in line or "ERROR" in line], first.stderr
+    [lacking] = [line for line in first.stdout.splitlines() if "not run:" in line]  # one line says what is not run
+    assert lacking.endswith("not run: " + LACKING[flavor])
+    db = tmp_path / "gaia_demo_pipeline.duckdb"
+    assert not (tmp_path / "gaia_pipeline.duckdb").exists()
+    loaded = counts(db, "gaia_demo")
+    assert loaded["chat_completions"] == 3 and loaded["models"] >= 1
+    # the demo's node listens on a new port each time: a second demo finds its answers loaded and sends nothing
+    again = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
+    assert again.returncode == 0, again.stderr
+    assert not [line for line in again.stderr.splitlines() if "WARNING" in line or "ERROR" in line], again.stderr
+    after = counts(db, "gaia_demo")
+    assert after["chat_completions"] == 3 and after["info"] == 2  # one node snapshot per run, answers once
