@@ -10,7 +10,7 @@ Examples::
     dlt pipeline gaia_pipeline show                                 # browse what was loaded
 
 The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
-Exit codes: 0 loaded; 1 the load failed or requests are failing (see the failed_requests table);
+Exit codes: 0 loaded; 1 the load failed, requests are failing (see the failed_requests table) or no node is usable;
 2 bad configuration or input; 3 the node refused the API key.
 """
 
@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
-        epilog="Exit codes: 0 loaded; 1 load failed or requests failing; 2 bad configuration/input; 3 key refused.",
+        epilog="Exit codes: 0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; "
+        "3 key refused.",
     )
     node = parser.add_argument_group("node")
     node.add_argument("--demo", action="store_true",
