@@ -86,7 +86,11 @@ class LedgerProgress:
         for task in self._progress.tasks:  # resources that ended no cell (not run, or the run stopped) say nothing
             if not task.completed:
                 self._progress.update(task.id, visible=False)
-        self._progress.stop()
+        if any(task.visible for task in self._progress.tasks):
+            self._progress.stop()
+        else:  # nothing to say, not even the line end Progress.stop writes after a final render elsewhere
+            self._progress.live.transient = True
+            self._progress.live.stop()
         for handler, stream in self._streams:
             handler.setStream(stream)
 
