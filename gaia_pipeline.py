@@ -13,7 +13,7 @@ Examples::
     dlt pipeline gaia_pipeline show                                 # browse what was loaded
 
 The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
-Exit codes: 0 loaded; 1 the load failed or requests are failing (see the failed_requests table);
+Exit codes: 0 loaded; 1 the load failed, requests are failing (see the failed_requests table) or no node is usable;
 2 bad configuration or input; 3 the node refused the API key.
 """
 
@@ -33,6 +33,8 @@ from gaia_source.settings import (
     CHAT_TABLES,
     DATASET_NAME,
     DEFAULT_RESOURCE_NAMES,
+    DEMO_DATASET_NAME,
+    DEMO_PIPELINE_NAME,
     FAILED_REQUESTS_TABLE,
     PIPELINE_NAME,
     RESOURCE_NAMES,
@@ -89,11 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
-        epilog="Exit codes: 0 loaded; 1 load failed or requests failing; 2 bad configuration/input; 3 key refused. "
-        f"Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on).",
+        epilog="Exit codes: 0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; "
+        f"3 key refused. Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on).",
     )
     node = parser.add_argument_group("node")
-    node.add_argument("--demo", action="store_true", help="start a local emulated node and load built-in sample data")
+    node.add_argument("--demo", action="store_true",
+                      help=f"start a local emulated node and load built-in sample data (pipeline {DEMO_PIPELINE_NAME}, "
+                      f"dataset {DEMO_DATASET_NAME}: apart from real runs)")
     node.add_argument("--demo-flavor", default="rag",  # checked against the emulator's flavours when it starts
                       help="server the demo emulates: rag (Gaia <= 0.4 with a knowledge base, every endpoint but "
                       "responses; default), llama (llama-api-server 0.28), nexus (llama-nexus), node06 (Gaia node 0.6: "
@@ -118,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="send every prompt to every --base-url node (rows per node) instead of spreading them")
     evaluation.add_argument("--samples", type=int, metavar="N",
                             help="send every prompt N times (rows carry sample_index; a re-run fills missing ones)")
+    evaluation.add_argument("--temperature", type=float, metavar="T",
+                            help="sampling temperature of every chat request (a prompt's own wins)")
+    evaluation.add_argument("--seed", type=int, metavar="N",
+                            help="sampling seed of every chat request; with --samples, sample i is sent with N + i")
     evaluation.add_argument("--no-drift", action="store_true",
                             help="never send an answered prompt again, even after the node's configuration changed")
     data.add_argument("--max-tokens", type=int, metavar="N",
@@ -126,10 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     load = parser.add_argument_group("load")
     load.add_argument("--resources", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
     load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb)")
-    load.add_argument("--dataset-name", default=DATASET_NAME, help=f"dataset / schema name (default {DATASET_NAME})")
-    load.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"dlt pipeline name (default {PIPELINE_NAME})")
-    load.add_argument("--progress", choices=("log", "tqdm", "enlighten", "alive_progress", "none"),
-                      help="dlt progress display (default: log when run in a terminal, else none)")
+    load.add_argument("--dataset-name",
+                      help=f"dataset / schema name (default {DATASET_NAME}; {DEMO_DATASET_NAME} with --demo)")
+    load.add_argument("--pipeline-name",
+                      help=f"dlt pipeline name (default {PIPELINE_NAME}; {DEMO_PIPELINE_NAME} with --demo)")
+    load.add_argument("--progress", choices=("rich", "log", "tqdm", "enlighten", "alive_progress", "none"),
+                      default="rich",
+                      help="rich (default): a line per resource with done/total, rate and ETA, redrawn in place on "
+                      "a terminal, else only a final line per resource (on stderr); log, tqdm, enlighten, "
+                      "alive_progress: dlt's collectors of its own extract/normalize/load steps instead (log prints a "
+                      "block of counters every second); none: nothing")
     load.add_argument("--allow-failed-requests", action="store_true",
                       help="exit 0 even when some requests are in the failed_requests table")
     load.add_argument("--shard", metavar="I/N",
@@ -164,6 +178,8 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "max_tokens": args.max_tokens,
         "compare_nodes": True if args.compare_nodes else None,
         "samples": args.samples,
+        "temperature": args.temperature,
+        "seed": args.seed,
         "drift": False if args.no_drift else None,
         "chunk_size": args.chunk_size,
         "chunk_overlap": args.chunk_overlap,
@@ -211,6 +227,16 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
             return current
         stack.extend([getattr(current, "exception", None), current.__cause__, current.__context__])
     return None
+
+
+def _print_load_info(load_info: Any, failing: int) -> None:
+    """dlt's load info. Its "contains no failed jobs" speaks of load jobs: beside failing requests it must not read as
+    if all were well."""
+    text = str(load_info)
+    if failing:
+        text = text.replace("contains no failed jobs",
+                            f"contains no failed load jobs, but {failing} request(s) of this run are failing")
+    print(text)
 
 
 def _print_counts(pipeline: dlt.Pipeline) -> None:
@@ -269,6 +295,30 @@ def _row_counts(pipeline: dlt.Pipeline, tables: List[str]) -> Dict[str, Optional
             return {}
 
 
+def _progress_view(kind: str, ledger: Ledger) -> contextlib.AbstractContextManager[Any]:
+    """The run's own progress view (``--progress rich``), read from its ledger; dlt's collectors need none."""
+    if kind != "rich":
+        return contextlib.nullcontext()
+    from gaia_source.progress import LedgerProgress
+
+    return LedgerProgress(ledger)
+
+
+def _served(resources: List[str], emulator: NodeEmulator) -> List[str]:
+    """The resources whose endpoint the demo's server has (an endpoint with a fallback, as ``info`` on AMD GAIA's
+    ``/health``, counts); one line names those left out, which a real run would warn about."""
+    from gaia_source.endpoints import ENDPOINT_BY_NAME
+    from gaia_source.settings import API_PREFIX
+
+    paths = emulator.api_paths()
+    lacking = [name for name in resources if ENDPOINT_BY_NAME[name].fallback_path is None
+               and f"{API_PREFIX}/{ENDPOINT_BY_NAME[name].path}" not in paths]
+    if lacking:
+        print(f"demo: the {emulator.flavor} server has no " + ", ".join(
+            f"{API_PREFIX}/{ENDPOINT_BY_NAME[name].path}" for name in lacking) + f"; not run: {', '.join(lacking)}")
+    return [name for name in resources if name not in lacking]
+
+
 @contextlib.contextmanager
 def _demo_node(enabled: bool, flavor: str) -> Iterator[Optional[NodeEmulator]]:
     if not enabled:
@@ -290,6 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return command(argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    args.pipeline_name = args.pipeline_name or (DEMO_PIPELINE_NAME if args.demo else PIPELINE_NAME)
+    args.dataset_name = args.dataset_name or (DEMO_DATASET_NAME if args.demo else DATASET_NAME)
     try:
         resources = _resources(args.resources, args.demo)
     except GaiaConfigError as exc:
@@ -322,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.verbose == 1:
         logging.getLogger("httpx").setLevel(logging.INFO)
     os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
-    progress = args.progress or ("log" if sys.stderr.isatty() else "none")
+    dlt_progress = None if args.progress in ("rich", "none") else args.progress
     started_at, pipeline, ledger, source_args = utc_now(), None, None, {}  # set as the run gets to them
 
     def recorded(code: int, load_ids: Sequence[str] = ()) -> int:
@@ -334,17 +386,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         with _demo_node(args.demo, args.demo_flavor) as emulator:
+            if emulator is not None and not args.resources:
+                resources = _served(resources, emulator)
             source_args = _source_args(args, emulator.base_url if emulator else None)
             pipeline = dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
-                progress=None if progress == "none" else progress,
+                progress=dlt_progress,
             )
             ledger = Ledger()
             source = gaia_source(resources=resources, required_resources=bool(args.resources), ledger=ledger,
                                  **source_args)
             idle = _idle(source, resources)
             # what an interrupted run left loads first, then the source; then changed documents lose their old chunks
-            load_info = run_pipeline(pipeline, source, ledger)
+            with _progress_view(args.progress, ledger):
+                load_info = run_pipeline(pipeline, source, ledger)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -358,10 +413,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return recorded(EXIT_AUTH)
         return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED)
     load_ids = [load_id for info in load_info.load_infos for load_id in info.loads_ids]
-    print(load_info)
+    failing = ledger.failing
+    _print_load_info(load_info, failing)
     _print_counts(pipeline)
     _print_outcomes(ledger)
-    failing = ledger.failing
     if idle:
         from gaia_source.endpoints import ENDPOINT_BY_NAME
 

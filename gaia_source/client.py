@@ -28,6 +28,7 @@ import orjson
 from .config import NodeSettings
 from .errors import (
     GaiaAuthError,
+    GaiaConnectError,
     GaiaRequestError,
     GaiaResponseError,
     GaiaStreamError,
@@ -222,9 +223,10 @@ class NodeClient:
     def _transport_error(self, method: str, path: str, exc: Exception) -> GaiaRequestError:
         if isinstance(exc, httpx.TimeoutException):
             detail = f"timed out ({type(exc).__name__}); raise `timeout` if the node is just slow"
-        else:
-            detail = f"{type(exc).__name__}: {self._redact(str(exc)) or 'connection failed'}"
-        return GaiaRequestError(method, self.url(path), detail, None)
+            return GaiaRequestError(method, self.url(path), detail, None)
+        detail = f"{type(exc).__name__}: {self._redact(str(exc)) or 'connection failed'}"
+        kind = GaiaConnectError if isinstance(exc, httpx.ConnectError) else GaiaRequestError
+        return kind(method, self.url(path), detail, None)
 
     def _read_capped(self, response: httpx.Response, method: str, path: str) -> bytes:
         """The body, read up to ``max_response_bytes`` (a runaway body is an error, not an out-of-memory crash), with

@@ -19,7 +19,7 @@ import dlt
 from .client import Reply
 from .config import NodeSettings
 from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline, find_stale_documents
-from .errors import GaiaAuthError, GaiaError, GaiaRequestError, is_transient, looks_like_missing_route
+from .errors import GaiaError, GaiaRequestError, GaiaRunStopped, is_transient, looks_like_missing_route
 from .ledger import Ledger
 from .pool import NodePool
 from .rows import NodeInfo, configuration_hash, model_ids, models_from_info, read_info
@@ -188,7 +188,7 @@ class RunContext:
                     reply = self.pool.send("GET", path, node=node_url, missing_is_transient=missing_is_transient)
                     self._metadata[key] = reply
                     return reply
-                except GaiaAuthError:
+                except GaiaRunStopped:
                     raise
                 except GaiaError as exc:
                     if not is_transient(exc, missing_is_transient):
@@ -202,7 +202,7 @@ class RunContext:
     def _optional_metadata(self, node_url: str, path: str) -> Any:
         try:
             return self.metadata(node_url, path, missing_is_transient=False).body
-        except GaiaAuthError:
+        except GaiaRunStopped:
             raise
         except GaiaError as exc:
             logger.debug("could not read %s for model discovery: %s", path, exc)
@@ -231,10 +231,13 @@ class RunContext:
 
     def _info_body(self, node_url: str) -> Any:
         """``/v1/info`` of a node, or AMD GAIA's ``/health`` where the server has no such route (each asked once per
-        run). None when neither says anything: a failing ``/v1/info`` is not replaced by another server's health."""
+        run). None when neither says anything: a failing ``/v1/info`` is not replaced by another server's health; and
+        for a node not in this run's pool (one that answered an earlier run), which is not asked."""
+        if all(node.base_url != node_url for node in self.pool.nodes):
+            return None
         try:
             return self.metadata(node_url, INFO_PATH, missing_is_transient=False).body
-        except GaiaAuthError:
+        except GaiaRunStopped:
             raise
         except GaiaRequestError as exc:
             if not looks_like_missing_route(exc):

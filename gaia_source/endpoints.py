@@ -332,6 +332,20 @@ def refuse_for_amd_gaia(request: PreparedRequest, context: RunContext) -> Option
     return GaiaInputRefused(f"{request.source or 'a prompt'}: not sent: {problem}")
 
 
+def expected_cells(endpoint: Endpoint, plan: Plan, inputs: int, nodes: int) -> Optional[int]:
+    """How many cells a run of ``endpoint`` has, known before the first request: per node for a node's metadata,
+    else inputs × models × target nodes × samples (a text's chunks are known only once it is chunked, so a chunked
+    corpus has more). None for a shard, which takes a part of them that only hashing every cell would tell."""
+    if endpoint.inputs is None:
+        return nodes if plan.shard is None or plan.shard[0] == 0 else 0
+    if plan.shard is not None:
+        return None
+    targets = nodes if plan.compare_nodes else 1
+    if endpoint.inputs == "prompts":
+        return inputs * max(1, len(plan.chat_models)) * targets * plan.samples
+    return inputs * targets if endpoint.inputs == "queries" else inputs
+
+
 # --- the catalogue ----------------------------------------------------------------------------------------------
 
 ENDPOINTS: Tuple[Endpoint, ...] = (

@@ -61,7 +61,12 @@ class GaiaRequestError(GaiaError):
         return (self.__class__, (self.method, self.url, self.detail, self.status_code, self.attempts, self.retry_after))
 
 
-class GaiaAuthError(GaiaRequestError):
+class GaiaRunStopped(GaiaError):
+    """An error that ends the whole run at once: no later request of it could succeed (a refused key, no usable
+    node). It is never recorded as a failed request; the run stops with its one message."""
+
+
+class GaiaAuthError(GaiaRequestError, GaiaRunStopped):
     """401/403: the node (or the hosted gateway in front of it) refused the API key. Stops the whole run."""
 
     def _message(self) -> str:
@@ -70,6 +75,22 @@ class GaiaAuthError(GaiaRequestError):
             f"The node did not accept the API key. Set a valid key in {API_KEY_LOCATION} "
             "(local nodes and AMD GAIA servers without GAIA_API_KEY need none)."
         )
+
+
+class GaiaConnectError(GaiaRequestError):
+    """No connection could be made (refused, unknown host, TLS handshake): nothing answered at the node's address."""
+
+
+class GaiaNodeUnusable(GaiaRequestError, GaiaRunStopped):
+    """No node of the run can be used: each refused the connection before it ever answered, or is not an
+    OpenAI-compatible API (a wrong URL). ``detail`` is the whole message: what answered, and what to do."""
+
+    def _message(self) -> str:
+        return self.detail
+
+
+class GaiaNodeLeftOut(GaiaRequestError):
+    """A request pinned to a node that this run left out (see :class:`GaiaNodeUnusable`) while other nodes answer."""
 
 
 class GaiaStreamError(GaiaRequestError):
@@ -142,9 +163,14 @@ class GaiaResponseError(GaiaError):
         return (self.__class__, (self.method, self.url, self.detail))
 
 
+_PATH_RE = re.compile(r"\S*/\S*")
+
+
 def looks_like_missing_route(error: GaiaRequestError) -> bool:
-    """A 404/405 that says "no such route" (not AMD's ``Model 'x' not found``, which is about the request)."""
-    return error.status_code in MISSING_ENDPOINT_STATUS and "model" not in error.detail.lower()
+    """A 404/405 that says "no such route" (not AMD's ``Model 'x' not found``, which is about the request; a path
+    the body quotes, such as ``/v1/models``, is not a model)."""
+    said = _PATH_RE.sub(" ", error.detail).lower()
+    return error.status_code in MISSING_ENDPOINT_STATUS and "model" not in said
 
 
 def clean_missing_route(error: GaiaRequestError) -> bool:
@@ -172,7 +198,7 @@ def blames_an_input(error: BaseException) -> bool:
 def is_transient(error: BaseException, missing_route: bool = True) -> bool:
     """Whether sending the same request again may succeed: no response, 408/409/425/429/5xx, a cut stream, a gateway's
     HTML 404 page, and — once an endpoint is known to exist (``missing_route``) — any route-like 404/405."""
-    if isinstance(error, (GaiaAuthError, EndpointNotAvailable)):
+    if isinstance(error, (GaiaRunStopped, EndpointNotAvailable, GaiaNodeLeftOut)):
         return False
     if isinstance(error, GaiaStreamInterrupted):
         return True
@@ -181,6 +207,17 @@ def is_transient(error: BaseException, missing_route: bool = True) -> bool:
     if error.status_code is None or error.status_code in RETRYABLE_STATUS:
         return True
     return looks_like_missing_route(error) and (missing_route or not clean_missing_route(error))
+
+
+def what_answered(status: Optional[int], detail: str) -> str:
+    """What a server's answer was, for a message: ``HTTP 404 with an HTML page (404 Not Found)``."""
+    if detail.startswith("HTML page: "):
+        return f"HTTP {status} with an HTML page ({detail[len('HTML page: '):]})"
+    if detail.startswith("HTML page"):
+        return f"HTTP {status} with an HTML page"
+    if detail == "empty response body":
+        return f"HTTP {status} with an empty body"
+    return f"HTTP {status}: {detail}"
 
 
 _TAG_RE = re.compile(r"<[^>]+>")

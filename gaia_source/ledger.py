@@ -19,16 +19,18 @@ cells, and the embedding model is identity there, discovered or named, since vec
 
 **The ledger of a run** (:class:`Ledger`) records how every cell of the run ended — ``completed``, ``failed`` (with
 the sends it really took), ``refused`` (not sent: input a server would reject, an endpoint that is missing), or
-``skipped`` (already done) — and the run's summary and exit code come from it, not from counting tables.
+``skipped`` (already done) — and the run's summary and exit code come from it, not from counting tables. It also
+knows how many cells each resource expects (:meth:`Ledger.expect`), so a progress view reads the run from it alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 import orjson
 
@@ -121,6 +123,21 @@ class ResourceTally:
     """Sends it took (every request, every retry and split part)."""
     errors: List[str] = field(default_factory=list)
     """The first few failure messages (for the run's summary)."""
+    last_at: float = 0.0
+    """When its last cell ended (``time.monotonic()``)."""
+
+
+class Progress(NamedTuple):
+    """How far one resource of a run is."""
+
+    done: int
+    """Cells that ended (completed, failed, refused or skipped)."""
+    expected: Optional[int]
+    """Cells it has in this run, counted before the first request (None: not known)."""
+    failing: int
+    """Of those ended, the failed or refused ones."""
+    last_at: Optional[float]
+    """When the last one ended (``time.monotonic()``), None before the first."""
 
 
 class Ledger:
@@ -136,6 +153,7 @@ class Ledger:
         self._cells: Dict[Tuple[str, str], str] = {}
         self._tallies: Dict[str, ResourceTally] = {}
         self._scope: Dict[str, Set[Tuple[str, Optional[str]]]] = {}
+        self._expected: Dict[str, Optional[int]] = {}
         self.notes: List[str] = []
         """Run-level findings to tell the user (an endpoint missing, documents whose old chunks were kept…)."""
         self.pending_chunk_syncs: Dict[Tuple[str, Optional[str]], Dict[str, List[str]]] = {}
@@ -158,6 +176,7 @@ class Ledger:
             self._cells[(resource, key)] = outcome
             tally.outcomes[outcome] += 1
             tally.attempts += attempts
+            tally.last_at = time.monotonic()
             if error and outcome in (FAILED, REFUSED) and len(tally.errors) < self.MAX_ERRORS:
                 tally.errors.append(error)
 
@@ -165,6 +184,22 @@ class Ledger:
         """How cell ``key`` of ``resource`` has ended so far in this run (None: not recorded)."""
         with self._lock:
             return self._cells.get((resource, key))
+    def expect(self, resource: str, cells: Optional[int]) -> None:
+        """Say how many cells ``resource`` has in this run, before the first is sent (None: not known)."""
+        with self._lock:
+            self._expected[resource] = cells
+
+    def progress(self) -> Dict[str, Progress]:
+        """How far each resource expected or begun is (for a progress view to read while the run goes)."""
+        with self._lock:
+            names = list(self._expected) + [name for name in self._tallies if name not in self._expected]
+            result = {}
+            for name in names:
+                tally = self._tallies.get(name) or ResourceTally()
+                outcomes = tally.outcomes
+                result[name] = Progress(sum(outcomes[o] for o in OUTCOMES), self._expected.get(name),
+                                        outcomes[FAILED] + outcomes[REFUSED], tally.last_at or None)
+            return result
 
     def note(self, text: str) -> None:
         """Keep a run-level finding for the summary."""
@@ -194,7 +229,7 @@ class Ledger:
     def tallies(self) -> Dict[str, ResourceTally]:
         """A copy of each resource's tally."""
         with self._lock:
-            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors))
+            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors), t.last_at)
                     for name, t in self._tallies.items()}
 
     def summary_rows(self) -> List[Dict[str, Any]]:

@@ -10,8 +10,16 @@ one (at once), or on the same node after a backoff (``Retry-After`` honoured, ca
 tried again. The :class:`~gaia_source.client.Reply` names the node that finally answered and counts every attempt;
 an error that escapes names the last node tried and carries the attempt count.
 
-A pool belongs to one run (see :mod:`gaia_source.context`): a refused key stops every later send of that run, and
-nothing it learned outlives :meth:`NodePool.close`.
+A node that plainly cannot serve this run is left out of it at once, with one warning, instead of being retried:
+one that refuses the connection before it ever answered (nothing listens there), and one that is not an
+OpenAI-compatible API (a wrong URL: a web server's 404 page where the API should be). The second is told by one cheap
+check per node and run, made only when a node that has not answered yet gives a "no such route" 404/405 or an HTML
+page: ``GET …/models`` must list models. A gateway's passing 404 on a node whose ``/models`` answers stays a
+transient failure, retried. Requests go on to the other nodes; when none is left, the run stops
+(:class:`~gaia_source.errors.GaiaNodeUnusable`, one line naming what answered and the likely URL).
+
+A pool belongs to one run (see :mod:`gaia_source.context`): a refused key or the loss of every node stops every later
+send of that run, and nothing it learned outlives :meth:`NodePool.close`.
 """
 
 from __future__ import annotations
@@ -23,11 +31,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, List, Optional
 
+import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .client import NodeClient, Reply, tls_context
 from .config import NodeSettings
-from .errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaRequestError, GaiaStreamError, is_transient
+from .errors import (
+    GaiaAuthError,
+    GaiaConfigError,
+    GaiaConnectError,
+    GaiaError,
+    GaiaNodeLeftOut,
+    GaiaNodeUnusable,
+    GaiaRequestError,
+    GaiaResponseError,
+    GaiaRunStopped,
+    GaiaStreamError,
+    is_transient,
+    looks_like_missing_route,
+    what_answered,
+)
+from .settings import API_PREFIX, MODELS_PATH, RETRYABLE_STATUS
 
 logger = logging.getLogger("gaia_source")
 
@@ -39,6 +63,12 @@ class _Health:
     in_flight: int = 0
     failures: int = 0
     benched_until: float = 0.0
+    answered: bool = False
+    """It gave an HTTP answer in this run (a refused connection after that is a restart: retried)."""
+    is_api: Optional[bool] = None
+    """Whether it is an OpenAI-compatible API: True once it answered a request or listed its models."""
+    unusable: Optional[GaiaNodeUnusable] = None
+    """Why it is left out of this run (None: it is in)."""
 
 
 class NodePool:
@@ -58,7 +88,9 @@ class NodePool:
         self.max_concurrency = sum(node.max_concurrency for node in self.nodes)
         self._health: Dict[str, _Health] = {node.base_url: _Health() for node in self.nodes}
         self._free = threading.Condition()
-        self._auth_error: Optional[GaiaAuthError] = None
+        self._stopped: Optional[GaiaRunStopped] = None
+        """What ended the run (a refused key, no usable node): every later send raises it at once."""
+        self._checks: Dict[str, threading.Lock] = {node.base_url: threading.Lock() for node in self.nodes}
 
     def close(self) -> None:
         """Close every node's connections."""
@@ -84,8 +116,12 @@ class NodePool:
         return self._health[node.base_url].benched_until > now
 
     def _candidates(self, pinned: Optional[str], avoid: Optional[str]) -> List[NodeClient]:
-        """Nodes an attempt may go to, best first: healthy ones (other than ``avoid``) before benched ones."""
+        """Nodes an attempt may go to, best first: healthy ones (other than ``avoid``) before benched ones; none of
+        those left out of the run."""
         nodes = [self.node(pinned)] if pinned else self.nodes
+        nodes = [n for n in nodes if self._health[n.base_url].unusable is None]
+        if not nodes:
+            return []
         now = time.monotonic()
         healthy = [n for n in nodes if not self._benched(n, now)]
         if not healthy:  # everyone is benched: try the one that rests the shortest (half-open)
@@ -93,14 +129,22 @@ class NodePool:
         return [n for n in healthy if n.base_url != avoid] or healthy
 
     @contextmanager
-    def _borrow(self, pinned: Optional[str], avoid: Optional[str]) -> Iterator[NodeClient]:
-        """Borrow the least busy candidate node, waiting while every candidate is at its limit."""
+    def _borrow(self, pinned: Optional[str], avoid: Optional[str], method: str, path: str) -> Iterator[NodeClient]:
+        """Borrow the least busy candidate node, waiting while every candidate is at its limit.
+
+        Raises:
+            GaiaRunStopped: the run is over (a refused key; every node left out).
+            GaiaNodeLeftOut: ``pinned`` is left out of the run, and other nodes are not.
+        """
         with self._free:
             while True:
-                if self._auth_error is not None:
-                    raise self._auth_error
-                free = [n for n in self._candidates(pinned, avoid)
-                        if self._health[n.base_url].in_flight < n.max_concurrency]
+                if self._stopped is not None:
+                    raise self._stopped
+                candidates = self._candidates(pinned, avoid)
+                if not candidates and pinned is not None:
+                    reason = self._health[pinned].unusable
+                    raise GaiaNodeLeftOut(method, self.node(pinned).url(path), f"left out of this run: {reason}")
+                free = [n for n in candidates if self._health[n.base_url].in_flight < n.max_concurrency]
                 if free:
                     node = min(free, key=lambda n: self._health[n.base_url].in_flight / n.max_concurrency)
                     self._health[node.base_url].in_flight += 1
@@ -118,9 +162,12 @@ class NodePool:
             health = self._health[node.base_url]
             if error is None:
                 health.failures, health.benched_until = 0, 0.0
+                health.answered = health.is_api = True
                 return
+            if isinstance(error, GaiaRequestError) and error.status_code is not None:
+                health.answered = True
             if isinstance(error, GaiaAuthError):
-                self._auth_error = error
+                self._stopped = error
                 return
             if not is_transient(error):
                 return
@@ -130,6 +177,74 @@ class NodePool:
                     logger.warning("node %s failed %d times in a row; benched for %.0f s while other nodes answer",
                                    node.base_url, health.failures, self.settings.breaker_cooldown)
                 health.benched_until = time.monotonic() + self.settings.breaker_cooldown
+
+    # --- leaving a node out of the run ------------------------------------------------------------------------
+
+    def _left_out(self, node: NodeClient, error: GaiaError, method: str) -> bool:
+        """Whether ``error`` shows that ``node`` cannot serve this run; if so, it is left out (one warning, or, when it
+        was the last node in, the run stops).
+
+        Two findings leave a node out: a refused connection before the node ever answered, and an answer that is not
+        an OpenAI-compatible API's (see :meth:`_check_api`), asked only after a "no such route" 404/405 or an HTML
+        page from a node not yet known to be one.
+        """
+        health = self._health[node.base_url]
+        if isinstance(error, GaiaConnectError) and not health.answered:
+            detail = f"cannot connect to {node.base_url} ({error.detail}): is the node running, and is the URL right?"
+            return self._leave_out(node, GaiaNodeUnusable(method, node.base_url, detail, None))
+        html_200 = isinstance(error, GaiaResponseError) and "HTML page" in error.detail
+        route_like = isinstance(error, GaiaRequestError) and looks_like_missing_route(error)
+        if health.is_api is None and (html_200 or route_like):
+            finding = self._check_api(node)
+            if finding is not None:
+                return self._leave_out(node, finding)
+        return False
+
+    def _check_api(self, node: NodeClient) -> Optional[GaiaNodeUnusable]:
+        """Ask ``GET …/models`` of ``node`` once per run (one send, no retry): None when it lists models (or the
+        answer tells nothing: no response, a 5xx, a refused key), else why the node is not an OpenAI-compatible API."""
+        with self._checks[node.base_url]:
+            health = self._health[node.base_url]
+            if health.is_api is not None:
+                return health.unusable
+            url = f"{node.base_url}/{MODELS_PATH}"
+            status: Optional[int] = 200
+            try:
+                reply = node.send("GET", MODELS_PATH)
+            except GaiaAuthError:
+                return None
+            except GaiaRequestError as exc:
+                if exc.status_code is None or exc.status_code in RETRYABLE_STATUS:
+                    return None
+                status, answered = exc.status_code, what_answered(exc.status_code, exc.detail)
+            except GaiaResponseError as exc:
+                answered = f"HTTP 200 with {exc.detail}"
+            else:
+                data = reply.body.get("data") if isinstance(reply.body, dict) else None
+                if isinstance(data, list):
+                    health.is_api = True
+                    return None
+                answered = "HTTP 200 with JSON that is not a list of models"
+            health.is_api = False
+            hint = _url_hint(node)
+            return GaiaNodeUnusable("GET", url, f"{node.base_url} is not an OpenAI-compatible API: GET {url} answered "
+                                    f"{answered}. {hint}", status)
+
+    def _leave_out(self, node: NodeClient, finding: GaiaNodeUnusable) -> bool:
+        """Leave ``node`` out of the run for ``finding`` (once); stop the run when no node is left."""
+        with self._free:
+            health = self._health[node.base_url]
+            if health.unusable is None:
+                health.unusable = finding
+                left = [n for n in self.nodes if self._health[n.base_url].unusable is None]
+                if left:
+                    logger.warning("%s — left out of this run; %d other node(s) answer", finding, len(left))
+                elif self._stopped is None:
+                    findings = [self._health[n.base_url].unusable for n in self.nodes]
+                    self._stopped = finding if len(self.nodes) == 1 else GaiaNodeUnusable(
+                        finding.method, finding.url, "no node can be used: " + "; ".join(map(str, findings)), None)
+            self._free.notify_all()
+        return True
 
     # --- sending ---------------------------------------------------------------------------------------------
 
@@ -158,21 +273,30 @@ class NodePool:
             The reply of the node that answered, with every attempt counted and the total latency.
 
         Raises:
-            GaiaError: the last attempt's error, with ``attempts`` set; a refused key (``GaiaAuthError``) at once.
+            GaiaError: the last attempt's error, with ``attempts`` set (every send, those to a node left out
+                included).
+            GaiaRunStopped: at once, a refused key (``GaiaAuthError``) or no usable node left
+                (``GaiaNodeUnusable``).
         """
         started = time.perf_counter()
         last: Dict[str, str] = {}
+        sends = 0
 
         def attempt() -> Reply:
-            with self._borrow(node, last.get("node")) as client:
-                last["node"] = client.base_url
-                try:
-                    reply = client.send(method, path, body, stream=stream)
-                except GaiaError as exc:
-                    self._record(client, exc)
-                    raise
-                self._record(client, None)
-                return reply
+            nonlocal sends
+            while True:
+                with self._borrow(node, last.get("node"), method, path) as client:
+                    last["node"] = client.base_url
+                    sends += 1
+                    try:
+                        reply = client.send(method, path, body, stream=stream)
+                    except GaiaError as exc:
+                        if self._left_out(client, exc, method):
+                            continue  # at once to another node, or the run stops in _borrow
+                        self._record(client, exc)
+                        raise
+                    self._record(client, None)
+                    return reply
 
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_attempts),
@@ -184,14 +308,12 @@ class NodePool:
         try:
             reply = retrying(attempt)
         except GaiaError as exc:
-            attempts = int(retrying.statistics.get("attempt_number", 1))
-            if isinstance(exc, GaiaRequestError):
-                exc.attempts = attempts
+            if isinstance(exc, GaiaRequestError) and not isinstance(exc, GaiaRunStopped):
+                exc.attempts = sends
             if isinstance(exc, GaiaStreamError) and isinstance(exc.partial, Reply):
-                exc.partial = replace(exc.partial, attempts=attempts, latency_s=time.perf_counter() - started)
+                exc.partial = replace(exc.partial, attempts=sends, latency_s=time.perf_counter() - started)
             raise
-        attempts = int(retrying.statistics.get("attempt_number", 1))
-        return replace(reply, attempts=attempts, latency_s=time.perf_counter() - started)
+        return replace(reply, attempts=sends, latency_s=time.perf_counter() - started)
 
     def get_json(self, path: str, node: Optional[str] = None) -> Reply:
         """GET an endpoint (of one node if ``node`` is given)."""
@@ -223,3 +345,12 @@ class NodePool:
         wait = state.next_action.sleep if state.next_action else 0.0
         logger.info("attempt %d/%d failed, retrying in %.2f s: %s", state.attempt_number, self.settings.max_attempts,
                     wait, exc)
+
+
+def _url_hint(node: NodeClient) -> str:
+    """Where the API likely is: at ``/v1`` of the server's root."""
+    url = httpx.URL(node.base_url)
+    likely = f"{url.scheme}://{url.netloc.decode('ascii')}{API_PREFIX}"
+    if likely != node.base_url:
+        return f"Is the URL right? The API is usually at {likely}"
+    return "Is the URL right (host, port, node id)?"

@@ -24,7 +24,7 @@ from .client import Reply
 from .context import RunContext
 from .destination import DestinationCapabilities, escape_nul
 from .endpoints import ENDPOINTS, Endpoint, Plan
-from .errors import GaiaAuthError, GaiaRequestError, blames_an_input, looks_like_missing_route
+from .errors import GaiaRequestError, GaiaRunStopped, blames_an_input, looks_like_missing_route
 from .ledger import row_id
 from .payloads import PreparedRequest
 from .rows import FAILED_REQUEST_COLUMNS, usage_estimated_by
@@ -149,7 +149,7 @@ def _metadata(context: RunContext, endpoint: Endpoint, node: str, missing_is_tra
         try:
             return context.metadata(node, endpoint.fallback_path, missing_is_transient=False)
         except GaiaRequestError as fallback_exc:
-            if isinstance(fallback_exc, GaiaAuthError) or not looks_like_missing_route(fallback_exc):
+            if isinstance(fallback_exc, GaiaRunStopped) or not looks_like_missing_route(fallback_exc):
                 raise
             raise exc from None
 

@@ -4,8 +4,8 @@
    JSON or empty, not a gateway's HTML page, which is retried) means this node's server generation lacks the
    endpoint: the resource is skipped with one warning and nothing else is sent — unless the user named the resource,
    then every cell of it is recorded as failing, so the run exits non-zero. That verdict is made here, once; any
-   later 404/405 is a failed request like any other (a gateway briefly losing its route). A refused key (401/403)
-   stops the run.
+   later 404/405 is a failed request like any other (a gateway briefly losing its route). A refused key (401/403),
+   or no usable node (none listening, or not an OpenAI-compatible API: see :mod:`gaia_source.pool`), stops the run.
 2. **The fan-out.** The rest go out over a thread pool with a bounded window, so inputs are pulled lazily from their
    files and rows flow to dlt as answers arrive.
 3. **The final rounds.** A request that failed transiently (no response, 429/5xx, a cut stream) even after its
@@ -33,9 +33,10 @@ import dlt
 from .client import Reply
 from .errors import (
     EndpointNotAvailable,
-    GaiaAuthError,
     GaiaError,
+    GaiaNodeLeftOut,
     GaiaRequestError,
+    GaiaRunStopped,
     clean_missing_route,
     is_transient,
 )
@@ -260,7 +261,8 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
     cells = cells_of(request)
     if outcome.error is not None:
         where = f" ({request.source})" if request.source else ""
-        logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
+        if not isinstance(outcome.error, GaiaNodeLeftOut):  # the pool said once why the node is left out
+            logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
         state = REFUSED if outcome.refused else FAILED
         for i, (key, text) in enumerate(cells):
             ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error),
@@ -284,14 +286,14 @@ def outcome_of(
     """Run ``send`` and turn its reply into rows; a request or response error becomes the outcome's error.
 
     ``prior`` (sends and seconds of earlier rounds, or of the batch it was split from) is added to the reply's and
-    the error's count. A failed stream keeps its partial answer: its ``partial`` reply becomes the rows too. Auth
-    errors propagate.
+    the error's count. A failed stream keeps its partial answer: its ``partial`` reply becomes the rows too. What stops
+    the run (a refused key, no usable node) propagates.
     """
     prior_attempts, prior_latency = prior
     started = time.perf_counter()
     try:
         reply = send()
-    except GaiaAuthError:
+    except GaiaRunStopped:
         raise
     except GaiaError as exc:
         attempts = prior_attempts + getattr(exc, "attempts", 1)
@@ -308,7 +310,7 @@ def outcome_of(
     reply = replace(reply, attempts=prior_attempts + reply.attempts, latency_s=prior_latency + reply.latency_s)
     try:
         return Outcome(request, rows(reply), None, reply.attempts, latency_s=reply.latency_s)
-    except GaiaAuthError:
+    except GaiaRunStopped:
         raise
     except GaiaError as exc:  # a 200 whose body is not what the protocol promises
         return Outcome(request, None, exc, reply.attempts, latency_s=reply.latency_s)

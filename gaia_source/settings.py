@@ -25,6 +25,10 @@ HEALTH_PATH: Final = "/health"
 FAILED_REQUESTS_TABLE: Final = "failed_requests"
 PIPELINE_NAME: Final = "gaia_pipeline"
 DATASET_NAME: Final = "gaia_data"
+DEMO_PIPELINE_NAME: Final = "gaia_demo_pipeline"
+DEMO_DATASET_NAME: Final = "gaia_demo"
+"""The pipeline and dataset of ``--demo``: its state and tables never mix with a real run's. (The two names differ:
+DuckDB's file is named after the pipeline, and a catalog and a schema of one name are ambiguous.)"""
 RESOURCE_NAMES: Final[Tuple[str, ...]] = (
     "models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "responses",
 )

@@ -14,9 +14,10 @@ from dlt.sources import DltResource
 from .chunking import check_chunking
 from .config import resolve_node_settings
 from .context import RunContext
-from .endpoints import ENDPOINTS, Plan
+from .endpoints import ENDPOINTS, Plan, expected_cells
 from .errors import GaiaConfigError
 from .inputs import iter_prompts, iter_queries, iter_texts, model_list, validate
+from .ledger import Ledger
 from .payloads import normalize_chat_params, parse_shard
 from .resources import declare_tables, source_resources
 from .settings import DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_RESOURCE_NAMES, RESOURCE_NAMES
@@ -164,6 +165,12 @@ def gaia_source(
     idle = [e.name for e in ENDPOINTS if e.inputs is not None and counts[e.inputs] == 0]
     for resource in made:
         resource.selected = resource.name in wanted and resource.name not in idle
+    if isinstance(ledger, Ledger):  # what a progress view shows as each resource's total
+        nodes = len(settings.urls())
+        for endpoint in ENDPOINTS:
+            if endpoint.name in wanted and endpoint.name not in idle:
+                inputs = counts[endpoint.inputs] if endpoint.inputs else 0
+                ledger.expect(endpoint.name, expected_cells(endpoint, plan, inputs, nodes))
     if idle:
         logger.debug("not run, no inputs: %s", ", ".join(
             f"{e.name} ({INPUT_SETTINGS[e.inputs]})" for e in ENDPOINTS if e.name in idle and e.inputs))

@@ -135,13 +135,13 @@ def run_cli(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subp
                           timeout=240)
 
 
-def counts(db: Path) -> Dict[str, int]:
-    """Row count of every gaia_data table in a DuckDB file (not dlt's own, nor the CLI's gaia_runs bookkeeping)."""
+def counts(db: Path, dataset: str = "gaia_data") -> Dict[str, int]:
+    """Row count of every table of a dataset in a DuckDB file (not dlt's own, nor the CLI's gaia_runs bookkeeping)."""
     with duckdb.connect(str(db), read_only=True) as con:
         tables = [r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data' "
-            "AND table_name NOT LIKE '_dlt%' AND table_name <> 'gaia_runs'").fetchall()]
-        return {t: con.execute(f"SELECT count(*) FROM gaia_data.{t}").fetchone()[0] for t in tables}
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+            "AND table_name NOT LIKE '_dlt%' AND table_name <> 'gaia_runs'", [dataset]).fetchall()]
+        return {t: con.execute(f"SELECT count(*) FROM {dataset}.{t}").fetchone()[0] for t in tables}
 
 
 def _postgres_up() -> bool:

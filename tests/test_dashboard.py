@@ -21,7 +21,7 @@ import httpx
 import pytest
 from conftest import REPO_ROOT, free_port, query, run_cli
 
-DEMO_PIPELINE = "gaia_pipeline"
+DEMO_PIPELINE = "gaia_demo_pipeline"
 """The pipeline `python gaia_pipeline.py --demo` loads; the tests find its dataset and DuckDB file through it."""
 TABLES = ["chat_completions", "chat_completions_stream", "embeddings", "info", "models", "retrieve"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -219,8 +219,9 @@ def test_dashboard_runs_a_query_and_loads_row_counts_in_a_real_browser(demo_dir:
 def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
     notebook = REPO_ROOT / "notebooks" / "gaia_explore.py"
     report = demo_dir / "report.html"
+    env = {**os.environ, "GAIA_PIPELINE_NAME": "gaia_demo_pipeline"}  # the demo's own pipeline
     result = subprocess.run([sys.executable, "-m", "marimo", "export", "html", str(notebook), "-o", str(report)],
-                            cwd=demo_dir, capture_output=True, text=True, timeout=300)
+                            cwd=demo_dir, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr  # marimo exits 1 when any cell fails
     html = report.read_text(encoding="utf-8")
     for heading in ("Token usage per request", "Latency per model over time", "The slowest requests",
@@ -230,7 +231,8 @@ def test_notebook_runs_headless_on_demo_data(demo_dir: Path) -> None:
     for table, rows in (("chat_completions", 3), ("embeddings", 6), ("retrieve", 3)):
         assert f"{table}\\u003C/code\\u003E: {rows} rows" in html, table
     assert "\\u003Cem\\u003ENo " not in html  # no section rendered its "no rows yet" notice
-    script = subprocess.run([sys.executable, str(notebook)], cwd=demo_dir, capture_output=True, text=True, timeout=300)
+    script = subprocess.run([sys.executable, str(notebook)], cwd=demo_dir, capture_output=True, text=True, timeout=300,
+                            env=env)
     assert script.returncode == 0, script.stderr
 
 

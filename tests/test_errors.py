@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
+import duckdb
 import pytest
-from conftest import data_tables, node_pool, query, table_rows
+from conftest import counts, data_tables, free_port, node_pool, query, run_cli, table_rows
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from gaia_source import GaiaAuthError, GaiaRequestError, gaia_source
@@ -57,8 +59,8 @@ def test_html_and_plain_text_bodies_are_readable(make_node) -> None:
     nexus = make_node("nexus")
     with node_pool(f"{nexus.root_url}/not-a-node/v1") as client, pytest.raises(GaiaRequestError) as info:
         client.get_json("models")
-    assert info.value.status_code == 404
-    assert "HTML page: 404 Not Found" in str(info.value) and "<" not in str(info.value)
+    assert info.value.status_code == 404  # not an API at all (its /models is a web page): the pool stops at once
+    assert "an HTML page (404 Not Found — Not Found)" in str(info.value) and "<" not in str(info.value)
     rag = make_node("rag", outage=500)
     client = node_pool(rag.base_url, max_attempts=1)
     with pytest.raises(Exception) as info:
@@ -132,3 +134,59 @@ def test_amd_inband_error_is_an_error_row(make_node, make_pipeline) -> None:
     pipeline.run(source.with_resources("chat_completions_stream"))
     [(status, error, chunks)] = query(pipeline, "SELECT status, error, chunk_count FROM chat_completions_stream")
     assert status == "error" and error == "Agent processing failed: emulated agent crash" and chunks == 3
+
+
+# --- a wrong URL or a closed port fails the run at once, in one line ------------------------------------------------
+
+
+@pytest.mark.parametrize("path,answered", [
+    ("/api", "answered HTTP 404 with an HTML page (404 Not Found — Not Found)"),  # the web UI's 404 page
+    ("/v1/v1", "answered HTTP 404: 404 Not Found: The requested service endpoint is not found: /v1/v1/models"),
+])
+def test_a_wrong_base_url_fails_the_run_at_once_naming_what_answered(make_node, tmp_path: Path, path: str,
+                                                                     answered: str) -> None:
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    result = run_cli(tmp_path, "--base-url", node.root_url + path, "--prompts-file", "p.txt")
+    assert result.returncode == 1, result.stdout + result.stderr
+    base = node.root_url + path + ("" if path.endswith("/v1") else "/v1")  # /v1 is added where it is missing
+    assert result.stderr.splitlines() == [
+        f"error: {base} is not an OpenAI-compatible API: GET {base}/models {answered}. Is the URL right? The API is "
+        f"usually at {node.base_url}"]
+    assert "LOADED" not in result.stdout
+    assert node.total_requests() == 2  # the first request (GET models), then the check of /models: no retries
+    right = run_cli(tmp_path, "--base-url", node.root_url, "--prompts-file", "p.txt")  # the same node, right URL
+    assert right.returncode == 0, right.stderr
+    assert counts(tmp_path / "gaia_pipeline.duckdb")["chat_completions"] == 2
+
+
+def test_a_closed_port_fails_the_run_at_once_in_one_line(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    result = run_cli(tmp_path, "--base-url", closed, "--prompts-file", "p.txt")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot connect to {closed} (ConnectError: ") and "Connection refused" in line
+    assert line.endswith("is the node running, and is the URL right?")
+    assert "LOADED" not in result.stdout
+
+
+@pytest.mark.parametrize("bad", ["closed", "wrong"])
+def test_a_pool_leaves_an_unusable_node_out_and_the_others_answer(make_node, tmp_path: Path, bad: str) -> None:
+    node = make_node("nexus")
+    other = f"http://127.0.0.1:{free_port()}/v1" if bad == "closed" else f"{make_node('rag').root_url}/api/v1"
+    (tmp_path / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(6)))
+    result = run_cli(tmp_path, "--base-url", f"{other},{node.base_url}", "--prompts-file", "p.txt",
+                     env={"SOURCES__GAIA_SOURCE__CHAT_MODEL": "Qwen3-4B"})
+    [warning] = [line for line in result.stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert warning.startswith("WARNING gaia_source: ") and warning.endswith("left out of this run; 1 other node(s) answer")
+    assert other in warning and ("Connection refused" in warning if bad == "closed" else "HTML page" in warning)
+    # every prompt answered by the usable node; the left-out node's own models and info are failing: exit 1
+    assert result.returncode == 1 and "2 request(s) of this run are failing" in result.stderr
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT node_url FROM gaia_data.chat_completions").fetchall() == [(node.base_url,)]
+        assert sorted(c for (c,) in con.execute("SELECT content FROM gaia_data.chat_completions").fetchall()) == [
+            f"Qwen3-4B answers: Question {i}?" for i in range(6)]
+        failed = con.execute("SELECT resource, node_url, error_type, attempts FROM gaia_data.failed_requests "
+                             "ORDER BY 1").fetchall()
+    assert failed == [("info", other, "GaiaNodeLeftOut", 0), ("models", other, "GaiaNodeLeftOut", 1)]

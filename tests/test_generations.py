@@ -283,5 +283,5 @@ def test_responses_is_not_run_unless_asked_for(make_node, make_pipeline) -> None
 def test_demo_flavor_loads_every_table_that_server_has(tmp_path: Path, flavor: str, tables: set) -> None:
     result = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
     assert result.returncode == 0, result.stderr
-    loaded = counts(tmp_path / "gaia_pipeline.duckdb")
+    loaded = counts(tmp_path / "gaia_demo_pipeline.duckdb", "gaia_demo")
     assert set(loaded) == tables and all(n > 0 for n in loaded.values())

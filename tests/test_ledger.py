@@ -425,3 +425,13 @@ def test_an_edited_prompt_exports_its_new_answer_once(make_node, tmp_path: Path)
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(line["custom_id"], line["response"]["body"]["choices"][0]["message"]["content"]) for line in lines] == [
         ("x", answer_for("Hello there", node.default_chat_model))]
+
+
+def test_answers_of_a_node_no_longer_in_the_pool_are_kept_and_not_sent_again(make_node, make_pipeline) -> None:
+    a, b = make_node("nexus"), make_node("nexus", loaded_model="Llama-3.2-1B")
+    pipeline = make_pipeline()
+    load(pipeline, "chat_completions", base_url=a.base_url, prompts=PROMPTS[:3])
+    a.stop()  # the node is gone (a demo's emulator, a node taken out of the list): the next run uses another
+    ledger = load(pipeline, "chat_completions", base_url=b.base_url, prompts=PROMPTS[:3])
+    assert ledger.count("skipped") == 3 and b.requests_to("/v1/chat/completions") == 0
+    assert query(pipeline, "SELECT DISTINCT node_url FROM chat_completions") == [(a.base_url,)]

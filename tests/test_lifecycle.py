@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import dlt
 import duckdb
 import pytest
-from conftest import REPO_ROOT, SCRIPT, free_port, run_cli
+from conftest import REPO_ROOT, SCRIPT, run_cli
 
 from gaia_source import gaia_source
 from gaia_source.lifecycle import run_pipeline
@@ -250,12 +250,14 @@ def test_a_table_count_that_fails_is_shown_as_unknown_never_as_zero(make_node, m
     assert any("could not count the rows of chat_completions, failed_requests" in r.getMessage() for r in caplog.records)
 
 
-def test_lancedb_table_counts_are_counted_in_lancedb_and_failing_requests_fail_the_run(tmp_path: Path) -> None:
+def test_lancedb_table_counts_are_counted_in_lancedb_and_failing_requests_fail_the_run(make_node,
+                                                                                      tmp_path: Path) -> None:
     pytest.importorskip("lancedb")
     prompts = _prompts(tmp_path, PROMPTS)
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: every request fails
-    result = run_cli(tmp_path, "--destination", "lancedb", "--base-url", dead, "--resources", "chat_completions",
-                     "--prompts-file", prompts, "--chat-model", "m", env={"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1"})
+    failing = make_node("nexus", outage=502)  # every request fails
+    result = run_cli(tmp_path, "--destination", "lancedb", "--base-url", failing.base_url, "--resources",
+                     "chat_completions", "--prompts-file", prompts, "--chat-model", "m",
+                     env={"SOURCES__GAIA_SOURCE__MAX_ATTEMPTS": "1", "SOURCES__GAIA_SOURCE__RETRY_ROUNDS": "0"})
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("failed_")}
     assert rows == {"failed_requests": ["2", "2"]}, result.stdout  # this run, in dataset: counted in LanceDB
     assert result.returncode == 1 and "2 request(s) of this run are failing" in result.stderr, result.stderr

@@ -16,12 +16,12 @@ def test_demo_loads_all_six_tables(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "--demo")
     assert result.returncode == 0, result.stderr
     assert "demo: emulated Gaia node (rag)" in result.stdout and "is LOADED and contains no failed jobs" in result.stdout
-    loaded = counts(tmp_path / "gaia_pipeline.duckdb")
+    loaded = counts(tmp_path / "gaia_demo_pipeline.duckdb", "gaia_demo")
     assert loaded == {"models": 2, "info": 1, "chat_completions": 3, "chat_completions_stream": 3, "embeddings": 6,
                       "retrieve": 3, "retrieve__points": loaded["retrieve__points"]}
     assert loaded["retrieve__points"] >= 3
-    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT content FROM gaia_data.chat_completions WHERE content LIKE 'Paris%'").fetchall() == [
+    with duckdb.connect(str(tmp_path / "gaia_demo_pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT content FROM gaia_demo.chat_completions WHERE content LIKE 'Paris%'").fetchall() == [
             ("Paris is the capital of France.",)]
     for table in ("chat_completions_stream", "embeddings", "retrieve"):  # the per-table counts are printed
         assert any(line.startswith(table) for line in result.stdout.splitlines())
@@ -81,6 +81,9 @@ def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_pat
                      "--prompts-file", "prompts.txt", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "3 request(s) of this run are failing: SELECT * FROM gaia_data.failed_requests" in result.stderr
+    # dlt's "no failed jobs" (load jobs) does not read as if all were well
+    assert "contains no failed jobs" not in result.stdout
+    assert "contains no failed load jobs, but 3 request(s) of this run are failing" in result.stdout
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"failed_requests": 3}
     allowed = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "chat_completions",
                       "--prompts-file", "prompts.txt", "--allow-failed-requests", env=env)
@@ -148,3 +151,40 @@ def test_the_run_exits_with_its_code_and_all_its_output(make_node, tmp_path: Pat
     # the last lines: how every request of the run ended (one per node's info and models)
     assert lines[-2].split() == ["info", "1", "0", "0", "0", "1"] and lines[-1].split() == ["models", "1", "0", "0", "0", "1"]
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"info": 1, "models": 2}
+
+
+def test_temperature_and_seed_flags_are_sent_and_samples_count_the_seed_up(make_node, tmp_path: Path) -> None:
+    node = make_node("llama", record_bodies=True)
+    (tmp_path / "p.txt").write_text("What does dlt do?\n")
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources",
+                     "chat_completions", "--samples", "3", "--seed", "5", "--temperature", "0.7")
+    assert result.returncode == 0, result.stderr
+    bodies = node.bodies("/v1/chat/completions")
+    assert sorted(b["seed"] for b in bodies) == [5, 6, 7] and [b["temperature"] for b in bodies] == [0.7] * 3
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT sample_index, params->>'$.seed', params->>'$.temperature' "
+                           "FROM gaia_data.chat_completions ORDER BY 1").fetchall()
+    assert rows == [(0, "5", "0.7"), (1, "6", "0.7"), (2, "7", "0.7")]
+
+
+LACKING = {"rag": "responses", "llama": "retrieve", "nexus": "retrieve", "node06": "retrieve, responses",
+           "amd": "embeddings, retrieve, responses"}
+
+
+@pytest.mark.parametrize("flavor", ["rag", "llama", "nexus", "node06", "amd"])
+def test_the_demo_has_its_own_dataset_says_nothing_alarming_and_runs_again(tmp_path: Path, flavor: str) -> None:
+    first = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
+    assert first.returncode == 0, first.stderr
+    assert not [line for line in first.stderr.splitlines() if "WARNING" in line or "ERROR" in line], first.stderr
+    [lacking] = [line for line in first.stdout.splitlines() if "not run:" in line]  # one line says what is not run
+    assert lacking.endswith("not run: " + LACKING[flavor])
+    db = tmp_path / "gaia_demo_pipeline.duckdb"
+    assert not (tmp_path / "gaia_pipeline.duckdb").exists()
+    loaded = counts(db, "gaia_demo")
+    assert loaded["chat_completions"] == 3 and loaded["models"] >= 1
+    # the demo's node listens on a new port each time: a second demo finds its answers loaded and sends nothing
+    again = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
+    assert again.returncode == 0, again.stderr
+    assert not [line for line in again.stderr.splitlines() if "WARNING" in line or "ERROR" in line], again.stderr
+    after = counts(db, "gaia_demo")
+    assert after["chat_completions"] == 3 and after["info"] == 2  # one node snapshot per run, answers once

@@ -18,7 +18,7 @@ import pytest
 from conftest import counts, data_tables, query, run_cli, table_rows
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from gaia_source import GaiaAuthError, GaiaLookupError, gaia_source
+from gaia_source import GaiaAuthError, GaiaLookupError, GaiaNodeUnusable, gaia_source
 from gaia_source.transformers import chat_completions_from
 
 FAST = {"retry_backoff": 0.01, "retry_max_wait": 0.05}
@@ -98,14 +98,17 @@ def test_one_dead_node_in_a_pool_loses_nothing(make_node, make_pipeline) -> None
     assert healthy.requests_to("/v1/chat/completions") == 40
 
 
-def test_when_every_node_is_down_failures_name_the_last_node_tried(make_pipeline) -> None:
+def test_when_every_node_refuses_the_connection_the_run_stops_at_once_naming_each(make_pipeline) -> None:
     dead = [_dead_url(), _dead_url()]
     pipeline = make_pipeline()
-    source = gaia_source(base_url=dead, prompts=["a", "b"], chat_model="m", max_attempts=2, retry_rounds=0, **FAST)
-    pipeline.run(source.with_resources("chat_completions"))
-    failed = table_rows(pipeline, "failed_requests", "request_id")
-    assert len(failed) == 2 and all(f["node_url"] in dead and f["attempts"] == 2 for f in failed)
-    assert all(f["http_status"] is None and "ConnectError" in f["error_message"] for f in failed)
+    source = gaia_source(base_url=dead, prompts=["a", "b"], chat_model="m", max_attempts=4, retry_rounds=2, **FAST)
+    with pytest.raises(PipelineStepFailed) as info:
+        pipeline.run(source.with_resources("chat_completions"))
+    message = str(_cause(info.value, GaiaNodeUnusable))
+    assert message.startswith("no node can be used: cannot connect to ")
+    assert all(f"cannot connect to {url} (ConnectError: " in message for url in dead)
+    # nothing loaded, nothing pending: the nodes failed, not the prompts
+    assert pipeline.default_schema_name is None and not pipeline.has_pending_data
 
 
 # 3. Every send is counted -----------------------------------------------------------------------------------------
@@ -136,9 +139,10 @@ def test_the_source_recovers_in_the_same_process_after_a_401_and_a_404(make_node
     with pytest.raises(PipelineStepFailed) as info:
         pipeline.run(gaia_source(**args).with_resources("chat_completions"))
     _cause(info.value, GaiaAuthError)
-    node.api_key, node.outage = "key-one", 404  # rotated back; now the route is gone
-    pipeline.run(gaia_source(**args).with_resources("chat_completions"))
-    assert "chat_completions" not in data_tables(pipeline)
+    node.api_key, node.outage = "key-one", 404  # rotated back; now every route is gone: not an API any more
+    with pytest.raises(PipelineStepFailed) as info:
+        pipeline.run(gaia_source(**args).with_resources("chat_completions"))
+    assert "is not an OpenAI-compatible API" in str(_cause(info.value, GaiaNodeUnusable))
     node.outage = None
     pipeline.run(gaia_source(**args).with_resources("chat_completions")).raise_on_failed_jobs()
     assert query(pipeline, "SELECT content FROM chat_completions") == [("Qwen3-4B answers: Is it back?",)]
@@ -163,10 +167,12 @@ def test_a_transformer_recovers_in_the_same_process_after_a_401_and_a_404(make_n
     with pytest.raises(PipelineStepFailed) as info:
         run()
     _cause(info.value, GaiaAuthError)
-    node.api_key, node.outage = "key-one", 404
+    node.api_key, node.outage = "key-one", 404  # every route gone: the first request and the check of /models stop it
     node.reset_stats()
-    run()  # two pages: the first page's first request finds the route missing, the second page sends nothing
-    assert node.requests_to("/v1/chat/completions") == 1 and "chat_completions" not in data_tables(pipeline)
+    with pytest.raises(PipelineStepFailed) as info:
+        run()
+    _cause(info.value, GaiaNodeUnusable)
+    assert node.requests_to("/v1/chat/completions") == node.requests_to("/v1/models") == 1
     node.outage = None
     run()
     assert query(pipeline, "SELECT custom_id, content FROM chat_completions ORDER BY custom_id") == [

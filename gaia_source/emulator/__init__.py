@@ -179,6 +179,13 @@ class NodeEmulator(NodeBase):
         """What ``GET /v1/info`` answers (every flavour but amd: AMD GAIA has no such route)."""
         return self.flavor_class.info_body(self)
 
+    def api_paths(self) -> frozenset[str]:
+        """The paths of this server's API (its route table: ``/v1/chat/completions``, …), e.g. for a demo to ask only
+        for what the server has. The table binds endpoints to a handler, so it is read from one made without a
+        request (its routes use nothing else of it)."""
+        handler = object.__new__(self.flavor_class)
+        return frozenset(self.flavor_class.routes(handler))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run an emulator in the foreground until interrupted."""

@@ -1,0 +1,101 @@
+"""The run's progress, as the command line shows it: redrawn lines with done/total on a terminal, one final line per
+resource anywhere else; read from the run's ledger, with totals counted before the first request."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from conftest import SCRIPT, run_cli
+
+from gaia_source import gaia_source
+from gaia_source.ledger import Ledger
+
+FINAL = re.compile(r"^(\w+) +(\d+)/(\d+)  (\d+\.\d)/s  in (\d+\.\d) s(?:  (\d+) failing)?$")
+
+
+def _prompts(folder: Path, n: int) -> str:
+    (folder / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(n)))
+    return "p.txt"
+
+
+def _run_on_a_terminal(cwd: Path, *args: str) -> Tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (120 columns), as in a shell; returns the exit code, what the
+    terminal got and stdout."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    process = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    received = bytearray()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            received += chunk
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    stdout = process.stdout.read().decode() if process.stdout else ""
+    return process.wait(timeout=60), received.decode(errors="replace"), stdout
+
+
+def test_a_terminal_sees_each_resource_redrawn_with_done_of_total(make_node, tmp_path: Path) -> None:
+    node = make_node("rag", latency_ms=60)  # one request at a time: 20 prompts take over a second
+    code, terminal, stdout = _run_on_a_terminal(tmp_path, "--base-url", node.base_url, "--prompts-file",
+                                                _prompts(tmp_path, 20), "--resources", "chat_completions")
+    assert code == 0, terminal
+    assert "\x1b[" in terminal  # redrawn in place (cursor movement), not printed line after line
+    seen = [int(done) for done in re.findall(r"chat_completions\s+\S*\s+(\d+)/20\b", terminal)]
+    assert seen[0] < 20 and seen[-1] == 20 and seen == sorted(seen)  # counted up to the total known at the start
+    assert len(set(seen)) >= 3
+    assert re.search(r"chat_completions .*20/20  \d+\.\d/s  in \d+\.\d s", terminal)
+    assert "chat_completions" in stdout and "/20" not in stdout  # the tables' summary, not the progress
+
+
+def test_without_a_terminal_only_a_final_line_per_resource(make_node, tmp_path: Path) -> None:
+    node = make_node("rag", latency_ms=20)
+    (tmp_path / "t.txt").write_text("Paris is on the Seine.\nDuckDB stores vectors.\nOne more text.\n")
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", _prompts(tmp_path, 5), "--texts-file",
+                     "t.txt", "--resources", "models,chat_completions,embeddings,chat_completions_stream")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    finals: Dict[str, List[int]] = {}
+    for line in lines:
+        match = FINAL.match(line)
+        assert match, line
+        finals[match[1]] = [int(match[2]), int(match[3])]
+    assert len(lines) == 4 and finals == {"models": [1, 1], "chat_completions": [5, 5],
+                                          "chat_completions_stream": [5, 5], "embeddings": [3, 3]}
+    again = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources",
+                    "chat_completions", "--progress", "none", "--pipeline-name", "quiet")
+    assert again.returncode == 0 and again.stderr == ""
+
+
+def test_the_ledger_knows_each_resources_total_before_the_first_request(make_node) -> None:
+    a, b = make_node("nexus"), make_node("nexus")
+    ledger = Ledger()
+    gaia_source(base_url=[a.base_url, b.base_url], prompts=["one", "two", "three"], texts=["x", "y"],
+                queries=["q"], samples=2, chat_model="m1,m2", compare_nodes=True, ledger=ledger)
+    assert a.total_requests() == b.total_requests() == 0
+    expected = {name: progress.expected for name, progress in ledger.progress().items()}
+    # prompts × models × nodes × samples; texts; queries × nodes; one per node for models and info
+    assert expected == {"models": 2, "info": 2, "chat_completions": 24, "chat_completions_stream": 24,
+                        "embeddings": 2, "retrieve": 2}
