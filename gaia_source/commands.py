@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import GaiaConfigError, GaiaError
-from .settings import DATASET_NAME, PIPELINE_NAME, SUBCOMMANDS
+from .settings import DATASET_NAME, DEMO_PIPELINE_NAME, PIPELINE_NAME, SUBCOMMANDS
 
 if TYPE_CHECKING:
     import dlt
@@ -179,7 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     node = search.add_mutually_exclusive_group()
     node.add_argument("--base-url", help="node that embeds the query (default: [sources.gaia_source] config)")
     node.add_argument("--node-id", help="hosted node id that embeds the query")
-    node.add_argument("--demo", action="store_true", help="embed with a local emulated node, as --demo loaded")
+    node.add_argument("--demo", action="store_true",
+                      help=f"search what --demo loaded (pipeline {DEMO_PIPELINE_NAME}), embedding with a local "
+                      "emulated node as the demo did")
     search.add_argument("--demo-flavor", default="rag", help="server the --demo node emulates (default rag)")
     search.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     pipeline_args(search)
@@ -198,6 +200,8 @@ def _pipeline(args: argparse.Namespace) -> dlt.Pipeline:
     """The pipeline as its last run here left it (destination and dataset from its state), or as the flags say."""
     import dlt
 
+    if getattr(args, "demo", False) and args.pipeline_name == PIPELINE_NAME:  # what --demo loaded: its own pipeline
+        args.pipeline_name = DEMO_PIPELINE_NAME
     pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
     if pipeline.destination is None or pipeline.default_schema_name is None:
         raise GaiaConfigError(
