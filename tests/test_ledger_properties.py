@@ -70,9 +70,11 @@ from gaia_source.emulator import NodeEmulator
 PROFILE = os.environ.get("GAIA_PROPERTY_PROFILE", "ci")
 _PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "ci": {"duckdb": {"max_examples": 8, "stateful_step_count": 6, "report_multiple_bugs": False},
-           "postgres": {"max_examples": 3, "stateful_step_count": 5, "report_multiple_bugs": False}},
+           "postgres": {"max_examples": 3, "stateful_step_count": 5, "report_multiple_bugs": False},
+           "lancedb": {"max_examples": 2, "stateful_step_count": 4, "report_multiple_bugs": False}},
     "deep": {"duckdb": {"max_examples": 60, "stateful_step_count": 14, "report_multiple_bugs": True},
-             "postgres": {"max_examples": 15, "stateful_step_count": 10, "report_multiple_bugs": True}},
+             "postgres": {"max_examples": 15, "stateful_step_count": 10, "report_multiple_bugs": True},
+             "lancedb": {"max_examples": 10, "stateful_step_count": 8, "report_multiple_bugs": True}},
 }
 if PROFILE not in _PROFILES:
     raise ValueError(f"GAIA_PROPERTY_PROFILE={PROFILE!r}: choose one of {', '.join(_PROFILES)}")
@@ -620,7 +622,8 @@ class LedgerMachine(RuleBasedStateMachine):
     # --- reading the destination -----------------------------------------------------------------------------------
 
     def _read(self) -> Snapshot:
-        reader = self._read_postgres if self.destination == "postgres" else self._read_duckdb
+        reader = {"postgres": self._read_postgres, "lancedb": self._read_lancedb}.get(self.destination,
+                                                                                      self._read_duckdb)
         snapshot = Snapshot()
         for schema, table, names, rows in reader():
             for row in rows:
@@ -644,6 +647,23 @@ class LedgerMachine(RuleBasedStateMachine):
             for schema, table in tables:
                 cursor = con.execute(f'SELECT * FROM "{schema}"."{table}"')
                 out.append((schema, table, [d[0] for d in cursor.description], cursor.fetchall()))
+        return out
+
+    def _read_lancedb(self) -> List[Tuple[str, str, List[str], List[tuple]]]:
+        """Every table of the embedded LanceDB folder (dlt names them ``<dataset>___<table>``)."""
+        import lancedb
+
+        path = self.dir / "gaia_pipeline.lancedb"
+        if not path.exists():
+            return []
+        out = []
+        db = lancedb.connect(str(path))
+        for name in db.table_names():
+            schema, _, table = name.partition("___")
+            data = db.open_table(name).to_arrow()
+            names = data.schema.names
+            out.append((schema if table else self.dataset, table or name, names,
+                        [tuple(row[n] for n in names) for row in data.to_pylist()]))
         return out
 
     def _read_postgres(self) -> List[Tuple[str, str, List[str], List[tuple]]]:
@@ -863,6 +883,12 @@ def test_sequences_of_runs_keep_the_ledger_on_postgres(tmp_path: Path) -> None:
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES}: .ci/run should have started it")
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
     run_state_machine_as_test(_machine(tmp_path, "postgres"), settings=_settings("postgres"))
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_sequences_of_runs_keep_the_ledger_on_lancedb(tmp_path: Path) -> None:
+    pytest.importorskip("lancedb")
+    run_state_machine_as_test(_machine(tmp_path, "lancedb"), settings=_settings("lancedb"))
 
 
 def test_failed_requests_carry_the_ledger_columns(make_node, tmp_path: Path) -> None:
