@@ -341,7 +341,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = self.workdir / f"example-{next(self._examples)}"
         self.dir.mkdir(parents=True)
-        self.key = "gaia-" + secrets.token_urlsafe(33)
+        self.key = secrets.token_urlsafe(33)  # no fixed prefix: a fragment of it must not occur in ordinary text
         self.fragments = {self.key[i:i + 8] for i in range(len(self.key) - 7)}
         self.dataset = "gaia_data" if self.destination == "duckdb" else f"gaia_ledger_{uuid.uuid4().hex[:10]}"
         self.nodes: List[NodeEmulator] = []
