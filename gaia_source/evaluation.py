@@ -39,7 +39,8 @@ HIT_K = 3
 ANSWER_TABLES: Tuple[str, ...] = ("chat_completions", "chat_completions_stream", "responses")
 """Tables of answers to prompts, each evaluated on its own."""
 RETRIEVAL_TABLE = "retrieve"
-_ANSWER_COLUMNS = ("cell_id", "prompt_id", "sample_index", "info_hash", "expected", "model", "model_requested")
+_ANSWER_COLUMNS = ("cell_id", "prompt_id", "sample_index", "info_hash", "expected", "model", "model_requested",
+                   "messages", "content")  # responses keeps its prompt in `input`: not graded here
 _RETRIEVAL_COLUMNS = ("cell_id", "hit_rank", "hits")
 _SCOPE_TABLE = "gaia_evaluation_scope"
 _LABEL_CHARS = 70
