@@ -20,6 +20,10 @@ cells, and the embedding model is identity there, discovered or named, since vec
 **The ledger of a run** (:class:`Ledger`) records how every cell of the run ended — ``completed``, ``failed`` (with
 the sends it really took), ``refused`` (not sent: input a server would reject, an endpoint that is missing), or
 ``skipped`` (already done) — and the run's summary and exit code come from it, not from counting tables.
+
+An answer with nothing in it (no content, no tool call: a stream a llama.cpp server cut) is ``failed``, never
+``completed``: the exit code says so and a re-run sends it again. The ledger counts those apart too (``empty``, a part
+of ``failed``), so a summary shows a server that answers with nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import hashlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import orjson
 
@@ -121,6 +125,8 @@ class ResourceTally:
     """Sends it took (every request, every retry and split part)."""
     errors: List[str] = field(default_factory=list)
     """The first few failure messages (for the run's summary)."""
+    empty: int = 0
+    """Failed cells whose answer had nothing in it (no content, no tool call): a part of ``outcomes["failed"]``."""
 
 
 class Ledger:
@@ -134,6 +140,7 @@ class Ledger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cells: Dict[Tuple[str, str], str] = {}
+        self._empty: Set[Tuple[str, str]] = set()
         self._tallies: Dict[str, ResourceTally] = {}
         self.notes: List[str] = []
         """Run-level findings to tell the user (an endpoint missing, documents whose old chunks were kept…)."""
@@ -141,16 +148,27 @@ class Ledger:
         """(table, model) -> document id -> the keys of all its chunks this run: documents whose old chunks are to
         be deleted once these are loaded (:func:`~gaia_source.destination.apply_chunk_sync`)."""
 
-    def record(self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None) -> None:
-        """Record how cell ``key`` of ``resource`` ended (``attempts``: the sends this record adds)."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}")
+    def record(
+        self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None,
+        empty: bool = False,
+    ) -> None:
+        """Record how cell ``key`` of ``resource`` ended (``attempts``: the sends this record adds; ``empty``: a
+        ``failed`` cell whose answer had nothing in it)."""
+        if outcome not in OUTCOMES or (empty and outcome != FAILED):
+            raise ValueError(f"unknown outcome {outcome!r}{' (empty)' if empty else ''}")
         with self._lock:
             tally = self._tallies.setdefault(resource, ResourceTally())
-            previous = self._cells.get((resource, key))
+            cell = (resource, key)
+            previous = self._cells.get(cell)
             if previous is not None:
                 tally.outcomes[previous] -= 1
-            self._cells[(resource, key)] = outcome
+            if cell in self._empty:
+                self._empty.discard(cell)
+                tally.empty -= 1
+            if empty:
+                self._empty.add(cell)
+                tally.empty += 1
+            self._cells[cell] = outcome
             tally.outcomes[outcome] += 1
             tally.attempts += attempts
             if error and outcome in (FAILED, REFUSED) and len(tally.errors) < self.MAX_ERRORS:
@@ -177,10 +195,11 @@ class Ledger:
     def tallies(self) -> Dict[str, ResourceTally]:
         """A copy of each resource's tally."""
         with self._lock:
-            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors))
+            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors), t.empty)
                     for name, t in self._tallies.items()}
 
     def summary_rows(self) -> List[Dict[str, Any]]:
-        """One dict per resource: its outcome counts and sends (for printing or JSON)."""
-        return [{"resource": name, **{o: t.outcomes[o] for o in OUTCOMES}, "sends": t.attempts}
+        """One dict per resource: its outcome counts, the empty answers among the failed, and sends (for printing or
+        JSON)."""
+        return [{"resource": name, **{o: t.outcomes[o] for o in OUTCOMES}, "empty": t.empty, "sends": t.attempts}
                 for name, t in sorted(self.tallies().items())]

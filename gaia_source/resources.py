@@ -100,6 +100,8 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             if refusal is not None:  # not sent: a refused cell
                 return Outcome(request, None, refusal, prior[0], latency_s=prior[1], refused=True)
             outcome = outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply), prior)
+            if outcome.error is None and endpoint.unanswered is not None:
+                outcome.error = endpoint.unanswered(request, outcome.rows)  # e.g. an empty answer: kept, failing
             if outcome.error is not None and endpoint.split is not None and blames_an_input(outcome.error):
                 smaller = endpoint.split(request)
                 if smaller:  # one input broke the batch: send it in halves until that input is alone

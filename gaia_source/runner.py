@@ -34,6 +34,7 @@ from .client import Reply
 from .errors import (
     EndpointNotAvailable,
     GaiaAuthError,
+    GaiaEmptyAnswer,
     GaiaError,
     GaiaRequestError,
     clean_missing_route,
@@ -234,8 +235,9 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
         where = f" ({request.source})" if request.source else ""
         logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
         state = REFUSED if outcome.refused else FAILED
+        empty = isinstance(outcome.error, GaiaEmptyAnswer)
         for i, (key, text) in enumerate(cells):
-            ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error))
+            ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error), empty=empty)
             failing[key] = resource
             row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
                    "resolved": False}
