@@ -41,6 +41,7 @@ def isolated_dlt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RUNTIME__DLTHUB_TELEMETRY", "false")
     monkeypatch.setenv("DATA_WRITER__DISABLE_COMPRESSION", "true")
     monkeypatch.setenv("SOURCES__GAIA_SOURCE__ROUND_COOLDOWN", "0.05")  # the final round's wait, not the point of a test
+    monkeypatch.setenv("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")  # in the Airflow venv: no config from Variables
     monkeypatch.chdir(tmp_path)
     # dlt builds its config providers once per process: point them at this test's project dir (and its .dlt/)
     Container()[PluggableRunContext].reload(str(tmp_path))
