@@ -255,10 +255,16 @@ def _print_outcomes(ledger: Ledger) -> None:
     """How every cell of this run ended, per resource (the run's ledger: what the exit code is made of)."""
     rows = ledger.summary_rows()
     if rows:
-        print(f"\n{'requests of this run':<26}{'completed':>10}{'failed':>8}{'refused':>9}{'skipped':>9}{'sends':>8}")
+        print(f"\n{'requests of this run':<26}{'completed':>10}{'failed':>8}{'(empty)':>9}{'refused':>9}{'skipped':>9}"
+              f"{'sends':>8}")
         for row in rows:
-            print(f"{row['resource']:<26}{row['completed']:>10}{row['failed']:>8}{row['refused']:>9}"
+            print(f"{row['resource']:<26}{row['completed']:>10}{row['failed']:>8}{row['empty']:>9}{row['refused']:>9}"
                   f"{row['skipped']:>9}{row['sends']:>8}")
+    for name, tally in sorted(ledger.tallies().items()):
+        if tally.empty:
+            print(f"note: {name}: {tally.empty} answer(s) came back with nothing in them (no content, no tool call) "
+                  "and are counted as failed; a llama.cpp server does this to a stream when another request arrives "
+                  "(start it with --interrupt_requests false, or run with --max-concurrency 1)")
     for note in ledger.notes:
         print(f"note: {note}")
 

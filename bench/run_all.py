@@ -25,6 +25,7 @@ FULL: Dict[str, List[str]] = {
     "memory.py": [],
     "nodes.py": [],
     "vectors.py": ["pgvector"],  # the HNSW part needs the [vss] venv: python bench/vectors.py hnsw (README)
+    "real_server.py": [],  # needs GAIA_TEST_REAL_PYTHON (the real-server venv); skipped with a message without it
 }
 QUICK: Dict[str, List[str]] = {
     "startup.py": ["--runs", "3"],
@@ -34,6 +35,7 @@ QUICK: Dict[str, List[str]] = {
     "memory.py": ["--small", "1000", "--large", "10000"],
     "nodes.py": ["--prompts", "60"],
     "vectors.py": ["pgvector", "--texts", "5000"],
+    "real_server.py": ["--prompts", "6", "--pairs", "1"],
 }
 SUMMARY = re.compile(r"target [<>]=")
 """Lines that state a figure against its target: repeated at the end."""

@@ -33,6 +33,7 @@ from .errors import (
     EndpointNotAvailable,
     GaiaAuthError,
     GaiaConfigError,
+    GaiaEmptyAnswer,
     GaiaError,
     GaiaLookupError,
     GaiaNodeUnusable,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from .config import NodeSettings, resolve_base_url, resolve_base_urls, resolve_node_settings
     from .lifecycle import RunResult, run_pipeline
     from .pool import NodePool
+    from .resources import create_tables
     from .source import INPUT_SETTINGS, gaia_source
 
 __all__ = [
@@ -75,18 +77,20 @@ __all__ = [
     "GaiaStreamInterrupted",
     "EndpointNotAvailable",
     "GaiaResponseError",
+    "GaiaEmptyAnswer",
     "RESOURCE_NAMES",
     "DEFAULT_RESOURCE_NAMES",
     "INPUT_SETTINGS",
     "Ledger",
     "apply_chunk_sync",
+    "create_tables",
 ]
 
 _LAZY = {
     "gaia_source": "source", "INPUT_SETTINGS": "source", "NodeSettings": "config", "resolve_node_settings": "config",
     "resolve_base_url": "config", "resolve_base_urls": "config", "NodePool": "pool", "NodeClient": "client",
     "Reply": "client", "Ledger": "ledger", "run_pipeline": "lifecycle", "apply_chunk_sync": "destination",
-    "RunResult": "lifecycle",
+    "RunResult": "lifecycle", "create_tables": "resources",
 }
 """Names imported on first use, with dlt, httpx and pyarrow behind them: importing the package (for its settings, errors
 or emulator) stays cheap, so the command line answers ``--help`` at once."""

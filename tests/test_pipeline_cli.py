@@ -149,7 +149,8 @@ def test_the_run_exits_with_its_code_and_all_its_output(make_node, tmp_path: Pat
     lines = result.stdout.rstrip().splitlines()
     assert lines[-6:-4] == [f"{'info':<34}{1:>10}{1:>12}", f"{'models':<34}{2:>10}{2:>12}"]
     # the last lines: how every request of the run ended (one per node's info and models)
-    assert lines[-2].split() == ["info", "1", "0", "0", "0", "1"] and lines[-1].split() == ["models", "1", "0", "0", "0", "1"]
+    # columns: completed, failed, (empty: of the failed), refused, skipped, sends
+    assert lines[-2].split() == ["info", "1", "0", "0", "0", "0", "1"] and lines[-1].split() == ["models", "1", "0", "0", "0", "0", "1"]
     assert counts(tmp_path / "gaia_pipeline.duckdb") == {"info": 1, "models": 2}
 
 

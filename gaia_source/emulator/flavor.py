@@ -101,6 +101,8 @@ class Flavor(RequestHandler):
     generation time passes before the first chunk, and the chunks follow back to back."""
     INCLUDE_USAGE: ClassVar[bool] = False
     """Whether the server was started with ``--include-usage`` (a usage chunk when ``stream_options`` is absent)."""
+    DIM: ClassVar[int | None] = None
+    """The embedding model's dimension when the server has one model of its own (None: the node's ``dim``, 768)."""
 
     # --- the node ----------------------------------------------------------------------------------------------
 

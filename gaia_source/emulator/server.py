@@ -112,6 +112,7 @@ class NodeBase:
     loaded_model: str | None
     record_bodies: bool
     sampling: bool
+    interrupt_requests: bool
     outage: int | None
     failing_paths: tuple[str, ...]
     stats: Counter[str]
@@ -124,6 +125,7 @@ class NodeBase:
         self._stats_lock = threading.Lock()
         self._serial = threading.Lock()  # taken by flavours that answer one request at a time
         self._in_flight = 0
+        self._waiting = 0
         self._answered = 0
         self._bodies: list[tuple[str, bytes]] = []
         self._knowledge = KnowledgeBase(self.dim, self.knowledge_base)
@@ -234,18 +236,31 @@ class NodeBase:
         with self._stats_lock:
             return sum(n for key, n in self.stats.items() if key.startswith("fault "))
 
+    def others_waiting(self) -> bool:
+        """Whether a request is waiting for the one-at-a-time lock (what llama.cpp's server checks to cut a stream)."""
+        with self._stats_lock:
+            return self._waiting > 0
+
     @contextlib.contextmanager
     def serving(self, serialized: bool) -> Iterator[None]:
-        """Hold one request in flight (after taking the node's one-at-a-time lock when ``serialized``)."""
-        with self._serial if serialized else contextlib.nullcontext():
+        """Hold one request in flight (after taking the node's one-at-a-time lock when ``serialized``; meanwhile it
+        counts as waiting, see :meth:`others_waiting`)."""
+        if serialized:
+            with self._stats_lock:
+                self._waiting += 1
+            self._serial.acquire()
+            with self._stats_lock:
+                self._waiting -= 1
+        try:
             with self._stats_lock:
                 self._in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self._in_flight)
-            try:
-                yield
-            finally:
-                with self._stats_lock:
-                    self._in_flight -= 1
+            yield
+        finally:
+            with self._stats_lock:
+                self._in_flight -= 1
+            if serialized:
+                self._serial.release()
 
 
 class RequestHandler(BaseHTTPRequestHandler):

