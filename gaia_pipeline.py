@@ -33,6 +33,7 @@ from gaia_source.settings import (
     FAILED_REQUESTS_TABLE,
     PIPELINE_NAME,
     RESOURCE_NAMES,
+    TABLE_FORMATS,
 )
 
 if TYPE_CHECKING:
@@ -120,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                       "server generation honours it)")
     load = parser.add_argument_group("load")
     load.add_argument("--resources", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
-    load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb)")
+    load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb; also ducklake)")
+    load.add_argument("--table-format", choices=TABLE_FORMATS,
+                      help="with --destination filesystem: write every table as a Delta or Iceberg table")
     load.add_argument("--dataset-name", default=DATASET_NAME, help=f"dataset / schema name (default {DATASET_NAME})")
     load.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"dlt pipeline name (default {PIPELINE_NAME})")
     load.add_argument("--progress", choices=("log", "tqdm", "enlighten", "alive_progress", "none"),
@@ -162,6 +165,7 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "chunk_overlap": args.chunk_overlap,
         "refresh": True if args.refresh else None,
         "shard": args.shard,
+        "table_format": args.table_format,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
     if args.demo:  # the built-in samples go to the emulated node only, and only where no file was given

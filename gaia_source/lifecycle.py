@@ -25,7 +25,7 @@ import dlt
 from dlt.common.storages.load_package import PackageStorage
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from .destination import apply_chunk_sync
+from .destination import apply_chunk_sync, capabilities_of, install_duckdb_extensions, purge_resolved_failures
 from .errors import GaiaPipelineStateError
 from .ledger import Ledger
 
@@ -73,7 +73,10 @@ class RunResult:
 
 def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Ledger] = None) -> RunResult:
     """Run ``source`` through ``pipeline`` after finishing what an interrupted run left; then, once this run's load
-    has no failed job, delete what its loaded rows replace (changed documents' old chunks).
+    has no failed job, delete what its loaded rows replace (changed documents' old chunks; on Iceberg, the
+    ``failed_requests`` rows of requests that completed since: see
+    :func:`~gaia_source.destination.purge_resolved_failures`). DuckDB extensions the destination needs (DuckLake,
+    Delta, Iceberg) are installed from their PyPI packages first.
 
     Use it in place of ``pipeline.run(source)``: that call, when packages are pending, loads them and returns without
     extracting ``source``. Here the pending packages load first (one warning says how many), then ``source`` runs.
@@ -94,11 +97,14 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
     """
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         patch_lancedb_schema_lookup()
+    install_duckdb_extensions(capabilities_of(pipeline).duckdb_extensions)  # before a pending package loads
     repaired = repair_interrupted_normalize(pipeline)
     pending = load_pending(pipeline)
     result = RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
-    if ledger is not None and not result.has_failed_jobs:
-        apply_chunk_sync(pipeline, ledger)
+    if not result.has_failed_jobs:
+        purge_resolved_failures(pipeline)
+        if ledger is not None:
+            apply_chunk_sync(pipeline, ledger)
     return result
 
 

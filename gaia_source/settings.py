@@ -34,6 +34,8 @@ DEFAULT_RESOURCE_NAMES: Final[Tuple[str, ...]] = RESOURCE_NAMES[:-1]
 """What a run loads when it does not name its resources (``responses`` sends every prompt once more: ask for it)."""
 CHAT_TABLES: Final[Tuple[str, ...]] = ("chat_completions", "chat_completions_stream")
 """The tables of chat completions (plain and streamed), which ``--export-batch-output`` can export."""
+TABLE_FORMATS: Final[Tuple[str, ...]] = ("delta", "iceberg")
+"""Open table formats of dlt's filesystem destination (``table_format``; DuckLake is a destination of its own)."""
 CONFIG_SECTIONS: Final[Tuple[str, ...]] = ("sources", "gaia_source", "gaia_source")
 """Where dlt looks for node settings: ``[sources.gaia_source]`` (and the module-qualified section above it)."""
 
