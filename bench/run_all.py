@@ -1,10 +1,10 @@
 """Run every benchmark and print its figures, each next to its baseline from the same run.
 
-    python bench/run_all.py            # the sizes BENCHMARKS.md quotes (about 25 minutes on 2 cores)
+    python bench/run_all.py            # the sizes BENCHMARKS.md quotes (about 45 minutes on 2 cores)
     python bench/run_all.py --quick    # smaller sizes, a smoke run (a few minutes)
 
 Every script starts its own emulator process and runs each part in a fresh process; see each script's docstring for
-what it measures. The last lines repeat every issue-14 figure with its target.
+what it measures. The last lines repeat every figure that has a target, with its target and its baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ FULL: Dict[str, List[str]] = {
     "memory.py": [],
     "nodes.py": [],
     "vectors.py": ["pgvector"],  # the HNSW part needs the [vss] venv: python bench/vectors.py hnsw (README)
+    "scale.py": [],  # 100,000 then 1,000,000 texts: about 20 minutes more
 }
 QUICK: Dict[str, List[str]] = {
     "startup.py": ["--runs", "3"],
@@ -34,6 +35,7 @@ QUICK: Dict[str, List[str]] = {
     "memory.py": ["--small", "1000", "--large", "10000"],
     "nodes.py": ["--prompts", "60"],
     "vectors.py": ["pgvector", "--texts", "5000"],
+    "scale.py": ["--small", "2000", "--large", "20000"],
 }
 SUMMARY = re.compile(r"target [<>]=")
 """Lines that state a figure against its target: repeated at the end."""

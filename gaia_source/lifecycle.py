@@ -285,3 +285,31 @@ def _delete_schema_in_storage(self: Any, schema: Any) -> None:
     if table is not None:
         column = self.schema.naming.normalize_identifier("schema_name")
         table.delete(f"`{column}` = {escape_lancedb_literal(schema.name)}")
+
+
+# --- dlt 1.31's fixed cost -------------------------------------------------------------------------------------------
+
+
+def avoid_sqlalchemy_import(destination: str) -> bool:
+    """Give dlt its own SQLAlchemy-free URL class for connection strings in this process; True when done.
+
+    dlt 1.31 renders every destination's credentials as a URL when it reports a load (``LoadInfo``), through
+    ``dlt.common.libs.sql_alchemy_compat``, which imports SQLAlchemy whenever it is installed (the ``iceberg`` extra
+    installs it, for pyiceberg's catalog): 0.2–0.6 s of a snapshot run that loads three rows. dlt ships a drop-in
+    (``sql_alchemy_shims``: ``URL``, ``make_url``) for when SQLAlchemy is absent; this module points the compat module
+    at it. Only for a one-destination process (the script): never for the ``sqlalchemy`` destination, and not when
+    the compat module was already imported. pyiceberg's SQL catalog imports SQLAlchemy itself, unaffected.
+    """
+    import sys
+    import types
+
+    name = "dlt.common.libs.sql_alchemy_compat"
+    if destination == "sqlalchemy" or name in sys.modules:
+        return False
+    from dlt.common.libs import sql_alchemy_shims
+
+    module = types.ModuleType(name, "dlt's SQLAlchemy-free URL (gaia_source.lifecycle.avoid_sqlalchemy_import)")
+    module.URL = sql_alchemy_shims.URL  # type: ignore[attr-defined]
+    module.make_url = sql_alchemy_shims.make_url  # type: ignore[attr-defined]
+    sys.modules[name] = module
+    return True

@@ -4,7 +4,7 @@ Everything a user may tune is a field of :class:`gaia_source.config.NodeSettings
 here are the defaults those fall back to.
 """
 
-from typing import Final, Tuple
+from typing import Dict, Final, Tuple
 
 # --- where nodes live -------------------------------------------------------------------------------------------
 GAIA_DOMAIN: Final = "gaia.domains"
@@ -107,3 +107,24 @@ NODE_LOCATION: Final = (
     "SOURCES__GAIA_SOURCE__BASE_URL environment variables"
 )
 USER_AGENT: Final = "gaia-dlt/0.2"
+
+
+# --- dlt's writers and loader, as the script runs them -----------------------------------------------------------
+LOCAL_LOAD_DESTINATIONS: Final[Tuple[str, ...]] = ("duckdb", "motherduck", "ducklake")
+"""Destinations that read dlt's parquet files once, into their own storage: the files are scratch."""
+
+
+def dlt_defaults(destination: str) -> Dict[str, str]:
+    """dlt settings (environment variables) the script sets unless the user set them: measured in bench/.
+
+    * no gzip of dlt's intermediate files: it is most of the extract step (dlt compresses every one by default);
+    * files rotate every 100,000 rows (``file_max_items``): a run of a million texts loads as ten jobs, each one
+      retried alone and each one's memory bounded, instead of one file of gigabytes;
+    * where the parquet files are only read into the destination's own storage (DuckDB, DuckLake), no snappy: float32
+      vectors do not compress, and snappy costs ~5x the write time of the file (the filesystem destination keeps its
+      files, and snappy).
+    """
+    settings = {"DATA_WRITER__DISABLE_COMPRESSION": "true", "DATA_WRITER__FILE_MAX_ITEMS": "100000"}
+    if destination in LOCAL_LOAD_DESTINATIONS:
+        settings["DATA_WRITER__COMPRESSION"] = "none"
+    return settings
