@@ -118,13 +118,16 @@ def dlt_defaults(destination: str) -> Dict[str, str]:
     """dlt settings (environment variables) the script sets unless the user set them: measured in bench/.
 
     * no gzip of dlt's intermediate files: it is most of the extract step (dlt compresses every one by default);
-    * files rotate every 100,000 rows (``file_max_items``): a run of a million texts loads as ten jobs, each one
-      retried alone and each one's memory bounded, instead of one file of gigabytes;
+    * files rotate every 50,000 rows (``file_max_items``): a million texts load as twenty jobs, each retried alone;
     * where the parquet files are only read into the destination's own storage (DuckDB, DuckLake), no snappy: float32
       vectors do not compress, and snappy costs ~5x the write time of the file (the filesystem destination keeps its
-      files, and snappy).
+      files, and snappy);
+
+    DuckDB's own memory limit stays at its default (80 % of RAM), though DuckDB keeps what it inserts cached up to it
+    (a million vectors loaded at a 9 GB peak): a limit low enough to matter made parallel load jobs fail with "Out of
+    Memory" (BENCHMARKS.md, issue 21); README says how to cap it for a large run.
     """
-    settings = {"DATA_WRITER__DISABLE_COMPRESSION": "true", "DATA_WRITER__FILE_MAX_ITEMS": "100000"}
+    settings = {"DATA_WRITER__DISABLE_COMPRESSION": "true", "DATA_WRITER__FILE_MAX_ITEMS": "50000"}
     if destination in LOCAL_LOAD_DESTINATIONS:
         settings["DATA_WRITER__COMPRESSION"] = "none"
     return settings
