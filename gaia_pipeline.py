@@ -39,6 +39,8 @@ from gaia_source.settings import (
     PIPELINE_NAME,
     RESOURCE_NAMES,
     SUBCOMMANDS,
+    TABLE_FORMATS,
+    dlt_defaults,
 )
 
 if TYPE_CHECKING:
@@ -133,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
                       "server generation honours it)")
     load = parser.add_argument_group("load")
     load.add_argument("--resources", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
-    load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb)")
+    load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb; also ducklake)")
+    load.add_argument("--table-format", choices=TABLE_FORMATS,
+                      help="with --destination filesystem: write every table as a Delta or Iceberg table")
     load.add_argument("--dataset-name",
                       help=f"dataset / schema name (default {DATASET_NAME}; {DEMO_DATASET_NAME} with --demo)")
     load.add_argument("--pipeline-name",
@@ -185,6 +189,7 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "chunk_overlap": args.chunk_overlap,
         "refresh": True if args.refresh else None,
         "shard": args.shard,
+        "table_format": args.table_format,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
     if args.demo:  # the built-in samples go to the emulated node only, and only where no file was given
@@ -368,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from gaia_source import gaia_source
     from gaia_source.commands import evaluate_run, record_run
     from gaia_source.ledger import Ledger
-    from gaia_source.lifecycle import run_pipeline
+    from gaia_source.lifecycle import avoid_sqlalchemy_import, run_pipeline
     from gaia_source.runs import utc_now
 
     gc.freeze()
@@ -379,7 +384,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("gaia_source").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.verbose == 1:
         logging.getLogger("httpx").setLevel(logging.INFO)
-    os.environ.setdefault("DATA_WRITER__DISABLE_COMPRESSION", "true")  # gzip is most of extract time (dlt-notes §1)
+    for key, value in dlt_defaults(args.destination).items():  # no gzip, file rotation… (measured: bench/)
+        os.environ.setdefault(key, value)
+    avoid_sqlalchemy_import(args.destination)  # ~0.2-0.6 s of every run, for one URL dlt prints
     dlt_progress = None if args.progress in ("rich", "none") else args.progress
     started_at, pipeline, ledger, source_args = utc_now(), None, None, {}  # set as the run gets to them
 

@@ -17,6 +17,7 @@ The emulator's vectors are dense float32, as a real model's (its JSON and the st
 
 Targets (issue 4): ≥ 50× faster per row than dlt's default; peak RSS < 1.5 GB; second run ≤ 10 % of the first.
 Targets (issue 14, dense vectors): gaia ≤ 1.3× raw; ≥ 10× faster than ``llm embed-multi``, first run and re-run.
+Targets (issue 21): gaia ≤ 1.1× raw, whole process; ≥ 20× faster than ``llm embed-multi``, first run and re-run.
 """
 
 from __future__ import annotations
@@ -228,9 +229,12 @@ def main() -> int:
     per_row_gaia = gaia["seconds"] / gaia["rows"]
     per_row_default = default["seconds"] / default["rows"]
     print()
-    print(f"ratio gaia / raw time:                   {ratio(gaia['seconds'], raw['seconds']):6.2f}x   (target <= 1.3x)")
+    print(f"ratio gaia / raw time:                   {ratio(gaia['seconds'], raw['seconds']):6.2f}x   (target <= 1.1x)"
+          f"  gaia {gaia['seconds']:.1f} s (extract {gaia['steps']['extract']}, load {gaia['steps']['load']}) vs raw "
+          f"{raw['seconds']:.1f} s")
     print(f"speed-up per row vs dlt default:         {ratio(per_row_default, per_row_gaia):6.1f}x   (target >= 50x)")
-    print(f"peak RSS of the gaia run:                {gaia['peak_rss_mb']:6.0f} MB  (target < 1536 MB)")
+    print(f"peak RSS of the gaia run:                {gaia['peak_rss_mb']:6.0f} MB  (target < 1536 MB)  raw loader "
+          f"{raw['peak_rss_mb']:.0f} MB")
     print(f"second run / first run time:             {100 * ratio(again['seconds'], gaia['seconds']):6.1f} %   "
           f"(target <= 10 %), {second_requests} embedding requests (target 0)")
     print()
@@ -243,7 +247,7 @@ def main() -> int:
         g, m = peers[f"gaia_{run}"], peers[f"llm_{run}"]
         print(f"  {label:<24} llm embed-multi {m['wall_s']:7.2f} s ({m['requests']} requests, peak RSS "
               f"{m['peak_rss_mb']:.0f} MB)   gaia {g['wall_s']:6.2f} s ({g['requests']} requests, peak RSS "
-              f"{g['peak_rss_mb']:.0f} MB)   gaia {ratio(m['wall_s'], g['wall_s']):5.1f}x faster (target >= 10x)")
+              f"{g['peak_rss_mb']:.0f} MB)   gaia {ratio(m['wall_s'], g['wall_s']):5.1f}x faster (target >= 20x)")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python bench/memory.py                      # 10,000 and 100,000 prompts, nexus emulator, zero latency
 
-Target (issue 7): peak RSS at 100,000 prompts <= 1.3x that at 10,000.
+Target (issue 7): peak RSS at 100,000 prompts <= 1.3x that at 10,000; issue 21: <= 1.2x.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def part_gaia(args: Dict[str, Any]) -> None:
         pipeline.extract(source)
         extract_peak = peak_rss_mb()  # the inputs, requests and rows in flight all live here
         pipeline.normalize()
-        pipeline.load().raise_on_failed_jobs()
+        normalize_peak = peak_rss_mb()
+        pipeline.load().raise_on_failed_jobs()  # DuckDB's merge of the chat table (staging, delete, insert)
     with pipeline.sql_client() as client:
         rows = client.execute_sql("SELECT count(*) FROM chat_completions")[0][0]
-    report({"seconds": t.seconds, "rows": rows, "extract_peak_mb": round(extract_peak, 1)})
+    report({"seconds": t.seconds, "rows": rows, "extract_peak_mb": round(extract_peak, 1),
+            "normalize_peak_mb": round(normalize_peak, 1)})
 
 
 PARTS = {"gaia": part_gaia}
@@ -58,8 +60,11 @@ def main() -> int:
               f"peak RSS {part['peak_rss_mb']:6.0f} MB (after extraction {part['extract_peak_mb']:6.0f} MB)")
     large, small = results[args.large], results[args.small]
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
-    print(f"peak RSS {args.large:,} / {args.small:,}: {ratio:.2f}x (target <= 1.3x); "
-          f"during extraction: {large['extract_peak_mb'] / small['extract_peak_mb']:.2f}x")
+    extraction = large["extract_peak_mb"] / small["extract_peak_mb"]
+    normalized = large["normalize_peak_mb"] / small["normalize_peak_mb"]
+    print(f"peak RSS {args.large:,} / {args.small:,}: {ratio:.2f}x (target <= 1.2x)  {large['peak_rss_mb']:.0f} MB vs "
+          f"{small['peak_rss_mb']:.0f} MB; during extraction: {extraction:.2f}x, after normalize: {normalized:.2f}x "
+          "(the rest is the load)")
     return 0
 
 

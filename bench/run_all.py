@@ -1,10 +1,10 @@
 """Run every benchmark and print its figures, each next to its baseline from the same run.
 
-    python bench/run_all.py            # the sizes BENCHMARKS.md quotes (about 25 minutes on 2 cores)
+    python bench/run_all.py            # the sizes BENCHMARKS.md quotes (about 45 minutes on 2 cores)
     python bench/run_all.py --quick    # smaller sizes, a smoke run (a few minutes)
 
 Every script starts its own emulator process and runs each part in a fresh process; see each script's docstring for
-what it measures. The last lines repeat every issue-14 figure with its target.
+what it measures. The last lines repeat every figure that has a target, with its target and its baseline.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ FULL: Dict[str, List[str]] = {
     "nodes.py": [],
     "vectors.py": ["pgvector"],  # the HNSW part needs the [vss] venv: python bench/vectors.py hnsw (README)
     "real_server.py": [],  # needs GAIA_TEST_REAL_PYTHON (the real-server venv); skipped with a message without it
+    "scale.py": [],  # 100,000 then 1,000,000 texts: about 20 minutes more
 }
 QUICK: Dict[str, List[str]] = {
     "startup.py": ["--runs", "3"],
@@ -36,6 +37,7 @@ QUICK: Dict[str, List[str]] = {
     "nodes.py": ["--prompts", "60"],
     "vectors.py": ["pgvector", "--texts", "5000"],
     "real_server.py": ["--prompts", "6", "--pairs", "1"],
+    "scale.py": ["--small", "2000", "--large", "20000"],
 }
 SUMMARY = re.compile(r"target [<>]=")
 """Lines that state a figure against its target: repeated at the end."""

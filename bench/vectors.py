@@ -36,7 +36,7 @@ def hnsw(rows: int, queries: int = 100, k: int = 10) -> None:
     import duckdb
     import pyarrow as pa
 
-    from gaia_source.vectors import _vss_from_package
+    from gaia_source.destination import packaged_extension
 
     rng = np.random.default_rng(42)
     centres = rng.normal(size=(1000, DIM)).astype(np.float32)
@@ -46,7 +46,7 @@ def hnsw(rows: int, queries: int = 100, k: int = 10) -> None:
     folder = Path(tempfile.mkdtemp(prefix="gaia-hnsw-"))
     try:
         con = duckdb.connect(str(folder / "bench.duckdb"))
-        packaged = _vss_from_package()
+        packaged = packaged_extension("vss")
         con.execute(f"INSTALL '{packaged}'" if packaged else "INSTALL vss")
         con.execute("LOAD vss")
         con.execute("SET hnsw_enable_experimental_persistence = true")

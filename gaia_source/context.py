@@ -18,7 +18,14 @@ import dlt
 
 from .client import Reply
 from .config import NodeSettings
-from .destination import DestinationCapabilities, LoadedIds, capabilities_of, current_pipeline, find_stale_documents
+from .destination import (
+    DestinationCapabilities,
+    LoadedIds,
+    capabilities_of,
+    current_pipeline,
+    find_stale_documents,
+    install_duckdb_extensions,
+)
 from .errors import GaiaError, GaiaRequestError, GaiaRunStopped, is_transient, looks_like_missing_route
 from .ledger import Ledger
 from .pool import NodePool
@@ -87,6 +94,7 @@ class RunContext:
         self._key = key
         self._pipeline = current_pipeline()
         self._capabilities = capabilities_of(self._pipeline)
+        install_duckdb_extensions(self._capabilities.duckdb_extensions)  # lookups read through DuckDB, offline
         self._metadata.clear()
         self._metadata_locks.clear()
         self._models = None

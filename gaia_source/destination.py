@@ -10,12 +10,17 @@ A lookup that fails is never taken for "nothing loaded": that would send everyth
 
 Where text cannot hold U+0000 (PostgreSQL), :func:`escape_nul` writes each NUL as the six characters ``\\u0000``, row
 by row, so one NUL in a prompt or an answer never fails a whole load job (which dlt would retry on every run).
+
+Open table formats are read through DuckDB (dlt's filesystem SQL client scans Delta and Iceberg tables, DuckLake is a
+DuckDB catalog), whose extensions :func:`install_duckdb_extensions` installs from their PyPI packages, never from the
+network. Deletes go where the table lives: SQL on DuckLake, ``deltalake`` on Delta, ``pyiceberg`` on Iceberg.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -61,6 +66,8 @@ class DestinationCapabilities:
             be asked (then rows are merged on their key).
         nul_in_text: Text and JSON columns can hold U+0000 (see :data:`NO_NUL_IN_TEXT`); where not, rows go through
             :func:`escape_nul`.
+        duckdb_extensions: DuckDB extensions the destination's SQL client (or dlt's loader) needs, installed from
+            their PyPI packages by :func:`install_duckdb_extensions`.
     """
 
     name: Optional[str]
@@ -69,6 +76,7 @@ class DestinationCapabilities:
     vector_column: Optional[str] = None
     lookup: Optional[str] = None
     nul_in_text: bool = True
+    duckdb_extensions: Tuple[str, ...] = ()
 
 
 def current_pipeline() -> Optional[dlt.Pipeline]:
@@ -79,28 +87,97 @@ def current_pipeline() -> Optional[dlt.Pipeline]:
         return None
 
 
+DUCKDB_ENGINES = frozenset({"duckdb", "motherduck", "ducklake", "filesystem"})
+"""Destinations whose SQL client is DuckDB: DuckDB itself, MotherDuck, DuckLake (a DuckDB catalog) and filesystem
+(dlt 1.31 reads its parquet/jsonl files and its Delta and Iceberg tables through DuckDB views)."""
+EXTENSIONS_BY_DESTINATION: Dict[str, Tuple[str, ...]] = {
+    # ATTACH 'ducklake:…' autoloads ducklake; dlt's default catalog is a SQLite file (sqlite_scanner)
+    "ducklake": ("ducklake", "sqlite_scanner"),
+    # delta_scan / iceberg_scan behind dlt's views (Iceberg manifests are Avro files)
+    "filesystem": ("delta", "iceberg", "avro"),
+}
+EXTRA_OF_EXTENSION = {"ducklake": "ducklake", "sqlite_scanner": "ducklake", "delta": "delta", "iceberg": "iceberg",
+                      "avro": "iceberg", "vss": "vss"}
+"""The gaia-dlt extra that installs each extension's PyPI package (``duckdb-extension-<name>``)."""
+
+
 def capabilities_of(pipeline: Optional[dlt.Pipeline]) -> DestinationCapabilities:
     """Decide what ``pipeline``'s destination can do (no connection is opened)."""
     if pipeline is None or pipeline.destination is None:
         return DestinationCapabilities(name=None)
     name = pipeline.destination.destination_name
-    duckdb_like = name in ("duckdb", "motherduck")
+    duckdb_like = name in ("duckdb", "motherduck", "ducklake")
     has_sql = issubclass(pipeline.destination.client_class, WithSqlClient)  # the class only: no client is made
     lookup: Optional[str] = None
     if name == "lancedb":
         lookup = "lancedb"  # its SQL client reads through DuckDB; filters and deletes go to LanceDB directly
     elif has_sql:
-        lookup = "duckdb" if duckdb_like else "postgres" if name == "postgres" else "sql"
+        lookup = "duckdb" if name in DUCKDB_ENGINES else "postgres" if name == "postgres" else "sql"
     return DestinationCapabilities(
         name=name,
         load_file_format="parquet" if duckdb_like else None,
         # PostgreSQL loads Arrow through CSV, which has no list type: plain rows there (vectors as jsonb)
         # LanceDB takes our vectors only as Arrow fixed-size lists (a list in a dict row becomes a child table)
         arrow_vectors=duckdb_like or name in ("filesystem", "lancedb"),
-        vector_column={"duckdb": "duckdb", "postgres": "pgvector", "lancedb": "lancedb"}.get(name),
+        vector_column={"duckdb": "duckdb", "ducklake": "ducklake", "postgres": "pgvector",
+                       "lancedb": "lancedb"}.get(name),
         lookup=lookup,
         nul_in_text=name not in NO_NUL_IN_TEXT,
+        duckdb_extensions=EXTENSIONS_BY_DESTINATION.get(name, ()),
     )
+
+
+def packaged_extension(name: str) -> Optional[str]:
+    """The file of DuckDB extension ``name`` for the running DuckDB, from its PyPI package
+    (``duckdb-extension-<name>``), or None when that package (or its build for this DuckDB version) is missing."""
+    try:
+        from importlib.resources import files
+
+        import duckdb
+
+        path = files(f"duckdb_extension_{name}") / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+    except ImportError:
+        return None
+    return str(path) if path.is_file() else None
+
+
+def install_duckdb_extensions(names: Iterable[str]) -> List[str]:
+    """Install DuckDB extensions from their PyPI packages into DuckDB's extension directory, so that every later
+    connection (dlt's loader and SQL clients included) loads them by name without the network; return the names that
+    are neither installed nor packaged.
+
+    Without this, DuckDB autoloads a missing extension from extensions.duckdb.org, which fails offline (see
+    :func:`extension_hint`). ``INSTALL '<file>'`` copies the file once; the check costs a few milliseconds after.
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return []
+    import duckdb
+
+    missing: List[str] = []
+    with duckdb.connect() as con:
+        installed = {row[0] for row in con.execute(
+            "SELECT extension_name FROM duckdb_extensions() WHERE installed").fetchall()}
+        for name in wanted:
+            if name in installed:
+                continue
+            packaged = packaged_extension(name)
+            if packaged is None:
+                missing.append(name)
+                continue
+            con.execute(f"INSTALL '{packaged}'")
+    return missing
+
+
+def extension_hint(error: str) -> str:
+    """What to install when DuckDB failed to download an extension (an empty string for any other error)."""
+    match = re.search(r"install the required extension '(\w+)'|Failed to download extension \"(\w+)\"", error)
+    if match is None:
+        return ""
+    name = match.group(1) or match.group(2)
+    package = "duckdb-extension-" + name.replace("_", "-")
+    return (f" DuckDB has no '{name}' extension here and cannot download it: install it from PyPI with "
+            f"`pip install \"gaia-dlt[{EXTRA_OF_EXTENSION.get(name, name)}]\"` ({package}).")
 
 
 def escape_nul(capabilities: DestinationCapabilities, table: str, items: Iterable[Any]) -> Iterator[Any]:
@@ -263,7 +340,7 @@ class LoadedIds:
             for start in range(0, len(wanted), LOOKUP_BATCH):
                 batch = wanted[start : start + LOOKUP_BATCH]
                 if self._dialect == "duckdb":  # one list parameter binds ~8x faster than thousands of them
-                    match, args = f"{column} IN (SELECT UNNEST(%s::VARCHAR[]))", [batch]
+                    match, args = f"{column} IN (SELECT UNNEST(CAST(%s AS VARCHAR[])))", [batch]
                 elif self._dialect == "postgres":
                     match, args = f"{column} = ANY(%s)", [batch]
                 else:
@@ -283,6 +360,7 @@ class LoadedIds:
                 f"could not look up which rows of table '{self.table}' are already loaded in the {self._destination} "
                 f"destination ({type(exc).__name__}: {first_line}). Nothing more was sent, so nothing is doubled; "
                 "run again once the destination answers (or use refresh to send everything on purpose)."
+                + extension_hint(str(exc))
             ) from None
         return found
 
@@ -314,7 +392,7 @@ class LoadedIds:
 def _in(column: str, values: Sequence[Any], dialect: str) -> Tuple[str, List[Any]]:
     """``column IN values`` in the lookup dialect, with its arguments."""
     if dialect == "duckdb":
-        return f"{column} IN (SELECT UNNEST(%s::VARCHAR[]))", [list(values)]
+        return f"{column} IN (SELECT UNNEST(CAST(%s AS VARCHAR[])))", [list(values)]
     if dialect == "postgres":
         return f"{column} = ANY(%s)", [list(values)]
     return f"{column} IN ({','.join(['%s'] * len(values))})", list(values)
@@ -344,7 +422,7 @@ def _chunk_query(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GaiaLookupError(
             f"could not {what} in table '{table}' of the {capabilities.name} destination ({type(exc).__name__}: "
-            f"{first_line}). Nothing was deleted; run again once it answers."
+            f"{first_line}). Nothing was deleted; run again once it answers.{extension_hint(str(exc))}"
         ) from None
 
 
@@ -399,8 +477,11 @@ def apply_chunk_sync(pipeline: dlt.Pipeline, ledger: Ledger) -> Tuple[int, int]:
     but only when every current chunk is in the table. A document whose new chunks did not all load (a request
     failed, the load failed) keeps its old chunks until a run completes it.
 
-    dlt has no chunk management for SQL destinations (dlt-hub/dlt#1533), so this is ours. Returns (rows deleted,
-    documents kept as they were); the kept ones are noted in the ledger.
+    dlt has no chunk management for SQL destinations (dlt-hub/dlt#1533), so this is ours. The rows are found in SQL
+    and deleted where the table lives (:func:`delete_rows`): SQL ``DELETE`` (DuckDB, DuckLake, PostgreSQL…),
+    ``deltalake`` on Delta tables, ``pyiceberg`` on Iceberg tables, LanceDB's ``delete``. Plain parquet/jsonl files
+    on the filesystem destination cannot delete rows: their old chunks stay (one warning says so). Returns (rows
+    deleted, documents kept as they were); the kept ones are noted in the ledger.
 
     Raises:
         GaiaLookupError: the destination failed to answer.
@@ -408,9 +489,16 @@ def apply_chunk_sync(pipeline: dlt.Pipeline, ledger: Ledger) -> Tuple[int, int]:
     capabilities = capabilities_of(pipeline)
     if capabilities.lookup is None:
         return 0, 0
+    install_duckdb_extensions(capabilities.duckdb_extensions)
     deleted = kept = 0
     for (table, model), documents in ledger.pending_chunk_syncs.items():
         if not documents:
+            continue
+        if not can_delete(pipeline, table):
+            logger.warning(
+                "%s: %d changed document(s) keep their old chunks: the filesystem destination writes plain files, "
+                "which cannot delete rows (load with table_format delta or iceberg for chunk sync)",
+                table, len(documents))
             continue
         complete = _complete_documents(pipeline, capabilities, table, documents)
         kept += len(documents) - len(complete)
@@ -423,6 +511,119 @@ def apply_chunk_sync(pipeline: dlt.Pipeline, ledger: Ledger) -> Tuple[int, int]:
     if kept:
         ledger.note(f"{kept} changed document(s) keep their old chunks: not all of their new chunks loaded")
     return deleted, kept
+
+
+def table_format_of(pipeline: dlt.Pipeline, table: str) -> Optional[str]:
+    """The open table format (``delta``, ``iceberg``) dlt stores ``table`` in on the filesystem destination, from the
+    table's hint in the pipeline's schema; None elsewhere (DuckLake is a DuckDB catalog: plain SQL)."""
+    if pipeline.destination is None or pipeline.destination.destination_name != "filesystem":
+        return None
+    if not pipeline.default_schema_name or table not in pipeline.default_schema.tables:
+        return None
+    table_format = pipeline.default_schema.tables[table].get("table_format")
+    return str(table_format) if table_format else None
+
+
+def can_delete(pipeline: dlt.Pipeline, table: str) -> bool:
+    """Whether rows of ``table`` can be deleted after a load: everywhere but plain files on the filesystem
+    destination (Delta and Iceberg tables can)."""
+    if pipeline.destination is None or pipeline.destination.destination_name != "filesystem":
+        return True
+    return table_format_of(pipeline, table) is not None
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _delta_predicate(conditions: Sequence[Tuple[str, str, Any]]) -> str:
+    """A Delta (DataFusion SQL) predicate from (column, operator, value) triples, values as literals."""
+    parts = []
+    for column, operator, value in conditions:
+        if operator == "is null":
+            parts.append(f'"{column}" IS NULL')
+        elif operator in ("in", "not in"):
+            listed = ", ".join(_literal(v) for v in value)
+            parts.append(f'"{column}" IN ({listed})' if operator == "in" else f'NOT ("{column}" IN ({listed}))')
+        else:
+            parts.append(f'"{column}" = {_literal(value)}')
+    return " AND ".join(parts)
+
+
+def _iceberg_filter(conditions: Sequence[Tuple[str, str, Any]]) -> Any:
+    """A pyiceberg boolean expression from (column, operator, value) triples."""
+    import pyiceberg.expressions
+
+    ice: Any = pyiceberg.expressions  # its pydantic signatures hide the positional (term, value) form it accepts
+    parts: List[Any] = []
+    for column, operator, value in conditions:
+        if operator == "is null":
+            parts.append(ice.IsNull(column))
+        elif operator == "in":
+            parts.append(ice.In(column, set(value)))
+        elif operator == "not in":
+            parts.append(ice.NotIn(column, set(value)))
+        else:
+            parts.append(ice.EqualTo(column, value))
+    return parts[0] if len(parts) == 1 else ice.And(*parts)
+
+
+def delete_rows(pipeline: dlt.Pipeline, table: str, conditions: Sequence[Tuple[str, str, Any]]) -> int:
+    """Delete the rows of ``table`` where every (column, operator, value) condition holds — operators ``=``,
+    ``in``, ``not in``, ``is null`` — where the table lives; return how many there were (counted in SQL first).
+
+    SQL ``DELETE`` through dlt's SQL client (DuckDB, DuckLake, PostgreSQL…); on the filesystem destination a Delta
+    table deletes through ``deltalake`` (one commit, a new table version) and an Iceberg table through ``pyiceberg``
+    (a new snapshot; rewritten data files where a file keeps other rows); LanceDB through its ``delete``.
+
+    Raises:
+        GaiaLookupError: the destination failed to answer; nothing was deleted.
+    """
+    capabilities = capabilities_of(pipeline)
+    table_format = table_format_of(pipeline, table)
+
+    def run(handle: Any, qualified: str, dialect: str) -> int:
+        if dialect == "lancedb":
+            condition = " AND ".join(
+                f"{c} IS NULL" if op == "is null" else _lance_in(c, v) if op == "in"
+                else f"NOT {_lance_in(c, v)}" if op == "not in" else f"{c} = {lance_literal(v)}"
+                for c, op, v in conditions)
+            found = int(handle.count_rows(condition))
+            if found:
+                handle.delete(condition)
+            return found
+        parts: List[str] = []
+        args: List[Any] = []
+        for column, operator, value in conditions:
+            if operator == "is null":
+                parts.append(f"{column} IS NULL")
+            elif operator in ("in", "not in"):
+                match, match_args = _in(column, list(value), dialect)
+                parts.append(match if operator == "in" else f"NOT ({match})")
+                args.extend(match_args)
+            else:
+                parts.append(f"{column} = %s")
+                args.append(value)
+        condition = " AND ".join(parts)
+        found = handle.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {condition}", *args)
+        number = int(found[0][0]) if found else 0
+        if not number:
+            return 0
+        if table_format == "delta":
+            from dlt.common.libs.deltalake import get_delta_tables
+
+            get_delta_tables(pipeline, table)[table].delete(_delta_predicate(conditions))
+        elif table_format == "iceberg":
+            from dlt.common.libs.pyiceberg import get_iceberg_tables
+
+            get_iceberg_tables(pipeline, table)[table].delete(_iceberg_filter(conditions))
+        else:
+            handle.execute_sql(f"DELETE FROM {qualified} WHERE {condition}", *args)
+        return number
+
+    return int(_chunk_query(pipeline, capabilities, table, "delete rows", run) or 0)
 
 
 def _complete_documents(
@@ -443,35 +644,36 @@ def _delete_stale(
 ) -> int:
     ids = list(documents)
     keys = [key for chunk_keys in documents.values() for key in chunk_keys]
+    same: Tuple[str, str, Any] = ("model_requested", "is null", None) if model is None else (
+        "model_requested", "=", model)
     count = 0
     for name, key_column in ((table, "embedding_id"), (FAILED_TABLE, "request_id")):
-
-        def run(handle: Any, qualified: str, dialect: str, name: str = name, key_column: str = key_column) -> int:
-            if dialect == "lancedb":
-                same = "model_requested IS NULL" if model is None else f"model_requested = {lance_literal(model)}"
-                condition = f"{_lance_in('document_id', ids)} AND {same} AND NOT {_lance_in(key_column, keys)}"
-                found = int(handle.count_rows(condition))
-                if found:
-                    handle.delete(condition)
-                return found
-            in_docs, doc_args = _in("document_id", ids, dialect)
-            in_keys, key_args = _in(key_column, keys, dialect)
-            same, model_args = _same_model(model, dialect)
-            resource, resource_args = (" AND resource = %s", [table]) if name == FAILED_TABLE else ("", [])
-            condition = f"{in_docs} AND {same} AND NOT ({in_keys}){resource}"
-            args = [*doc_args, *model_args, *key_args, *resource_args]
-            found = handle.execute_sql(f"SELECT count(*) FROM {qualified} WHERE {condition}", *args)
-            number = int(found[0][0]) if found else 0
-            if number:
-                handle.execute_sql(f"DELETE FROM {qualified} WHERE {condition}", *args)
-            return number
-
+        conditions = [("document_id", "in", ids), same, (key_column, "not in", keys)]
+        if name == FAILED_TABLE:
+            conditions.append(("resource", "=", table))
         try:
-            count += _chunk_query(pipeline, capabilities, name, "delete old chunks of changed documents", run) or 0
+            count += delete_rows(pipeline, name, conditions)
         except GaiaLookupError:
             if name != FAILED_TABLE:
                 raise
     return count
+
+
+def purge_resolved_failures(pipeline: dlt.Pipeline) -> int:
+    """Delete ``failed_requests`` rows marked resolved, on Iceberg tables only; return how many.
+
+    A request that failed and then completed sends a tombstone (``resolved = true``, a dlt ``hard_delete`` hint),
+    which the merge turns into a delete on DuckDB, DuckLake, PostgreSQL and Delta. dlt 1.31's Iceberg merge is
+    pyiceberg's upsert, which ignores ``hard_delete``: the tombstone replaces the row instead. This deletes those
+    rows after the load, so ``failed_requests`` holds what is failing there too.
+    """
+    if table_format_of(pipeline, FAILED_TABLE) != "iceberg":
+        return 0
+    try:
+        return delete_rows(pipeline, FAILED_TABLE, [("resolved", "=", True)])
+    except GaiaLookupError as exc:
+        logger.warning("could not delete the resolved rows of %s: %s", FAILED_TABLE, exc)
+        return 0
 
 
 def unique(items: Iterable[T], key: Callable[[T], str], seen: Set[str]) -> Iterator[T]:

@@ -103,6 +103,8 @@ class Plan:
     :func:`~gaia_source.ledger.is_done`)."""
     required: FrozenSet[str] = frozenset()
     """Resources the user named: a missing endpoint fails their cells instead of skipping them."""
+    table_format: Optional[str] = None
+    """The open table format of every table (``delta``, ``iceberg``: dlt's filesystem destination), or None."""
 
 
 RequestBuilder = Callable[["Endpoint", Plan, RunContext], Iterator[PreparedRequest]]

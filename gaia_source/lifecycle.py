@@ -25,7 +25,13 @@ import dlt
 from dlt.common.storages.load_package import PackageStorage
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from .destination import apply_chunk_sync, purge_lance_tombstones
+from .destination import (
+    apply_chunk_sync,
+    capabilities_of,
+    install_duckdb_extensions,
+    purge_lance_tombstones,
+    purge_resolved_failures,
+)
 from .errors import GaiaPipelineStateError
 from .ledger import Ledger
 
@@ -73,7 +79,10 @@ class RunResult:
 
 def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Ledger] = None) -> RunResult:
     """Run ``source`` through ``pipeline`` after finishing what an interrupted run left; then, once this run's load
-    has no failed job, delete what its loaded rows replace (changed documents' old chunks).
+    has no failed job, delete what its loaded rows replace (changed documents' old chunks; on Iceberg, the
+    ``failed_requests`` rows of requests that completed since: see
+    :func:`~gaia_source.destination.purge_resolved_failures`). DuckDB extensions the destination needs (DuckLake,
+    Delta, Iceberg) are installed from their PyPI packages first.
 
     Use it in place of ``pipeline.run(source)``: that call, when packages are pending, loads them and returns without
     extracting ``source``. Here the pending packages load first (one warning says how many), then ``source`` runs.
@@ -94,13 +103,16 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
     """
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         patch_lancedb_schema_lookup()
+    install_duckdb_extensions(capabilities_of(pipeline).duckdb_extensions)  # before a pending package loads
     repaired = repair_interrupted_normalize(pipeline)
     pending = load_pending(pipeline)
     result = RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         purge_lance_tombstones(pipeline)  # dlt's LanceDB merge keeps tombstones as rows
-    if ledger is not None and not result.has_failed_jobs:
-        apply_chunk_sync(pipeline, ledger)
+    if not result.has_failed_jobs:
+        purge_resolved_failures(pipeline)  # so does its Iceberg merge
+        if ledger is not None:
+            apply_chunk_sync(pipeline, ledger)
     return result
 
 
@@ -281,3 +293,31 @@ def _delete_schema_in_storage(self: Any, schema: Any) -> None:
     if table is not None:
         column = self.schema.naming.normalize_identifier("schema_name")
         table.delete(f"`{column}` = {escape_lancedb_literal(schema.name)}")
+
+
+# --- dlt 1.31's fixed cost -------------------------------------------------------------------------------------------
+
+
+def avoid_sqlalchemy_import(destination: str) -> bool:
+    """Give dlt its own SQLAlchemy-free URL class for connection strings in this process; True when done.
+
+    dlt 1.31 renders every destination's credentials as a URL when it reports a load (``LoadInfo``), through
+    ``dlt.common.libs.sql_alchemy_compat``, which imports SQLAlchemy whenever it is installed (the ``iceberg`` extra
+    installs it, for pyiceberg's catalog): 0.2–0.6 s of a snapshot run that loads three rows. dlt ships a drop-in
+    (``sql_alchemy_shims``: ``URL``, ``make_url``) for when SQLAlchemy is absent; this module points the compat module
+    at it. Only for a one-destination process (the script): never for the ``sqlalchemy`` destination, and not when
+    the compat module was already imported. pyiceberg's SQL catalog imports SQLAlchemy itself, unaffected.
+    """
+    import sys
+    import types
+
+    name = "dlt.common.libs.sql_alchemy_compat"
+    if destination == "sqlalchemy" or name in sys.modules:
+        return False
+    from dlt.common.libs import sql_alchemy_shims
+
+    module = types.ModuleType(name, "dlt's SQLAlchemy-free URL (gaia_source.lifecycle.avoid_sqlalchemy_import)")
+    module.URL = sql_alchemy_shims.URL  # type: ignore[attr-defined]
+    module.make_url = sql_alchemy_shims.make_url  # type: ignore[attr-defined]
+    sys.modules[name] = module
+    return True

@@ -9,13 +9,13 @@ be asked what it holds). Nothing here knows a particular endpoint.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, cast
 
 import dlt
 import orjson
 import pyarrow as pa
 from dlt.common.schema import Schema
-from dlt.common.schema.typing import TColumnSchema, TWriteDispositionConfig
+from dlt.common.schema.typing import TColumnSchema, TTableFormat, TWriteDispositionConfig
 from dlt.common.schema.utils import new_table
 from dlt.extract.items import DataItemWithMeta
 from dlt.extract.resource import DltResource
@@ -78,8 +78,14 @@ def create_tables(pipeline: dlt.Pipeline) -> List[str]:
 
 
 def write_disposition(endpoint: Endpoint, plan: Plan) -> TWriteDispositionConfig:
-    """The endpoint's write disposition for this plan (rows known new are appended; a refresh merges them)."""
+    """The endpoint's write disposition for this plan (rows known new are appended; a refresh merges them).
+
+    Delta and Iceberg tables merge by ``upsert`` on the primary key (dlt 1.31 has no ``delete-insert`` there); dlt
+    picks it by itself for the endpoints that always merge.
+    """
     if endpoint.append_when_new and plan.refresh:
+        if plan.table_format in ("delta", "iceberg"):
+            return {"disposition": "merge", "strategy": "upsert"}
         # keys are unique within a run (see RunContext.seen), so dlt may skip its dedup pass over the staged rows
         return {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
     return endpoint.write_disposition  # type: ignore[return-value]
@@ -92,8 +98,11 @@ def make_resource(endpoint: Endpoint, plan: Plan, context: RunContext) -> DltRes
         yield from extract(endpoint, plan, context)
 
     rows.__doc__ = endpoint.rows.__doc__
-    return dlt.resource(rows, name=endpoint.name, write_disposition=write_disposition(endpoint, plan),
-                        **table_key(endpoint))
+    resource = dlt.resource(rows, name=endpoint.name, write_disposition=write_disposition(endpoint, plan),
+                            **table_key(endpoint))
+    if plan.table_format:  # nested tables and table variants (failed_requests) take it too
+        resource.apply_hints(table_format=cast(TTableFormat, plan.table_format))
+    return resource
 
 
 def table_key(endpoint: Endpoint) -> Dict[str, Any]:

@@ -4,7 +4,7 @@ Everything a user may tune is a field of :class:`gaia_source.config.NodeSettings
 here are the defaults those fall back to.
 """
 
-from typing import Final, Tuple
+from typing import Dict, Final, Tuple
 
 # --- where nodes live -------------------------------------------------------------------------------------------
 GAIA_DOMAIN: Final = "gaia.domains"
@@ -41,6 +41,8 @@ CHAT_TABLES: Final[Tuple[str, ...]] = ("chat_completions", "chat_completions_str
 SUBCOMMANDS: Final[Tuple[str, ...]] = ("runs", "search", "report")
 """First positional arguments of ``gaia_pipeline.py`` that name a subcommand (:mod:`gaia_source.commands`); without
 one, the script runs a load."""
+TABLE_FORMATS: Final[Tuple[str, ...]] = ("delta", "iceberg")
+"""Open table formats of dlt's filesystem destination (``table_format``; DuckLake is a destination of its own)."""
 CONFIG_SECTIONS: Final[Tuple[str, ...]] = ("sources", "gaia_source", "gaia_source")
 """Where dlt looks for node settings: ``[sources.gaia_source]`` (and the module-qualified section above it)."""
 
@@ -112,3 +114,27 @@ NODE_LOCATION: Final = (
     "SOURCES__GAIA_SOURCE__BASE_URL environment variables"
 )
 USER_AGENT: Final = "gaia-dlt/0.2"
+
+
+# --- dlt's writers and loader, as the script runs them -----------------------------------------------------------
+LOCAL_LOAD_DESTINATIONS: Final[Tuple[str, ...]] = ("duckdb", "motherduck", "ducklake")
+"""Destinations that read dlt's parquet files once, into their own storage: the files are scratch."""
+
+
+def dlt_defaults(destination: str) -> Dict[str, str]:
+    """dlt settings (environment variables) the script sets unless the user set them: measured in bench/.
+
+    * no gzip of dlt's intermediate files: it is most of the extract step (dlt compresses every one by default);
+    * files rotate every 50,000 rows (``file_max_items``): a million texts load as twenty jobs, each retried alone;
+    * where the parquet files are only read into the destination's own storage (DuckDB, DuckLake), no snappy: float32
+      vectors do not compress, and snappy costs ~5x the write time of the file (the filesystem destination keeps its
+      files, and snappy);
+
+    DuckDB's own memory limit stays at its default (80 % of RAM), though DuckDB keeps what it inserts cached up to it
+    (a million vectors loaded at a 9 GB peak): a limit low enough to matter made parallel load jobs fail with "Out of
+    Memory" (BENCHMARKS.md, issue 21); README says how to cap it for a large run.
+    """
+    settings = {"DATA_WRITER__DISABLE_COMPRESSION": "true", "DATA_WRITER__FILE_MAX_ITEMS": "50000"}
+    if destination in LOCAL_LOAD_DESTINATIONS:
+        settings["DATA_WRITER__COMPRESSION"] = "none"
+    return settings

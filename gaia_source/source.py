@@ -20,7 +20,7 @@ from .inputs import iter_prompts, iter_queries, iter_texts, model_list, validate
 from .ledger import Ledger
 from .payloads import normalize_chat_params, parse_shard
 from .resources import declare_tables, source_resources
-from .settings import DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_RESOURCE_NAMES, RESOURCE_NAMES
+from .settings import DEFAULT_EMBEDDING_BATCH_SIZE, DEFAULT_RESOURCE_NAMES, RESOURCE_NAMES, TABLE_FORMATS
 
 logger = logging.getLogger("gaia_source")
 
@@ -58,6 +58,7 @@ def gaia_source(
     samples: int = 1,
     drift: bool = True,
     required_resources: Optional[bool] = None,
+    table_format: Optional[str] = None,
     ledger: Optional[Any] = None,
     **node_settings: Any,
 ) -> Sequence[DltResource]:
@@ -107,6 +108,8 @@ def gaia_source(
             answered prompts are never sent again.
         required_resources: Whether a resource whose endpoint the node lacks fails the run (its inputs become
             ``failed_requests`` rows) instead of being skipped with a warning. Default: when ``resources`` names them.
+        table_format: ``delta`` or ``iceberg``: every table is written in that open table format (dlt's filesystem
+            destination, with the ``delta`` or ``iceberg`` extra); rows merge there by ``upsert`` on their key.
         ledger: A :class:`~gaia_source.ledger.Ledger` to record how every cell of the run ended (completed, failed,
             refused, skipped); keep it to read the run's outcome, and pass it to
             :func:`~gaia_source.destination.apply_chunk_sync` after the load. Default: one per run.
@@ -129,6 +132,8 @@ def gaia_source(
     if embedding_batch_size < 1:
         raise GaiaConfigError(f"embedding_batch_size must be >= 1, got {embedding_batch_size}")
     check_chunking(chunk_size, chunk_overlap)
+    if table_format not in (None, *TABLE_FORMATS):
+        raise GaiaConfigError(f"table_format must be one of {', '.join(TABLE_FORMATS)}, got {table_format!r}")
     settings = resolve_node_settings(**node_settings)
     params = normalize_chat_params({
         **(chat_params or {}),
@@ -157,6 +162,7 @@ def gaia_source(
         drift=bool(drift),
         required=frozenset(wanted) if (resources is not None if required_resources is None else required_resources)
         else frozenset(),
+        table_format=table_format,
     )
     declare_tables(dlt.current.source_schema())
     # Read every input once now: a malformed line stops the run before the first request.

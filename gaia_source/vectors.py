@@ -5,8 +5,10 @@ per-row cast and a vss index cannot use at all, and PostgreSQL gets ``jsonb``. S
 vectors are loaded, :func:`ensure_vector_column` makes ``embeddings.embedding`` (and its merge-staging twin) a native
 column, with ``dim`` taken from the model's output: ``FLOAT[dim]`` on DuckDB, pgvector's ``vector(dim)`` on
 PostgreSQL when the ``vector`` extension is there (created if the role may; ``jsonb`` otherwise, with one note saying
-why). dlt keeps an existing column's type, so every later load — merge included — lands in it directly. Elsewhere
-vectors stay a list column (parquet and LanceDB: a fixed-size ``float32`` list).
+why), a ``FLOAT[]`` list on DuckLake (which has no fixed-size array type). dlt keeps an existing column's type, so
+every later load — merge included — lands in it directly. Elsewhere vectors stay the list column the Arrow
+fixed-size ``float32`` list becomes: parquet files and LanceDB keep it fixed-size, Delta and Iceberg (no fixed-size
+list type) store a ``float32`` list.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import numpy as np
 import orjson
 
 from .config import resolve_node_settings
-from .destination import DestinationCapabilities, capabilities_of, lance_literal, lance_table
+from .destination import (
+    DestinationCapabilities,
+    capabilities_of,
+    install_duckdb_extensions,
+    lance_literal,
+    lance_table,
+    packaged_extension,
+)
 from .errors import GaiaConfigError, GaiaError
 from .pool import NodePool
 from .rows import EMBEDDING_COLUMNS
@@ -72,14 +81,19 @@ def _create_table(client: Any, vector_type: str, types: Any, dlt_columns: bool =
     client.execute_sql(f"CREATE TABLE IF NOT EXISTS {client.make_qualified_table_name(TABLE)} ({columns})")
 
 
-def _ensure_in(client: Any, dim: int) -> None:
-    """Create or convert ``embeddings`` in the client's current dataset so its vector column is FLOAT[dim]."""
+def _ensure_in(client: Any, dim: int, ducklake: bool = False) -> None:
+    """Create or convert ``embeddings`` in the client's current dataset so its vector column is FLOAT[dim] (on
+    DuckLake: created as a FLOAT[] list, the only float vector type DuckLake has)."""
     schema_name = client.dataset_name
     qualified = client.make_qualified_table_name(TABLE)
     current = _column_type(client, schema_name, TABLE, "embedding")
-    wanted = f"FLOAT[{dim}]"
+    wanted = "FLOAT[]" if ducklake else f"FLOAT[{dim}]"
     if current is None:
         _create_table(client, wanted, _DUCKDB_TYPES)
+    elif ducklake:  # DuckLake changes a column's type only by widening: an older JSON column stays (search casts)
+        if current.upper() != wanted:
+            logger.info("%s.embedding is %s (DuckLake cannot change it to %s); search casts it", qualified, current,
+                        wanted)
     elif current.upper() in ("JSON", "VARCHAR"):
         logger.info("converting %s.embedding from %s to %s (once)", qualified, current, wanted)
         client.execute_sql(f"ALTER TABLE {qualified} ALTER COLUMN embedding TYPE {wanted} USING embedding::{wanted}")
@@ -96,12 +110,13 @@ def _ensure_in(client: Any, dim: int) -> None:
 
 def ensure_vector_column(pipeline: Optional[dlt.Pipeline], capabilities: DestinationCapabilities, dim: int) -> None:
     """Prepare ``embeddings`` (and its merge staging twin) for ``dim``-dimensional vectors where the destination has a
-    native vector column (DuckDB: ``FLOAT[dim]``); elsewhere nothing. Call it once per run, on the extracting thread.
+    native vector column (DuckDB: ``FLOAT[dim]``, PostgreSQL: ``vector(dim)``, DuckLake: ``FLOAT[]``); elsewhere
+    nothing. Call it once per run, on the extracting thread.
 
     Raises:
         GaiaConfigError: the table already stores vectors of another dimension.
     """
-    if pipeline is None or capabilities.vector_column not in ("duckdb", "pgvector"):
+    if pipeline is None or capabilities.vector_column not in ("duckdb", "pgvector", "ducklake"):
         return
     with pipeline.sql_client() as client:
         if capabilities.vector_column == "pgvector":
@@ -112,9 +127,10 @@ def ensure_vector_column(pipeline: Optional[dlt.Pipeline], capabilities: Destina
             with client.with_staging_dataset():
                 _ensure_pg(client, dim, vector_type)
             return
-        _ensure_in(client, dim)
+        ducklake = capabilities.vector_column == "ducklake"
+        _ensure_in(client, dim, ducklake)
         with client.with_staging_dataset():
-            _ensure_in(client, dim)
+            _ensure_in(client, dim, ducklake)
 
 
 # --- PostgreSQL + pgvector -------------------------------------------------------------------------------------
@@ -247,9 +263,11 @@ def search(
 ) -> "pd.DataFrame":
     """Embed ``query`` through the node and return the ``k`` most similar loaded texts, best first.
 
-    The ranking runs in SQL where the destination has a vector column: DuckDB's ``array_cosine_similarity`` over
-    ``FLOAT[dim]`` (a vss HNSW index accelerates it), pgvector's ``<=>`` over ``vector(dim)`` (an HNSW index from
-    :func:`create_hnsw_index` serves it); LanceDB searches its own table; elsewhere the vectors are ranked with numpy.
+    The ranking runs in SQL where the destination has a vector column: DuckDB's ``array_cosine_distance`` over
+    ``FLOAT[dim]`` (a vss HNSW index accelerates it) — also over the list columns DuckDB reads on DuckLake and on the
+    filesystem destination (parquet files, Delta and Iceberg tables), cast to ``FLOAT[dim]`` —, pgvector's ``<=>``
+    over ``vector(dim)`` (an HNSW index from :func:`create_hnsw_index` serves it); LanceDB searches its own table;
+    elsewhere the vectors are ranked with numpy.
 
     Args:
         pipeline: The pipeline that loaded the ``embeddings`` table.
@@ -270,7 +288,8 @@ def search(
     """
     if k < 1:
         raise GaiaConfigError(f"k must be >= 1, got {k}")
-    vector_column = capabilities_of(pipeline).vector_column
+    capabilities = capabilities_of(pipeline)
+    vector_column = capabilities.vector_column
     _filters(where, "duckdb")  # names are checked before the node is asked anything
     if pool is None:
         with NodePool(resolve_node_settings(**node_settings)) as own:
@@ -281,13 +300,15 @@ def search(
     dim = len(vector)
     if vector_column == "lancedb":
         return _search_lancedb(pipeline, vector, k, stored_model, where)
+    install_duckdb_extensions(capabilities.duckdb_extensions)
     with pipeline.sql_client() as sql:
         table = sql.make_qualified_table_name(TABLE)
-        if vector_column == "duckdb":
+        if capabilities.lookup == "duckdb":  # DuckDB, DuckLake, and the filesystem destination's DuckDB views
             column_type = _column_type(sql, sql.dataset_name, TABLE, "embedding") or ""
-            column = "embedding" if column_type.upper() == f"FLOAT[{dim}]" else f"embedding::FLOAT[{dim}]"
+            column = "embedding" if column_type.upper() == f"FLOAT[{dim}]" else f"CAST(embedding AS FLOAT[{dim}])"
             conditions, params = _filters(where, "duckdb")
-            distance = f"array_cosine_distance({column}, %s::FLOAT[{dim}])"  # the form a vss HNSW index serves
+            # the form a vss HNSW index serves; CAST, not ::, for the SQL parser of dlt's filesystem client (sqlglot)
+            distance = f"array_cosine_distance({column}, CAST(%s AS FLOAT[{dim}]))"
             _load_vss_for_index(sql)
             kinds = sql.execute_sql(f"SELECT DISTINCT model, model_requested, dim FROM {table} LIMIT 2")
             one_kind = [tuple(r) for r in kinds or []]
@@ -368,19 +389,6 @@ def _rank(rows: Sequence[Sequence[Any]], vector: Any, k: int) -> "pd.DataFrame":
     return pd.DataFrame([[*rows[i][:4], float(scores[i])] for i in order], columns=columns)
 
 
-def _vss_from_package() -> Optional[str]:
-    """The vss extension file shipped by the ``duckdb-extension-vss`` package for the running DuckDB, if installed."""
-    try:
-        from importlib.resources import files
-
-        import duckdb
-
-        path = files("duckdb_extension_vss") / "extensions" / f"v{duckdb.__version__}" / "vss.duckdb_extension"
-    except ImportError:
-        return None
-    return str(path) if path.is_file() else None
-
-
 def load_vss(sql: Any) -> None:
     """Load DuckDB's vss extension on ``sql``'s connection, offline from ``duckdb-extension-vss`` when installed.
 
@@ -390,7 +398,7 @@ def load_vss(sql: Any) -> None:
     Raises:
         GaiaConfigError: the extension is neither installed from the package nor downloadable.
     """
-    packaged = _vss_from_package()
+    packaged = packaged_extension("vss")
     try:
         sql.execute_sql(f"INSTALL '{packaged}'" if packaged else "INSTALL vss")
         sql.execute_sql("LOAD vss")

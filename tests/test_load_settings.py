@@ -1,0 +1,48 @@
+"""The load settings the script applies (``gaia_source.settings.dlt_defaults``) and its cut of dlt's fixed cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+
+from gaia_source import gaia_source
+from gaia_source.emulator import answer_for
+from gaia_source.settings import dlt_defaults
+
+PROMPTS = [f"Question number {i}?" for i in range(5)]
+
+
+def test_local_loads_rotate_files_and_skip_snappy(make_node, make_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**dlt_defaults("duckdb"), "DATA_WRITER__FILE_MAX_ITEMS": "2"}.items():
+        monkeypatch.setenv(key, value)
+    node = make_node("nexus")
+    pipeline = make_pipeline()
+    pipeline.run(gaia_source(base_url=node.base_url, prompts=PROMPTS).with_resources("chat_completions")
+                 ).raise_on_failed_jobs()
+    files = list(Path(pipeline.working_dir).glob("load/loaded/*/completed_jobs/chat_completions.*.parquet"))
+    assert len(files) == 3  # 5 rows, 2 per file
+    assert {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in files} == {"UNCOMPRESSED"}
+    with pipeline.sql_client() as client:
+        contents = sorted(c for c, in client.execute_sql("SELECT content FROM chat_completions"))
+    assert contents == sorted(answer_for(p, node.default_chat_model) for p in PROMPTS)
+
+
+def test_filesystem_keeps_snappy() -> None:
+    assert "DATA_WRITER__COMPRESSION" not in dlt_defaults("filesystem")
+    assert dlt_defaults("ducklake")["DATA_WRITER__COMPRESSION"] == "none"
+
+
+def test_the_script_reports_its_load_without_importing_sqlalchemy(make_node, tmp_path: Path) -> None:
+    """dlt prints the destination's URL through SQLAlchemy when it is installed (the iceberg extra installs it): the
+    script gives dlt its own URL class instead, and the load info still names the destination."""
+    pytest.importorskip("sqlalchemy")
+    node = make_node("nexus")
+    out = run_cli(tmp_path, "--base-url", node.base_url, "--resources", "models,info", "--progress", "none",
+                  env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time")}
+    assert "dlt" in imported and "sqlalchemy" not in imported
+    assert "destination duckdb" in out.stdout and "gaia_pipeline.duckdb" in out.stdout
