@@ -59,11 +59,12 @@ class DestinationCapabilities:
         load_file_format: A file format to ask for (``parquet`` on DuckDB: a fraction of insert_values' memory).
         arrow_vectors: Vectors may go as Arrow fixed-size lists (else plain rows, whose vectors become JSON).
         vector_column: Which native vector column to create before the first vectors load (``duckdb``: FLOAT[dim];
-            ``pgvector``: vector(dim) where the server has the extension, else jsonb), or which store searches them
-            (``lancedb``).
-        lookup: How to ask which ids are loaded: ``duckdb`` (one list parameter), ``postgres`` (``= ANY``), ``sql``
-            (an ``IN`` list), ``lancedb`` (a filter on the LanceDB table itself), or None when the destination cannot
-            be asked (then rows are merged on their key).
+            ``pgvector``: vector(dim) where the server has the extension, else jsonb; ``ducklake``: FLOAT[], as
+            DuckLake has no fixed-size array), or which store searches them (``lancedb``).
+        lookup: How to ask which ids are loaded: ``duckdb`` (one list parameter; DuckDB, DuckLake and the filesystem
+            destination's DuckDB views), ``postgres`` (``= ANY``), ``sql`` (an ``IN`` list), ``lancedb`` (a filter on
+            the LanceDB table itself), or None when the destination cannot be asked (then rows are merged on their
+            key).
         nul_in_text: Text and JSON columns can hold U+0000 (see :data:`NO_NUL_IN_TEXT`); where not, rows go through
             :func:`escape_nul`.
         duckdb_extensions: DuckDB extensions the destination's SQL client (or dlt's loader) needs, installed from
