@@ -337,15 +337,8 @@ class LoadedIds:
             column = client.escape_column_name(self.id_column)
             selected = ", ".join([column, *(client.escape_column_name(c) for c in self.columns)])
             condition = f" AND ({self.where})" if self.where else ""
-            args: List[Any]
             for start in range(0, len(wanted), LOOKUP_BATCH):
-                batch = wanted[start : start + LOOKUP_BATCH]
-                if self._dialect == "duckdb":  # one list parameter binds ~8x faster than thousands of them
-                    match, args = f"{column} IN (SELECT UNNEST(CAST(%s AS VARCHAR[])))", [batch]
-                elif self._dialect == "postgres":
-                    match, args = f"{column} = ANY(%s)", [batch]
-                else:
-                    match, args = f"{column} IN ({','.join(['%s'] * len(batch))})", batch
+                match, args = _in(column, wanted[start : start + LOOKUP_BATCH], str(self._dialect))
                 rows = client.execute_sql(f"SELECT {selected} FROM {qualified} WHERE {match}{condition}", *args)
                 for row in rows or []:
                     found.setdefault(str(row[0]), []).append(tuple(row[1:]))
@@ -392,7 +385,7 @@ class LoadedIds:
 
 def _in(column: str, values: Sequence[Any], dialect: str) -> Tuple[str, List[Any]]:
     """``column IN values`` in the lookup dialect, with its arguments."""
-    if dialect == "duckdb":
+    if dialect == "duckdb":  # one list parameter binds ~8x faster than thousands of them
         return f"{column} IN (SELECT UNNEST(CAST(%s AS VARCHAR[])))", [list(values)]
     if dialect == "postgres":
         return f"{column} = ANY(%s)", [list(values)]
