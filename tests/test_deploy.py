@@ -189,7 +189,9 @@ def test_workflow_command_as_shipped_loads_exactly_the_example_inputs(
     assert KEY not in result.stdout + result.stderr
     tables = {t for (t,) in pg_rows(postgres_schema, "SELECT table_name FROM information_schema.tables "
                                                      "WHERE table_schema = '{s}' AND table_name NOT LIKE '\\_dlt%%'")}
-    assert tables - {"retrieve__points"} == {"models", "info", *CHAT_TABLES, "embeddings", "retrieve"}  # no failures
+    # no failures table; the run's own gaia_runs row says it ended cleanly
+    assert tables - {"retrieve__points"} == {"models", "info", *CHAT_TABLES, "embeddings", "retrieve", "gaia_runs"}
+    assert pg_rows(postgres_schema, "SELECT exit_code, failed, refused FROM {s}.gaia_runs") == [(0, 0, 0)]
     prompts, texts, queries = example_prompts(), example_texts(), example_queries()
     for table in CHAT_TABLES:  # one row per example prompt, answered with its own text, capped at its max_tokens
         rows = pg_rows(postgres_schema, f"SELECT custom_id, content, model, status FROM {{s}}.{table}")
