@@ -440,7 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         # the answers to this run's inputs (one line per cell and node), not to inputs edited or removed since
         this_run = {cell_id for cell_id, _ in ledger.cells(args.export_table)} or None
-    if args.export_batch_output and len(targets(pipeline, args.export_table)) > 1:  # comparing: a file per target
+    if args.export_batch_output and len(targets(pipeline, args.export_table, this_run)) > 1:  # a file per target
         written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table, this_run)
         for path, lines in written.items():
             print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")

@@ -168,30 +168,34 @@ def _target_order(target: Target) -> Tuple[Tuple[bool, str], ...]:
     return tuple((part is None, part or "") for part in target)
 
 
-def _failed_targets(pipeline: dlt.Pipeline, table: str, answered: Answered) -> Set[Target]:
+def _failed_targets(pipeline: dlt.Pipeline, table: str, answered: Answered,
+                    cells: Optional[Set[str]] = None) -> Set[Target]:
     """The targets of the requests of ``table``'s resource that are failing (node URL None: a request that reached
-    no node, such as an input refused before it was sent)."""
+    no node, such as an input refused before it was sent); with ``cells``, of those cells only."""
     with pipeline.sql_client() as client:
         failed = client.make_qualified_table_name(FAILED_REQUESTS_TABLE)
     found: Set[Target] = set()
     with contextlib.suppress(DatabaseUndefinedRelation):
-        sql = f"SELECT node_url, request_body FROM {failed} WHERE resource = '{table}'"
+        sql = f"SELECT * FROM {failed} WHERE resource = '{table}'"
         found = {_target(row["node_url"], None, (_json(row.get("request_body")) or {}).get("model"), answered)
-                 for row in _rows(pipeline, sql)}
+                 for row in _rows(pipeline, sql) if cells is None or row.get("cell_id") in cells}
     return found
 
 
-def targets(pipeline: dlt.Pipeline, table: str = "chat_completions") -> List[Target]:
+def targets(pipeline: dlt.Pipeline, table: str = "chat_completions", cells: Optional[Set[str]] = None) -> List[Target]:
     """The targets (node URL, model that answered, model requested) of ``table``: those it has rows for, and those
-    that only have failing requests (in ``failed_requests``), such as a compared node that failed every request."""
+    that only have failing requests (in ``failed_requests``), such as a compared node that failed every request. With
+    ``cells``, only the targets of those cells (a run's: not every node the dataset ever heard from)."""
     with pipeline.sql_client() as client:
         qualified = client.make_qualified_table_name(table)
     answered = _answered_models(pipeline, table)
-    found: Set[Target] = {target for target in _failed_targets(pipeline, table, answered) if target[0] is not None}
+    found: Set[Target] = {target for target in _failed_targets(pipeline, table, answered, cells)
+                          if target[0] is not None}
     with contextlib.suppress(DatabaseUndefinedRelation):
-        sql = f"SELECT DISTINCT node_url, model, model_requested FROM {qualified}"
+        columns = "node_url, model, model_requested" + ("" if cells is None else ", cell_id")
         found.update(_target(row["node_url"], row["model"], row["model_requested"], answered)
-                     for row in _rows(pipeline, sql))
+                     for row in _rows(pipeline, f"SELECT DISTINCT {columns} FROM {qualified}")
+                     if cells is None or row["cell_id"] in cells)
     return sorted(found, key=_target_order)
 
 
@@ -214,14 +218,15 @@ def target_path(path: str, target: Target, with_requested: bool = False) -> str:
 def export_batch_output_per_target(
     pipeline: dlt.Pipeline, path: str, table: str = "chat_completions", cells: Optional[Set[str]] = None
 ) -> Dict[str, int]:
-    """One Batch output file per target of ``table`` (see :func:`targets` and :func:`target_path`), each with its
-    answers and an error line for each of its failing requests; returns lines per file.
+    """One Batch output file per target of ``table`` (of ``cells`` when given; see :func:`targets` and
+    :func:`target_path`), each with its answers and an error line for each of its failing requests; returns lines per
+    file.
 
     Failing requests that reached no node (inputs refused before they were sent) go to a file of their own per model,
     ``out.default.<model>.jsonl``."""
     answered = _answered_models(pipeline, table)
-    unsent = {target for target in _failed_targets(pipeline, table, answered) if target[0] is None}
-    every = [*targets(pipeline, table), *sorted(unsent, key=_target_order)]
+    unsent = {target for target in _failed_targets(pipeline, table, answered, cells) if target[0] is None}
+    every = [*targets(pipeline, table, cells), *sorted(unsent, key=_target_order)]
     shared = Counter((node, model or requested) for node, model, requested in every)
     written: Dict[str, int] = {}
     for target in every:

@@ -74,6 +74,25 @@ def test_export_writes_one_batch_file_per_node_and_model(make_node, tmp_path: Pa
         assert file.name.endswith(f".{model}.jsonl")
 
 
+def test_export_after_switching_nodes_writes_one_file_of_this_runs_answers(make_node, tmp_path: Path) -> None:
+    """The dataset holds answers of an earlier node; this run's prompts are answered by another one only: the export
+    is the one file asked for, with this run's lines, not a file per node the dataset ever heard from (one of them
+    empty)."""
+    first, second = make_node("rag"), make_node("llama")
+    (tmp_path / "old.txt").write_text(PROMPTS[0] + "\n")
+    (tmp_path / "new.txt").write_text(PROMPTS[1] + "\n")
+    for node, prompts in ((first, "old.txt"), (second, "new.txt")):
+        result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", prompts, "--resources",
+                         "chat_completions", "--export-batch-output", "out.jsonl")
+        assert result.returncode == 0, result.stderr
+    assert sorted(f.name for f in tmp_path.glob("out*.jsonl")) == ["out.jsonl"]
+    [line] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    body = line["response"]["body"]
+    assert (body["model"], body["choices"][0]["message"]["content"]) == (
+        second.default_chat_model, answer_for(PROMPTS[1], second.default_chat_model))
+    assert "wrote 1 Batch output line(s) from chat_completions to out.jsonl" in result.stdout
+
+
 def test_export_writes_a_file_of_error_lines_for_a_node_that_failed_every_request(make_node, tmp_path: Path) -> None:
     good, down = make_node("rag"), make_node("llama", outage=500)
     prompts = {"q1": PROMPTS[0], "q2": PROMPTS[1], "q3": "What is a Gaia domain?"}
