@@ -193,9 +193,9 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
     if args.demo:  # the built-in samples go to the emulated node only, and only where no file was given
-        from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXTS
+        from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXT_ROWS
 
-        samples = {"prompts": SAMPLE_PROMPTS, "texts": SAMPLE_TEXTS, "queries": SAMPLE_QUERIES}
+        samples = {"prompts": SAMPLE_PROMPTS, "texts": SAMPLE_TEXT_ROWS, "queries": SAMPLE_QUERIES}
         for key, sample in samples.items():
             if f"{key}_file" not in source_args:
                 source_args[key] = sample

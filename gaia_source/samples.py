@@ -1,6 +1,6 @@
 """Built-in sample inputs: what ``gaia_pipeline.py --demo`` loads, and what a run with no configured inputs sends."""
 
-from typing import List
+from typing import Dict, List
 
 SAMPLE_PROMPTS: List[str] = [
     "What is the capital of France?",
@@ -16,6 +16,10 @@ SAMPLE_TEXTS: List[str] = [
     "dlt loads data from APIs into warehouses such as DuckDB, BigQuery and Snowflake.",
     "DuckDB stores embedding vectors in fixed-size FLOAT arrays.",
 ]
+
+SAMPLE_TEXT_ROWS: List[Dict[str, str]] = [{"id": f"doc-{i}", "text": text} for i, text in enumerate(SAMPLE_TEXTS, 1)]
+"""The sample texts as a corpus has them, with ids (``doc-1`` …): what ``--demo`` loads, so README's SQL on ``text_id``
+works on the demo's data."""
 
 SAMPLE_QUERIES: List[str] = [
     "Where is Paris located?",
