@@ -130,6 +130,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def checkout(dest: Path) -> Path:
+    """A copy of the repository as ``actions/checkout`` gives it: no local secrets, venvs or databases."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "*.egg-info", "build", "_storage",
+                                    "*.duckdb", "*.duckdb.wal", "secrets.toml", "__marimo__")
+    shutil.copytree(REPO_ROOT, dest, ignore=ignore)
+    return dest
+
+
 def run_cli(cwd: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """Run gaia_pipeline.py in a subprocess, as a user would, with the test's isolated dlt environment."""
     full_env = {**os.environ, **(env or {})}

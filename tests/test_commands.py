@@ -219,11 +219,12 @@ def test_report_is_a_static_offline_page_with_the_pass_rates(evaluation_run: Eva
     # nothing from the network, no script, no code
     assert not re.search(r"<script|<link|<iframe|<img|@import|url\(|src=|href=", html, re.I), "external reference"
     assert "SELECT" not in html and "import " not in html
-    _render_offline(run.folder / "evaluation.html")
+    render_offline(run.folder / "evaluation.html", "evaluation-report.png")
 
 
-def _render_offline(page: Path) -> None:
-    """Open the report in headless Chromium with every non-file request refused: it renders, and asks for nothing."""
+def render_offline(page: Path, shot_name: str) -> None:
+    """Open the report in headless Chromium with every non-file request refused: it renders, and asks for nothing. Its
+    screenshot goes to the artifacts as ``shot_name``."""
     from test_dashboard import ARTIFACTS, BROWSER_ARGS, CHROMIUM
 
     if CHROMIUM is None:
@@ -241,7 +242,7 @@ def _render_offline(page: Path) -> None:
         page_.goto(page.as_uri())
         assert page_.get_by_text("Pass rate per node and model").first.is_visible()
         assert page_.locator("svg rect").count() >= 3
-        shot = Path(ARTIFACTS or page.parent) / "evaluation-report.png"
+        shot = Path(ARTIFACTS or page.parent) / shot_name
         shot.parent.mkdir(parents=True, exist_ok=True)
         page_.screenshot(path=str(shot), full_page=True)
         browser.close()

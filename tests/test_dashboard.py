@@ -163,24 +163,36 @@ DASHBOARD_QUERY = "SELECT count(*) AS n_answers, min(content) AS first_answer FR
 
 
 def test_dashboard_runs_a_query_and_loads_row_counts_in_a_real_browser(demo_dir: Path) -> None:
-    """dlt's dashboard on the demo's pipeline, used as a user does: the Gaia tables are listed; a SQL typed into the
-    query editor runs with "Run Query" and its result is on screen; "Load row counts" shows each table's count. The
-    values shown are checked against the same SQL on the DuckDB file, and no step may show a failure (DuckDB 2.0 broke
-    both buttons with "'DuckDBPyConnection' object has no attribute 'fetch_arrow_table'")."""
+    """dlt's dashboard on the demo's pipeline, used as a user does (see :func:`use_dashboard`)."""
     _require_chromium()
     import dlt
     import dlt._workspace.helpers.dashboard.dlt_dashboard as dashboard
-    from playwright.sync_api import sync_playwright
 
     pipeline = dlt.attach(DEMO_PIPELINE)
-    [(answers, first_answer)] = query(pipeline, DASHBOARD_QUERY)
-    tables = sorted(t for t in pipeline.default_schema.data_table_names(seen_data_only=True) if not t.startswith("_dlt"))
-    counts = {table: query(pipeline, f"SELECT count(*) FROM {table}")[0][0] for table in tables}
-    assert answers > 0 and counts["embeddings"] > 0 and first_answer
-    artifacts = _artifacts(demo_dir)
-
+    expected = dashboard_expectations(lambda sql: query(pipeline, sql))
     app = [dashboard.__file__, "--", "--pipeline", DEMO_PIPELINE, "--pipelines-dir", str(pipeline.pipelines_dir)]
-    with _marimo_app(app, demo_dir) as url, sync_playwright() as playwright:
+    with _marimo_app(app, demo_dir) as url:
+        use_dashboard(url, expected, _artifacts(demo_dir), "dashboard")
+
+
+def dashboard_expectations(sql: Callable[[str], List[tuple]]) -> Dict[str, Any]:
+    """What the dashboard must show, from the same SQL on the pipeline's dataset (``sql`` runs a statement there):
+    DASHBOARD_QUERY's one row and every Gaia table's row count."""
+    [(answers, first_answer)] = sql(DASHBOARD_QUERY)
+    counts = {table: sql(f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
+    assert answers > 0 and counts["embeddings"] > 0 and first_answer
+    return {"row": {"n_answers": str(answers), "first_answer": first_answer}, "counts": counts}
+
+
+def use_dashboard(url: str, expected: Dict[str, Any], artifacts: Path, shots: str) -> None:
+    """Use dlt's dashboard at ``url`` (on the demo's pipeline) as a user does, in a real Chromium: the Gaia tables are
+    listed; a SQL typed into the query editor runs with "Run Query" and its result is on screen; "Load row counts"
+    shows each table's count. The values shown must be ``expected`` (see :func:`dashboard_expectations`), and no step
+    may show a failure (DuckDB 2.0 broke both buttons with "'DuckDBPyConnection' object has no attribute
+    'fetch_arrow_table'"). Screenshots go to ``artifacts`` as ``{shots}-N-….png``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})  # marimo scrolls inside: one tall view
         kernel = _Kernel(page)
@@ -200,18 +212,18 @@ def test_dashboard_runs_a_query_and_loads_row_counts_in_a_real_browser(demo_dir:
             editor.blur()
         kernel.settle(page)
         assert editor.inner_text() == DASHBOARD_QUERY
-        page.screenshot(path=str(artifacts / "dashboard-1-query-typed.png"))
+        page.screenshot(path=str(artifacts / f"{shots}-1-query-typed.png"))
         _press(page, "Run Query")
         [row] = _shown_table(page, ["n_answers", "first_answer"], "Run Query")
         page.get_by_text("Query History").first.wait_for()
-        page.screenshot(path=str(artifacts / "dashboard-2-query-result.png"))
-        assert row == {"n_answers": str(answers), "first_answer": first_answer}
+        page.screenshot(path=str(artifacts / f"{shots}-2-query-result.png"))
+        assert row == expected["row"]
 
         _press(page, "Load row counts")
         listed = _shown_table(page, ["name", "row_count"], "Load row counts")
-        page.screenshot(path=str(artifacts / "dashboard-3-row-counts.png"))
+        page.screenshot(path=str(artifacts / f"{shots}-3-row-counts.png"))
         shown = {r["name"]: r["row_count"] for r in listed}
-        assert {t: shown.get(t) for t in tables} == {t: str(n) for t, n in counts.items()}
+        assert {t: shown.get(t) for t in TABLES} == {t: str(n) for t, n in expected["counts"].items()}
         _assert_no_failure(page, "after both buttons")
         browser.close()
 

@@ -28,7 +28,7 @@ import duckdb
 import psycopg2
 import pytest
 import yaml
-from conftest import POSTGRES, REPO_ROOT, counts, run_cli
+from conftest import POSTGRES, REPO_ROOT, checkout, counts, run_cli
 
 from gaia_source.emulator import answer_for
 
@@ -121,14 +121,6 @@ def github_expand(value: str, contexts: Mapping[str, Mapping[str, str]]) -> str:
         return result
 
     return _EXPRESSION.sub(evaluate, value)
-
-
-def checkout(dest: Path) -> Path:
-    """A copy of the repository as ``actions/checkout`` gives it: no local secrets, venvs or databases."""
-    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "*.egg-info", "build", "_storage",
-                                    "*.duckdb", "*.duckdb.wal", "secrets.toml", "__marimo__")
-    shutil.copytree(REPO_ROOT, dest, ignore=ignore)
-    return dest
 
 
 def test_workflow_names_its_inputs_and_takes_the_key_from_secrets() -> None:
