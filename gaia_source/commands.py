@@ -14,6 +14,7 @@ import shlex
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import orjson
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
                                "_dlt_loads).")
     runs.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    runs.add_argument("--demo", action="store_true", help=f"the runs of --demo (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(runs)
 
     search = commands.add_parser("search", help="the loaded texts most similar to a query",
@@ -192,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "nothing loaded from the network.")
     report.add_argument("-o", "--output", default="evaluation.html", help="file to write (default evaluation.html)")
     report.add_argument("-k", type=int, default=3, help="the k of hit@k (default 3)")
+    report.add_argument("--demo", action="store_true", help=f"what --demo loaded (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(report)
     return parser
 
@@ -204,9 +207,12 @@ def _pipeline(args: argparse.Namespace) -> dlt.Pipeline:
         args.pipeline_name = DEMO_PIPELINE_NAME
     pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
     if pipeline.destination is None or pipeline.default_schema_name is None:
+        demo = Path(pipeline.pipelines_dir) / DEMO_PIPELINE_NAME
+        hint = (f" (--demo loaded pipeline {DEMO_PIPELINE_NAME}: add --demo to look at it)"
+                if args.pipeline_name == PIPELINE_NAME and demo.is_dir() else "")
         raise GaiaConfigError(
             f"pipeline {args.pipeline_name!r} has not loaded anything from this folder ({pipeline.working_dir}). Run "
-            "the command where gaia_pipeline.py ran, or name its --destination and --dataset-name")
+            f"the command where gaia_pipeline.py ran, or name its --destination and --dataset-name{hint}")
     return pipeline
 
 

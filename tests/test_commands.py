@@ -183,6 +183,21 @@ def test_search_prints_the_loaded_texts_nearest_to_a_query(tmp_path: Path) -> No
     assert SAMPLE_TEXTS[0] in table.stdout and f"{hits[0]['score']:.3f}" in table.stdout
 
 
+def test_after_the_demo_runs_and_report_look_at_it_with_demo(tmp_path: Path) -> None:
+    """A new user's next commands after `--demo`: without --demo, `runs` says where the demo's data is; with it,
+    `runs` lists the demo's run and `report` writes its page."""
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    plain = run_cli(tmp_path, "runs")
+    assert plain.returncode == 2 and "add --demo to look at it" in plain.stderr
+    listed = run_cli(tmp_path, "runs", "--demo", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [run] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (run["exit_code"], run["completed"], run["failed"]) == (0, 3 + 3 + 6 + 3 + 1 + 1, 0), run
+    report = run_cli(tmp_path, "report", "--demo", "-o", "demo.html")
+    assert report.returncode == 0, report.stderr
+    assert "Pass rate" in (tmp_path / "demo.html").read_text(encoding="utf-8")
+
+
 def test_search_prefilters_with_where(evaluation_run: EvaluationRun) -> None:
     def search(*args: str) -> List[Dict[str, Any]]:
         result = run_cli(evaluation_run.folder, "search", "When was the Eiffel Tower built?", "--base-url",
