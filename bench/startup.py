@@ -10,6 +10,11 @@ scheduled snapshot does), against one emulator process; the ratio is taken pair 
 Targets (issue 14): `--help` <= 0.3 s; snapshot <= 1.0 s and <= 1.5x the raw script; issue 21: <= 2x the raw script.
 Then one snapshot in a child process, timed phase by phase (imports, pipeline, dlt's extract/normalize/load steps, the
 summary): where the fixed cost of a run goes.
+
+Last, a new user's first commands (issue 19): `--demo` in a fresh folder each time (its emulated node, every resource,
+the summary), then `runs --demo`, `search "…" --demo` (which starts its own emulated node to embed the query) and
+`report --demo` on its data, each a whole process, beside `python -c "import dlt"` (the floor of any command that
+touches a pipeline). Targets: `--demo` <= 4 s; `runs`, `search`, `report` <= 2 s each.
 """
 
 from __future__ import annotations
@@ -91,7 +96,35 @@ def main() -> int:
     print(f"  snapshot / raw CPU (user + sys, medians): {a['cpu_s_median'] / b['cpu_s_median']:.2f}x "
           "(less sensitive to other processes than wall time on a shared machine)")
     phases(args.runs)
+    first_commands(args.runs)
     return 0
+
+
+def first_commands(runs: int) -> None:
+    """A new user's first commands, whole processes: min / median over ``runs`` (see the module's docstring)."""
+    floor = [sys.executable, "-c", "import dlt"]
+    commands = {
+        "gaia_pipeline.py --demo (fresh folder)": ["--demo"],
+        "gaia_pipeline.py runs --demo": ["runs", "--demo"],
+        'gaia_pipeline.py search "Where is Paris?" --demo': ["search", "Where is Paris?", "-k", "3", "--demo"],
+        "gaia_pipeline.py report --demo": ["report", "--demo", "-o", "evaluation.html"],
+    }
+    seen: dict = {name: [] for name in ("import dlt", *commands)}
+    run_process(floor)  # warm-up
+    for _ in range(runs + 1):  # the first round warms the caches and is not counted
+        folder = workdir("gaia-bench-demo-")
+        env = {"DLT_DATA_DIR": str(folder / "dlt")}
+        timed = {"import dlt": run_process(floor)}
+        for name, argv in commands.items():
+            timed[name] = run_process([sys.executable, CLI, *argv], str(folder), env)
+        for name, figures in timed.items():
+            seen[name].append(figures)
+    print(f"  a new user's first commands, whole process, {runs} runs (min / median):")
+    for name, figures in seen.items():
+        result = summary(figures[1:])
+        target = 4.0 if "--demo (fresh" in name else 2.0 if name in commands else None
+        print(f"    {name:<52} {result['wall_s_min']:6.3f} / {result['wall_s_median']:6.3f} s"
+              + (f"   (target <= {target:g} s)" if target else "   (the floor)"))
 
 
 def phases(runs: int) -> None:
