@@ -90,6 +90,7 @@ def load_embeddings(pipeline: dlt.Pipeline, texts_file: str, **source_args: Any)
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="gaia_pipeline.py",
         description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
@@ -100,25 +101,29 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--demo", action="store_true",
                       help=f"start a local emulated node and load built-in sample data (pipeline {DEMO_PIPELINE_NAME}, "
                       f"dataset {DEMO_DATASET_NAME}: apart from real runs)")
-    node.add_argument("--demo-flavor", default="rag",  # checked against the emulator's flavours when it starts
+    # --demo-flavor is checked against the emulator's flavours when it starts
+    node.add_argument("--demo-flavor", default="rag", metavar="FLAVOR",
                       help="server the demo emulates: rag (Gaia <= 0.4 with a knowledge base, every endpoint but "
                       "responses; default), llama (llama-api-server 0.28), nexus (llama-nexus), node06 (Gaia node 0.6: "
                       "gaia-nexus 0.8.2 + llama-api-server 0.27), amd (AMD GAIA 0.25)")
-    node.add_argument("--base-url", help="node URL, e.g. http://localhost:8080/v1 (overrides config)")
-    node.add_argument("--node-id", help="hosted node id: https://{node_id}.gaia.domains/v1")
-    node.add_argument("--chat-model", help="chat model, or models a,b (every prompt goes to each; default: discovered)")
-    node.add_argument("--embedding-model", help="embedding model (default: discovered from the node)")
-    node.add_argument("--timeout", type=float, help="seconds to wait for a response")
-    node.add_argument("--max-concurrency", type=int, help="requests in flight at once")
+    node.add_argument("--base-url", metavar="URL", help="node URL, e.g. http://localhost:8080/v1 (overrides config)")
+    node.add_argument("--node-id", metavar="ID", help="hosted node id: https://{node_id}.gaia.domains/v1")
+    node.add_argument("--chat-model", metavar="MODEL",
+                      help="chat model, or models a,b (every prompt goes to each; default: discovered)")
+    node.add_argument("--embedding-model", metavar="MODEL", help="embedding model (default: discovered from the node)")
+    node.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds to wait for a response")
+    node.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight at once")
     data = parser.add_argument_group("inputs")
-    data.add_argument("--prompts-file", help="prompts: .jsonl (Batch or messages lines), .csv (prompt column) or text")
-    data.add_argument("--texts-file",
+    data.add_argument("--prompts-file", metavar="FILE",
+                      help="prompts: .jsonl (Batch or messages lines), .csv (prompt column) or text")
+    data.add_argument("--texts-file", metavar="FILE",
                       help="texts to embed: text lines, .jsonl (text/id/document_id/metadata) or .csv (text column)")
     data.add_argument("--chunk-size", type=int, metavar="CHARS",
                       help="split texts into chunks of at most CHARS characters (documents: see README)")
     data.add_argument("--chunk-overlap", type=int, metavar="CHARS", help="characters a chunk shares with the previous")
-    data.add_argument("--queries-file", help="retrieval queries: text lines, .jsonl or .csv (query column)")
-    data.add_argument("--system-prompt", help="system message for every prompt that has none")
+    data.add_argument("--queries-file", metavar="FILE",
+                      help="retrieval queries: text lines, .jsonl or .csv (query column)")
+    data.add_argument("--system-prompt", metavar="TEXT", help="system message for every prompt that has none")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--compare-nodes", action="store_true",
                             help="send every prompt to every --base-url node (rows per node) instead of spreading them")
@@ -134,13 +139,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="cap every answer at N tokens (sent as max_tokens and max_completion_tokens, so that every "
                       "server generation honours it)")
     load = parser.add_argument_group("load")
-    load.add_argument("--resources", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
-    load.add_argument("--destination", default="duckdb", help="dlt destination (default duckdb; also ducklake)")
+    load.add_argument("--resources", metavar="NAMES", help=f"comma-separated subset of: {','.join(RESOURCE_NAMES)}")
+    load.add_argument("--destination", default="duckdb", metavar="NAME",
+                      help="dlt destination (default duckdb; also ducklake)")
     load.add_argument("--table-format", choices=TABLE_FORMATS,
                       help="with --destination filesystem: write every table as a Delta or Iceberg table")
-    load.add_argument("--dataset-name",
+    load.add_argument("--dataset-name", metavar="NAME",
                       help=f"dataset / schema name (default {DATASET_NAME}; {DEMO_DATASET_NAME} with --demo)")
-    load.add_argument("--pipeline-name",
+    load.add_argument("--pipeline-name", metavar="NAME",
                       help=f"dlt pipeline name (default {PIPELINE_NAME}; {DEMO_PIPELINE_NAME} with --demo)")
     load.add_argument("--progress", choices=("rich", "log", "tqdm", "enlighten", "alive_progress", "none"),
                       default="rich",

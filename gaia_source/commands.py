@@ -157,14 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
     def pipeline_args(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"dlt pipeline (default {PIPELINE_NAME})")
-        command.add_argument("--dataset-name", help=f"dataset (default: the pipeline's, else {DATASET_NAME})")
-        command.add_argument("--destination", help="dlt destination (default: the pipeline's, from its last run here)")
+        command.add_argument("--pipeline-name", default=PIPELINE_NAME, metavar="NAME",
+                             help=f"dlt pipeline (default {PIPELINE_NAME})")
+        command.add_argument("--dataset-name", metavar="NAME",
+                             help=f"dataset (default: the pipeline's, else {DATASET_NAME})")
+        command.add_argument("--destination", metavar="NAME",
+                             help="dlt destination (default: the pipeline's, from its last run here)")
 
     runs = commands.add_parser("runs", help="list past runs: when, nodes, resources, inputs, rows, failures, exit code",
                                description="List past runs of the pipeline, newest first (from gaia_runs and dlt's "
                                "_dlt_loads).")
-    runs.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")
+    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     runs.add_argument("--demo", action="store_true", help=f"the runs of --demo (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(runs)
@@ -179,12 +182,14 @@ def _parser() -> argparse.ArgumentParser:
                         "repeat for several (all must hold)")
     search.add_argument("--model", help="embedding model (default: the node's)")
     node = search.add_mutually_exclusive_group()
-    node.add_argument("--base-url", help="node that embeds the query (default: [sources.gaia_source] config)")
-    node.add_argument("--node-id", help="hosted node id that embeds the query")
+    node.add_argument("--base-url", metavar="URL",
+                      help="node that embeds the query (default: [sources.gaia_source] config)")
+    node.add_argument("--node-id", metavar="ID", help="hosted node id that embeds the query")
     node.add_argument("--demo", action="store_true",
                       help=f"search what --demo loaded (pipeline {DEMO_PIPELINE_NAME}), embedding with a local "
                       "emulated node as the demo did")
-    search.add_argument("--demo-flavor", default="rag", help="server the --demo node emulates (default rag)")
+    search.add_argument("--demo-flavor", default="rag", metavar="FLAVOR",
+                        help="server the --demo node emulates (default rag)")
     search.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     pipeline_args(search)
 
@@ -192,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Write the evaluation page (pass rates, answers side by side, flaky "
                                  "prompts, retrieval hit@k and MRR, drift) as one HTML file with no script and "
                                  "nothing loaded from the network.")
-    report.add_argument("-o", "--output", default="evaluation.html", help="file to write (default evaluation.html)")
+    report.add_argument("-o", "--output", default="evaluation.html", metavar="PATH",
+                        help="file to write (default evaluation.html)")
     report.add_argument("-k", type=int, default=3, help="the k of hit@k (default 3)")
     report.add_argument("--demo", action="store_true", help=f"what --demo loaded (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(report)

@@ -26,7 +26,14 @@ from .destination import (
     find_stale_documents,
     install_duckdb_extensions,
 )
-from .errors import GaiaError, GaiaRequestError, GaiaRunStopped, is_transient, looks_like_missing_route
+from .errors import (
+    EndpointNotAvailable,
+    GaiaError,
+    GaiaRequestError,
+    GaiaRunStopped,
+    is_transient,
+    looks_like_missing_route,
+)
 from .ledger import Ledger
 from .pool import NodePool
 from .rows import NodeInfo, configuration_hash, models_from_info, models_from_list, read_info
@@ -69,7 +76,7 @@ class RunContext:
         self._models: Optional[Tuple[Optional[str], Optional[str]]] = None
         self._amd: Optional[bool] = None
         self._seen: Dict[str, Set[str]] = {}
-        self._endpoints: Dict[str, bool] = {}
+        self._endpoints: Dict[str, Dict[Optional[str], Optional[EndpointNotAvailable]]] = {}
 
     @contextmanager
     def active(self) -> Iterator["RunContext"]:
@@ -127,13 +134,12 @@ class RunContext:
         """Keys already yielded to ``table`` in this run (so a key is sent once per run, across pages)."""
         return self._seen.setdefault(table, set())
 
-    def endpoint_exists(self, resource: str) -> Optional[bool]:
-        """What this run's first request of ``resource`` found: True (exists), False (missing), None (not asked)."""
-        return self._endpoints.get(resource)
-
-    def set_endpoint_exists(self, resource: str, exists: bool) -> None:
-        """Record the verdict of ``resource``'s first request for the rest of the run."""
-        self._endpoints[resource] = exists
+    def endpoint_verdicts(self, resource: str) -> Dict[Optional[str], Optional[EndpointNotAvailable]]:
+        """What this run's first request of ``resource`` to each node found, kept for the rest of the run (across a
+        transformer's pages): keyed by the node requests are pinned to (None: the pool's requests), None when the
+        endpoint exists, else why it is missing; a node not in it was not asked yet (see
+        :data:`~gaia_source.runner.Verdicts`)."""
+        return self._endpoints.setdefault(resource, {})
 
     def chunk_positions(self, table: str, model: Optional[str]) -> Dict[str, Tuple[int, int]]:
         """Where each document's next chunk starts in this run (index, character offset): a document whose text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Tuple
 
 import orjson
 
@@ -110,13 +110,16 @@ class GaiaStreamInterrupted(GaiaStreamError):
 class EndpointNotAvailable(GaiaRequestError):
     """404/405 on a resource's first request: this node's server generation does not have the endpoint."""
 
-    def _message(self) -> str:
+    @property
+    def where(self) -> Tuple[str, str]:
+        """(the node's URL, the endpoint's path), e.g. ``("http://host:8080/v1", "/v1/retrieve")``."""
         node, _, endpoint = self.url.rpartition("/v1/")
-        hint = _MISSING_HINTS.get(endpoint, "This server generation does not have it.")
-        return (
-            f"the node at {node}/v1 has no {self.method} /v1/{endpoint} "
-            f"(HTTP {self.status_code}: {self.detail}). {hint}"
-        )
+        return f"{node}/v1", f"/v1/{endpoint}"
+
+    def _message(self) -> str:
+        node, endpoint = self.where
+        hint = _MISSING_HINTS.get(endpoint.removeprefix("/v1/"), "This server generation does not have it.")
+        return f"the node at {node} has no {self.method} {endpoint} (HTTP {self.status_code}: {self.detail}). {hint}"
 
 
 _MISSING_HINTS = {

@@ -151,14 +151,10 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
                     return Outcome(request, attempts=outcome.attempts, parts=parts, latency_s=outcome.latency_s)
             return outcome
 
-        verdict = context.endpoint_exists(endpoint.name)
-        if verdict is False:  # a missing endpoint was reported (once) by an earlier page of this run
-            return
         requests = endpoint.requests(endpoint, plan, context)
         items = run_requests(
             endpoint.name, requests, execute, pool.max_concurrency, context.ledger, settings.retry_rounds,
-            settings.round_cooldown, verdict, lambda exists: context.set_endpoint_exists(endpoint.name, exists),
-            required=endpoint.name in plan.required,
+            settings.round_cooldown, context.endpoint_verdicts(endpoint.name), required=endpoint.name in plan.required,
         )
         if endpoint.vectors:
             items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))

@@ -1,11 +1,14 @@
 """Runs one resource's requests and turns every outcome into rows for dlt: a completed row or a failure row, once.
 
-1. **The probe.** The first request goes alone. A 404/405 that the server itself gives as "no such route" (text,
-   JSON or empty, not a gateway's HTML page, which is retried) means this node's server generation lacks the
-   endpoint: the resource is skipped with one warning and nothing else is sent — unless the user named the resource,
-   then every cell of it is recorded as failing, so the run exits non-zero. That verdict is made here, once; any
-   later 404/405 is a failed request like any other (a gateway briefly losing its route). A refused key (401/403),
-   or no usable node (none listening, or not an OpenAI-compatible API: see :mod:`gaia_source.pool`), stops the run.
+1. **The probe.** The first request to each node goes alone (requests spread over the pool share one verdict, made
+   by the first of them; requests pinned to a node, with ``compare_nodes``, have that node's own). A 404/405 that
+   the server itself gives as "no such route" (text, JSON or empty, not a gateway's HTML page, which is retried)
+   means this node's server generation lacks the endpoint: its cells are skipped with one warning and nothing else
+   is sent to it, nor to another node in its place — unless the user named the resource, then every cell of that
+   node is recorded as refused, so the run exits non-zero. The other nodes' cells go on. That verdict is made here,
+   once per node; any later 404/405 is a failed request like any other (a gateway briefly losing its route). A
+   refused key (401/403), or no usable node (none listening, or not an OpenAI-compatible API: see
+   :mod:`gaia_source.pool`), stops the run.
 2. **The fan-out.** The rest go out over a thread pool with a bounded window, so inputs are pulled lazily from their
    files and rows flow to dlt as answers arrive.
 3. **The final rounds.** A request that failed transiently (no response, 429/5xx, a cut stream) even after its
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -149,6 +153,12 @@ def mark_failing(resource: str, key: str) -> None:
     _failed_state()[key] = resource
 
 
+Verdicts = Dict[Optional[str], Optional[EndpointNotAvailable]]
+"""What a resource's first request to each node found, for the rest of the run: keyed by the node a request is
+pinned to (None: the pool's requests); the value is None when the endpoint exists, else why it is missing. A node
+not in it has not been asked yet."""
+
+
 def run_requests(
     resource: str,
     requests: Iterable[PreparedRequest],
@@ -157,8 +167,7 @@ def run_requests(
     ledger: Ledger,
     retry_rounds: int = 0,
     round_cooldown: float = 0.0,
-    verdict: Optional[bool] = None,
-    on_verdict: Callable[[bool], None] = lambda present: None,
+    verdicts: Optional[Verdicts] = None,
     required: bool = False,
 ) -> Iterator[Any]:
     """Send ``requests`` (probe first, then concurrently, then final rounds) and yield rows for dlt; record how every
@@ -172,17 +181,16 @@ def run_requests(
         ledger: The run's ledger.
         retry_rounds: Extra rounds at the end for requests that failed transiently.
         round_cooldown: Seconds to wait before each such round.
-        verdict: Whether this run already knows the endpoint exists (True) or not (None: the first request probes).
-        on_verdict: Told what the probe found (True: the endpoint exists), so later pages of the run skip the probe.
-        required: The user named this resource: a missing endpoint fails every cell (refused, with the reason)
-            instead of skipping the resource with a warning.
+        verdicts: What earlier pages of this run found (see :data:`Verdicts`); filled in here for later ones.
+        required: The user named this resource: a missing endpoint fails every cell of that node (refused, with the
+            reason) instead of skipping them with a warning.
 
     Yields:
         Rows for the resource's table, and ``failed_requests`` rows and tombstones.
     """
     failing = _failed_state()
-    yield from _run_requests(resource, requests, execute, max_workers, ledger, failing, retry_rounds,
-                             round_cooldown, verdict, on_verdict, required)
+    probes = _Probes(resource, execute, ledger, {} if verdicts is None else verdicts, required)
+    yield from _run_requests(resource, requests, probes, max_workers, ledger, failing, retry_rounds, round_cooldown)
     # cells found done (skipped) that were failing: a completed row of another request answers them (a compare run's
     # row for a pool cell, a run with drift off), so their failure rows go too
     for key in [k for k, r in failing.items() if r == resource and ledger.outcome(resource, k) == SKIPPED]:
@@ -190,57 +198,104 @@ def run_requests(
         yield dlt.mark.with_hints({"request_id": key, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
 
 
+class _Probes:
+    """The endpoint verdict of one resource, per node: a request to a node not asked yet is its probe, sent alone
+    (the node's other requests wait for it), and what it finds holds for every later request to that node.
+
+    A pinned request (``compare_nodes``, a node's metadata) is that node's; the pool's requests share one verdict
+    (key None). A node whose endpoint is missing is never asked again in the run, and no request of it goes to another
+    node: its cells are skipped (one warning, one note) or, when the user named the resource, refused.
+    """
+
+    def __init__(self, resource: str, execute: Execute, ledger: Ledger, verdicts: Verdicts, required: bool) -> None:
+        self.resource, self._execute, self._ledger, self.verdicts = resource, execute, ledger, verdicts
+        self.required = required
+        self._lock = threading.Lock()
+        self._node_locks: Dict[Optional[str], threading.Lock] = {}
+
+    def skips_all(self) -> bool:
+        """Whether nothing more is to be sent or recorded: the pool's endpoint is missing and was not asked for by
+        name (so the rest of the inputs need not even be read)."""
+        return not self.required and self.verdicts.get(None) is not None
+
+    def send(self, request: PreparedRequest, prior: Prior) -> Optional[Outcome]:
+        """Send ``request`` (as its node's probe when that node was not asked yet); None: not sent, its node lacks
+        the endpoint and the resource was not named."""
+        node = request.node
+        with self._lock:
+            known = node in self.verdicts
+            lock = self._node_locks.setdefault(node, threading.Lock())
+        if not known:
+            with lock:
+                with self._lock:
+                    known = node in self.verdicts
+                if not known:
+                    return self._probe(request, prior)
+        missing = self.verdicts[node]
+        if missing is None:
+            return self._execute(request, False, prior)
+        return self._refused(request, missing, prior[0]) if self.required else None
+
+    def _probe(self, request: PreparedRequest, prior: Prior) -> Optional[Outcome]:
+        outcome = self._execute(request, True, prior)
+        if outcome.refused:  # refused before sending (see Endpoint.refuse): it tells nothing; the next one probes
+            return outcome
+        error = outcome.error
+        missing = None
+        if isinstance(error, GaiaRequestError) and clean_missing_route(error):
+            missing = EndpointNotAvailable(error.method, error.url, error.detail, error.status_code)
+        with self._lock:
+            self.verdicts[request.node] = missing
+        if missing is None:
+            return outcome
+        node, endpoint = missing.where
+        if not self.required:
+            logger.warning("Skipping resource '%s': %s", self.resource, missing)
+            self._ledger.note(f"{self.resource}: not run on {node}, which has no {missing.method} {endpoint} "
+                              f"(HTTP {missing.status_code})")
+            return None
+        logger.error("%s: %s Every request of it to %s is recorded as failing (it was asked for by name).",
+                     self.resource, missing, node)
+        return self._refused(request, missing, outcome.attempts)
+
+    @staticmethod
+    def _refused(request: PreparedRequest, missing: EndpointNotAvailable, attempts: int) -> Outcome:
+        return Outcome(request, None, missing, attempts, refused=True)
+
+
 def _run_requests(
     resource: str,
     requests: Iterable[PreparedRequest],
-    execute: Execute,
+    probes: _Probes,
     max_workers: int,
     ledger: Ledger,
     failing: Dict[str, str],
     retry_rounds: int,
     round_cooldown: float,
-    verdict: Optional[bool],
-    on_verdict: Callable[[bool], None],
-    required: bool,
 ) -> Iterator[Any]:
-    iterator = iter(requests)
-    first = next(iterator, None)
-    if first is None:
-        return
-    probe = execute(first, verdict is None, (0, 0.0))
-    while verdict is None and probe.refused:
-        # refused before sending (see Endpoint.refuse): it tells nothing about the endpoint; the next one probes
-        yield from _emit(resource, probe, failing, ledger)
-        first = next(iterator, None)
-        if first is None:
-            return
-        probe = execute(first, True, (0, 0.0))
-    if verdict is None:
-        missing = isinstance(probe.error, GaiaRequestError) and clean_missing_route(probe.error)
-        on_verdict(not missing)
-        if isinstance(probe.error, GaiaRequestError) and missing:
-            error = probe.error
-            absent = EndpointNotAvailable(error.method, error.url, error.detail, error.status_code)
-            if not required:
-                logger.warning("Skipping resource '%s': %s", resource, absent)
-                ledger.note(f"{resource}: not run, the node has no such endpoint ({error.status_code})")
+    def pending() -> Iterator[PreparedRequest]:
+        source = iter(requests)
+        while not probes.skips_all():  # checked before each pull: a later page does not even start its inputs
+            request = next(source, None)
+            if request is None:
                 return
-            logger.error("%s: %s; every request of it is recorded as failing (it was asked for by name)",
-                         resource, absent)
-            for request in itertools.chain([first], iterator):
-                yield from _emit(resource, Outcome(request, None, absent, 1 if request is first else 0,
-                                                   refused=True), failing, ledger)
-            return
+            yield request
+
+    iterator = pending()
     held: List[Tuple[PreparedRequest, Prior]] = []  # (request, what it took so far) waiting for the next round
 
-    def settle(outcomes: Iterable[Outcome], last_round: bool) -> Iterator[Any]:
-        for outcome in leaves(outcomes):
+    def settle(outcomes: Iterable[Optional[Outcome]], last_round: bool) -> Iterator[Any]:
+        for outcome in leaves(o for o in outcomes if o is not None):
             if outcome.transient and not last_round and len(held) < MAX_HELD_FOR_ROUND:
                 held.append((outcome.request, (outcome.attempts, outcome.latency_s)))
             else:
                 yield from _emit(resource, outcome, failing, ledger)
 
-    outcomes = fan_out(lambda r: execute(r, False, (0, 0.0)), iterator, max_workers)
+    first = next(iterator, None)
+    if first is None:
+        return
+    probe = probes.send(first, (0, 0.0))  # alone: nothing else is pulled before its rows are taken
+    outcomes = fan_out(lambda r: probes.send(r, (0, 0.0)), iterator, max_workers)
     yield from settle(itertools.chain([probe], outcomes), last_round=retry_rounds == 0)
     for round_number in range(1, retry_rounds + 1):
         if not held:
@@ -249,7 +304,7 @@ def _run_requests(
         logger.warning("%s: %d request(s) failed transiently; round %d of %d in %.1f s", resource, len(batch),
                        round_number, retry_rounds, round_cooldown)
         time.sleep(round_cooldown)
-        again = fan_out(lambda pair: execute(pair[0], False, pair[1]), batch, max_workers)
+        again = fan_out(lambda pair: probes.send(pair[0], pair[1]), batch, max_workers)
         yield from settle(again, round_number == retry_rounds)
 
 

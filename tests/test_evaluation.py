@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Dict
 
+import duckdb
 import pytest
 from conftest import query, run_cli, table_rows
 
 from gaia_source import gaia_source
 from gaia_source.emulator import KNOWLEDGE_BASE, answer_for
+from gaia_source.ledger import Ledger
 from gaia_source.rows import source_matches
 
 PROMPTS = ["What is the capital of France?", "What does dlt do?"]
@@ -398,6 +401,93 @@ def test_compared_nodes_are_graded_on_the_same_queries(make_node, make_pipeline,
     graded = summarize(pipeline)["retrieval"]
     assert [(r["node_url"], r["queries"], r["hit_at_1"]) for r in graded] == sorted(
         (node.base_url, 3, pytest.approx(2 / 3)) for node in (a, b))
+
+
+# --- compared nodes that differ in endpoints: the verdict is each node's ----------------------------------------------
+
+QUERIES = ["Where is Paris located?", "Where does the Seine flow?", "When was the Eiffel Tower built?"]
+
+
+def _outcomes(stdout: str, resource: str) -> Dict[str, int]:
+    """The CLI's outcome line of ``resource`` (the table after "requests of this run")."""
+    [line] = [line for line in stdout.split("requests of this run")[1].splitlines() if line.startswith(resource + " ")]
+    names = ("completed", "failed", "empty", "refused", "skipped", "sends")
+    return dict(zip(names, map(int, line.split()[1:]), strict=True))
+
+
+def _compare_rag_and_node06(make_node, folder: Path, rag_first: bool, *extra: str):
+    """A --compare-nodes run of QUERIES over a rag node (it has /v1/retrieve) and a node06 node (it answers 405)."""
+    rag, node06 = make_node("rag"), make_node("node06")
+    (folder / "q.txt").write_text("\n".join(QUERIES) + "\n")
+    nodes = [rag, node06] if rag_first else [node06, rag]
+    result = run_cli(folder, "--base-url", ",".join(n.base_url for n in nodes), "--compare-nodes",
+                     "--queries-file", "q.txt", *extra)
+    return rag, node06, result
+
+
+def _db_rows(folder: Path, sql: str) -> list:
+    with duckdb.connect(str(folder / "gaia_pipeline.duckdb"), read_only=True) as db:
+        return db.sql(sql).fetchall()
+
+
+@pytest.mark.parametrize("rag_first", [True, False], ids=["rag-first", "node06-first"])
+def test_a_compared_node_without_the_endpoint_is_skipped_and_the_others_load(make_node, tmp_path: Path,
+                                                                             rag_first: bool) -> None:
+    """Not named (it runs by default): node06's retrieve cells are skipped after one request, with one note naming
+    the endpoint and the node; rag's all load; nothing fails, nothing is retried, exit 0 — whichever node comes
+    first."""
+    rag, node06, result = _compare_rag_and_node06(make_node, tmp_path, rag_first)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rag.requests_to("/v1/retrieve") == 3 and node06.requests_to("/v1/retrieve") == 1  # node06: the probe only
+    assert _db_rows(tmp_path, "SELECT node_url, count(*) FROM gaia_data.retrieve GROUP BY node_url") == [
+        (rag.base_url, 3)]
+    assert sorted(r[0] for r in _db_rows(tmp_path, "SELECT query FROM gaia_data.retrieve")) == sorted(QUERIES)
+    assert _outcomes(result.stdout, "retrieve") == {"completed": 3, "failed": 0, "empty": 0, "refused": 0,
+                                                    "skipped": 0, "sends": 3}
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: retrieve")]
+    assert notes == [f"note: retrieve: not run on {node06.base_url}, which has no POST /v1/retrieve (HTTP 405)"]
+    tables = {r[0] for r in _db_rows(tmp_path, "SELECT table_name FROM information_schema.tables")}
+    assert "failed_requests" not in tables
+
+
+@pytest.mark.parametrize("rag_first", [True, False], ids=["rag-first", "node06-first"])
+def test_a_named_resource_refuses_the_cells_of_the_compared_node_without_it(make_node, tmp_path: Path,
+                                                                            rag_first: bool) -> None:
+    """Named (--resources retrieve): each of node06's cells is a refused failed_requests row naming node06, rag's
+    cells complete, and the run exits 1; nothing is sent to node06 after its probe, nor to rag in its place."""
+    rag, node06, result = _compare_rag_and_node06(make_node, tmp_path, rag_first, "--resources", "retrieve")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 request(s) of this run are failing" in result.stderr
+    assert rag.requests_to("/v1/retrieve") == 3 and node06.requests_to("/v1/retrieve") == 1
+    assert _outcomes(result.stdout, "retrieve") == {"completed": 3, "failed": 0, "empty": 0, "refused": 3,
+                                                    "skipped": 0, "sends": 4}
+    answered = dict(_db_rows(tmp_path, "SELECT query, cell_id FROM gaia_data.retrieve "
+                                       f"WHERE node_url = '{rag.base_url}'"))
+    assert sorted(answered) == sorted(QUERIES)
+    failed = _db_rows(tmp_path, "SELECT node_url, resource, http_status, error_type, attempts, cell_id, error_message "
+                                "FROM gaia_data.failed_requests ORDER BY attempts, cell_id")
+    assert [row[:5] for row in failed] == [(node06.base_url, "retrieve", 405, "EndpointNotAvailable", attempts)
+                                           for attempts in (0, 0, 1)]
+    assert sorted(row[5] for row in failed) == sorted(answered.values())  # the same cells, on the other node
+    assert all(row[6].startswith(f"the node at {node06.base_url} has no POST /v1/retrieve") for row in failed)
+    # a re-run asks node06 once more (its cells are failing), refuses them again, and leaves rag's answers alone
+    again = run_cli(tmp_path, "--base-url", f"{rag.base_url},{node06.base_url}", "--compare-nodes", "--queries-file",
+                    "q.txt", "--resources", "retrieve")
+    assert again.returncode == 1 and rag.requests_to("/v1/retrieve") == 3 and node06.requests_to("/v1/retrieve") == 2
+    assert _outcomes(again.stdout, "retrieve") == {"completed": 0, "failed": 0, "empty": 0, "refused": 3,
+                                                   "skipped": 3, "sends": 1}
+
+
+def test_a_pool_node_without_info_loses_only_its_own_info_row(make_node, make_pipeline) -> None:
+    """A node's metadata is pinned to it: a llama.cpp server's missing /v1/info (and /health) is its own verdict,
+    and the other node of the pool still gets its info row."""
+    llamacpp, rag = make_node("llamacpp"), make_node("rag")
+    pipeline, ledger = make_pipeline(), Ledger()
+    pipeline.run(gaia_source(base_url=[llamacpp.base_url, rag.base_url], resources=["info"], ledger=ledger,
+                             required_resources=False))
+    assert query(pipeline, "SELECT node_url, info_shape FROM info") == [(rag.base_url, "rag-api-server")]
+    assert ledger.count("completed", "info") == 1 and ledger.failing == 0
+    assert ledger.notes == [f"info: not run on {llamacpp.base_url}, which has no GET /v1/info (HTTP 404)"]
 
 
 def _notebook_defs(pipeline_name: str) -> dict:

@@ -362,7 +362,7 @@ def test_a_named_resource_whose_endpoint_is_missing_fails_the_run(make_node, tmp
     assert node.requests_to("/v1/retrieve") == 1
     default = run_cli(tmp_path, "--base-url", node.base_url, "--queries-file", "q.txt", "--pipeline-name", "other")
     assert default.returncode == 0, default.stderr
-    assert "retrieve: not run, the node has no such endpoint" in default.stdout
+    assert f"retrieve: not run on {node.base_url}, which has no POST /v1/retrieve (HTTP 405)" in default.stdout
 
 
 # --- 16, 17: what rows say is what was sent ------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_chat_models_streams_caps_evaluation_and_reruns_on_llama_cpp(llama_serve
     print(f"\nrows per table (llama.cpp): {counts(tmp_path / 'gaia_pipeline.duckdb')}")
     # models: the alias; no /v1/info on this server, said once
     assert _db(tmp_path, "SELECT id, owned_by FROM gaia_data.models") == [(CHAT_MODEL, "me")]
-    assert "info: not run, the node has no such endpoint (404)" in first.stdout
+    assert f"info: not run on {llama_server.base_url}, which has no GET /v1/info (HTTP 404)" in first.stdout
     plain = {r["custom_id"]: r for r in _rows(tmp_path, "chat_completions")}
     streamed = {r["custom_id"]: r for r in _rows(tmp_path, "chat_completions_stream")}
     assert set(plain) == set(streamed) == {p["custom_id"] for p in PROMPTS}
