@@ -358,3 +358,25 @@ def _check_shell(block: Block, reader: Reader, db: Path, result: subprocess.Comp
                     .splitlines()]
         assert sorted(line["custom_id"] for line in out) == sorted(expected)
         assert all(line["error"] is None and line["response"]["status_code"] == 200 for line in out)
+
+
+# --- figures ------------------------------------------------------------------------------------------------------
+
+def test_readme_quotes_benchmarks_latest_figures() -> None:
+    """README's benchmark figures are BENCHMARKS.md's latest run (its first section), rounded as README rounds them."""
+    readme = README.read_text(encoding="utf-8")
+    latest = (REPO_ROOT / "BENCHMARKS.md").read_text(encoding="utf-8").split("\n## ")[1]
+    paragraph = readme[readme.index("[BENCHMARKS.md](BENCHMARKS.md) has the figures"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    quoted = re.findall(r"(\d+(?:\.\d+)?)(×| GB)", paragraph)
+    assert len(quoted) >= 3, paragraph
+
+    def measured(unit: str) -> List[float]:
+        if unit == "×":
+            return [float(x) for x in re.findall(r"\*\*(\d+(?:\.\d+)?)×\*\*", latest)]
+        return [float(x.replace(",", "")) / 1000 for x in re.findall(r"\*\*([\d,]+) MB\*\*", latest)]
+
+    for value, unit in quoted:
+        decimals = len(value.partition(".")[2])
+        assert any(round(m, decimals) == float(value) for m in measured(unit)), (
+            f"README quotes {value}{unit}; BENCHMARKS.md's latest run has {measured(unit)}")
