@@ -107,6 +107,16 @@ class GaiaStreamInterrupted(GaiaStreamError):
     """A stream cut before ``[DONE]``: transient, so it is retried (and given another round at the end of a run)."""
 
 
+class GaiaStreamCut(GaiaStreamError):
+    """A stream the server itself ended early: ``[DONE]`` after some content, with no ``finish_reason`` and none of the
+    usage asked for (llama.cpp's server does this when another request arrives, its ``--interrupt_requests``).
+
+    Its row keeps the partial text (status ``interrupted``) and the cell fails. It is not retried within the run: a
+    retry arriving at such a server cuts another client's stream, and is cut in turn; it needs another setting
+    (:data:`~gaia_source.settings.CUT_STREAM_HINT`), and a re-run sends it again.
+    """
+
+
 class EndpointNotAvailable(GaiaRequestError):
     """404/405 on a resource's first request: this node's server generation does not have the endpoint."""
 

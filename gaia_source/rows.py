@@ -25,6 +25,7 @@ from .client import Reply
 from .errors import GaiaEmptyAnswer, GaiaError, GaiaResponseError
 from .inputs import TextInput
 from .payloads import PreparedRequest, canonical_json, chat_params_of, content_hash, embedding_id
+from .settings import CUT_STREAM_HINT
 from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
@@ -32,11 +33,8 @@ logger = logging.getLogger("gaia_source")
 
 STATUS_EMPTY = "empty"
 """The ``status`` of an answer row with no content and no tool call (see :func:`empty_answer`)."""
-EMPTY_STREAM_HINT = (
-    "a llama.cpp server ends an in-flight stream like this when another request arrives: start it with "
-    "--interrupt_requests false, or load with --max-concurrency 1"
-)
-"""What to do about an empty stream (its usual cause); any empty answer is sent again by a re-run."""
+EMPTY_STREAM_HINT = CUT_STREAM_HINT
+"""What to do about an empty stream the server cut (its usual cause); any empty answer is sent again by a re-run."""
 
 
 def _json() -> TColumnSchema:  # a fresh dict per column: dlt writes the column name into hint dicts

@@ -103,6 +103,12 @@ is sent under both names."""
 CONTEXT_FULL_MARKER: Final = "<|WASMEDGE-GGML-CONTEXT-FULL|>"
 """llama-core ends a stream whose context window filled with this text and ``finish_reason: "length"``."""
 SSE_DONE: Final = "[DONE]"
+CUT_STREAM_HINT: Final = (
+    "a llama.cpp server ends an in-flight stream like this when another request arrives: start it with "
+    "--interrupt_requests false, or load with --max-concurrency 1 with no other client on it"
+)
+"""What to do about a stream the server cut (``[DONE]`` with no finish_reason and no usage); a re-run sends it
+again."""
 MAX_ERROR_DETAIL_CHARS: Final = 400
 """Error bodies are shown up to this many characters (nodes echo whole requests in 400 bodies)."""
 

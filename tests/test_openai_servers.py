@@ -5,9 +5,12 @@ cases against the real servers are in test_real_servers.py; these keep the quirk
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import duckdb
+import httpx
 from conftest import query, run_cli, table_rows
 
 from gaia_source import gaia_source
@@ -38,7 +41,7 @@ def test_streams_a_llama_cpp_server_cuts_are_failing_empty_rows_and_a_rerun_send
     empty = [r for r in rows if r[0] == "empty"]
     assert len(rows) == 5 and 1 <= len(empty) <= 4 and {r[0] for r in rows} == {"completed", "empty"}
     for _, content, finish_reason, chunks, error in empty:  # one role chunk, then [DONE]: kept as the server sent it
-        assert content == "" and finish_reason == "stop" and chunks == 1
+        assert content == "" and finish_reason is None and chunks == 1  # the server said no finish_reason
         assert "--interrupt_requests false" in error
     failed = _db(tmp_path, "SELECT error_type, http_status, attempts FROM gaia_data.failed_requests")
     assert sorted(failed) == [("GaiaEmptyAnswer", 200, 1)] * len(empty)  # not retried within the run
@@ -55,6 +58,46 @@ def test_streams_a_llama_cpp_server_cuts_are_failing_empty_rows_and_a_rerun_send
     rows = _db(tmp_path, "SELECT status, content FROM gaia_data.chat_completions_stream")
     model = node.default_chat_model
     assert sorted(rows) == sorted(("completed", answer_for(p, model)) for p in PROMPTS)
+    assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
+
+
+def test_a_stream_a_llama_cpp_server_cuts_after_some_content_fails_its_cell_and_keeps_the_part(
+    make_node, tmp_path: Path
+) -> None:
+    node = make_node("llamacpp", chunk_delay_ms=100)  # 10 events: a stream of about a second
+    (tmp_path / "prompts.txt").write_text(PROMPTS[0] + "\n")
+    args = ["--base-url", node.base_url, "--prompts-file", "prompts.txt", "--resources", "chat_completions_stream",
+            "--max-concurrency", "1"]  # the loader alone never cuts its own stream: one request at a time
+
+    def another_client() -> None:  # someone else's request arrives while the stream is under way
+        deadline = time.monotonic() + 60
+        while node.requests_to("/v1/chat/completions") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.35)
+        httpx.post(f"{node.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]},
+                   timeout=30)
+
+    other = threading.Thread(target=another_client)
+    other.start()
+    cut = run_cli(tmp_path, *args)
+    other.join()
+
+    # the server ended the stream with [DONE] after a few words, with no finish_reason and no usage: not an answer
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    [(status, content, finish_reason, chunks, error)] = _db(
+        tmp_path, "SELECT status, content, finish_reason, chunk_count, error FROM gaia_data.chat_completions_stream")
+    answer = answer_for(PROMPTS[0], node.default_chat_model)
+    assert status == "interrupted" and content and answer.startswith(content) and content != answer
+    assert finish_reason is None and 1 < chunks < 10 and "--interrupt_requests false" in error
+    failed = _db(tmp_path, "SELECT error_type, attempts, error_message FROM gaia_data.failed_requests")
+    assert [(t, n) for t, n, _ in failed] == [("GaiaStreamCut", 1)]  # not retried within the run
+    assert "--interrupt_requests false" in failed[0][2]
+
+    again = run_cli(tmp_path, *args)  # nobody else on the server now
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _db(tmp_path, "SELECT status, content, finish_reason FROM gaia_data.chat_completions_stream") == [
+        ("completed", answer, "stop")]
     assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
 
 
