@@ -146,24 +146,26 @@ class GaiaEmptyAnswer(GaiaError):
     ``failed_requests`` row, a ``failed`` cell in the run's ledger, a non-zero exit. It is not retried within the run
     (a model that really answers nothing would answer nothing again), and a re-run sends it again. The usual cause is
     a llama.cpp server cutting an in-flight stream when another request arrives (its ``--interrupt_requests``,
-    on by default).
+    on by default: ``cut``); otherwise the model itself answered nothing, and does so again at temperature 0.
 
     Attributes:
         method: HTTP method.
         url: Full URL of the endpoint.
         detail: What came back (finish reason, chunks) and what to do.
         status_code: The HTTP status of the answer (200).
+        cut: The server cut the stream before its end (else the model answered nothing).
     """
 
-    def __init__(self, method: str, url: str, detail: str, status_code: Optional[int] = 200) -> None:
+    def __init__(self, method: str, url: str, detail: str, status_code: Optional[int] = 200, cut: bool = False) -> None:
         self.method = method
         self.url = url
         self.detail = detail
         self.status_code = status_code
+        self.cut = cut
         super().__init__(f"{method} {url} answered with nothing: {detail}")
 
     def __reduce__(self) -> Any:
-        return (self.__class__, (self.method, self.url, self.detail, self.status_code))
+        return (self.__class__, (self.method, self.url, self.detail, self.status_code, self.cut))
 
 
 class GaiaInputRefused(GaiaError):

@@ -109,6 +109,14 @@ CUT_STREAM_HINT: Final = (
 )
 """What to do about a stream the server cut (``[DONE]`` with no finish_reason and no usage); a re-run sends it
 again."""
+MODEL_EMPTY_HINT: Final = (
+    "the model answered nothing, and the server ended the answer normally. At temperature 0 a model answers the same "
+    "prompt the same way, so a re-run fails again: change the prompt (its stop sequences, or max_tokens when "
+    "finish_reason is 'length'), check the server's chat template (llama.cpp: --chat_format), or let runs pass with "
+    "--allow-failed-requests"
+)
+"""What to do about an answer the model itself left empty (the server ended it: a finish_reason, or a bare
+``[DONE]``): sending it again as it is does not help."""
 MAX_ERROR_DETAIL_CHARS: Final = 400
 """Error bodies are shown up to this many characters (nodes echo whole requests in 400 bodies)."""
 

@@ -101,6 +101,33 @@ def test_a_stream_a_llama_cpp_server_cuts_after_some_content_fails_its_cell_and_
     assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
 
 
+def test_a_model_that_answers_nothing_fails_every_run_and_the_messages_say_what_to_do(
+    make_node, tmp_path: Path
+) -> None:
+    node = make_node("llamacpp", interrupt_requests=False)  # nothing is cut: the model itself answers nothing
+    (tmp_path / "prompts.txt").write_text("Say nothing at all. [[empty]]\n")
+    args = ["--base-url", node.base_url, "--prompts-file", "prompts.txt", "--temperature", "0"]
+
+    for _ in range(2):  # at temperature 0 it answers nothing again: every run fails, and says why
+        run = run_cli(tmp_path, *args)
+
+        assert run.returncode == 1, run.stdout + run.stderr
+        rows = _db(tmp_path, "SELECT 'plain', status, finish_reason, error FROM gaia_data.chat_completions UNION ALL "
+                             "SELECT 'stream', status, finish_reason, error FROM gaia_data.chat_completions_stream")
+        assert {(table, status, finish) for table, status, finish, _ in rows} == {
+            ("plain", "empty", "stop"), ("stream", "empty", "stop")}  # the server ended both answers normally
+        failed = _db(tmp_path, "SELECT resource, error_type, error_message FROM gaia_data.failed_requests")
+        assert sorted((resource, kind) for resource, kind, _ in failed) == [
+            ("chat_completions", "GaiaEmptyAnswer"), ("chat_completions_stream", "GaiaEmptyAnswer")]
+        for message in [m for *_, m in failed] + [error for *_, error in rows]:
+            assert "interrupt_requests" not in message, message  # no stream was cut: no advice about cutting
+            assert "the model answered nothing" in message and "--chat_format" in message, message
+            assert "temperature 0" in message and "--allow-failed-requests" in message, message
+        notes = [line for line in run.stdout.splitlines() if line.startswith("note: chat_completions")]
+        assert notes and not any("interrupt_requests" in note for note in notes), notes
+        assert all("the model answered nothing" in note for note in notes), notes
+
+
 def test_a_llama_cpp_server_that_queues_answers_everything_without_usage_in_streams(
     make_node, make_pipeline
 ) -> None:

