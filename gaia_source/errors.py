@@ -81,6 +81,16 @@ class GaiaConnectError(GaiaRequestError):
     """No connection could be made (refused, unknown host, TLS handshake): nothing answered at the node's address."""
 
 
+class GaiaNodeDown(GaiaConnectError):
+    """Not sent: the node answered earlier in this run, then refused ``breaker_failures`` connections in a row (its
+    server stopped, or restarts). While it rests (``breaker_cooldown``) a request to it fails at once instead of waiting
+    out its retries; it is given the run's final rounds like any transient failure (the node is tried again once its
+    rest is over), and the next run sends what still failed. ``attempts`` counts only real sends."""
+
+    def _message(self) -> str:
+        return f"{self.method} {self.url} not sent: {self.detail}"
+
+
 class GaiaNodeUnusable(GaiaRequestError, GaiaRunStopped):
     """No node of the run can be used: each refused the connection before it ever answered, or is not an
     OpenAI-compatible API (a wrong URL). ``detail`` is the whole message: what answered, and what to do."""
