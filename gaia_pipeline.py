@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 from gaia_source.errors import GaiaAuthError, GaiaConfigError, GaiaError, GaiaLookupError, GaiaPipelineStateError
 from gaia_source.settings import (
     CHAT_TABLES,
+    CUT_STREAM_HINT,
     DATASET_NAME,
     DEFAULT_RESOURCE_NAMES,
     DEMO_DATASET_NAME,
     DEMO_PIPELINE_NAME,
     FAILED_REQUESTS_TABLE,
+    MODEL_EMPTY_HINT,
     PIPELINE_NAME,
     RESOURCE_NAMES,
     SUBCOMMANDS,
@@ -272,10 +274,14 @@ def _print_outcomes(ledger: Ledger) -> None:
             print(f"{row['resource']:<26}{row['completed']:>10}{row['failed']:>8}{row['empty']:>9}{row['refused']:>9}"
                   f"{row['skipped']:>9}{row['sends']:>8}")
     for name, tally in sorted(ledger.tallies().items()):
-        if tally.empty:
-            print(f"note: {name}: {tally.empty} answer(s) came back with nothing in them (no content, no tool call) "
-                  "and are counted as failed; a llama.cpp server does this to a stream when another request arrives "
-                  "(start it with --interrupt_requests false, or run with --max-concurrency 1)")
+        if tally.model_empty:
+            print(f"note: {name}: {tally.model_empty} answer(s) came back with nothing in them (no content, no tool "
+                  f"call) and are counted as failed: {MODEL_EMPTY_HINT}")
+        if tally.cut:
+            cut_empty = tally.empty - tally.model_empty
+            print(f"note: {name}: {tally.cut} stream(s) were cut by the server before their end and are counted as "
+                  f"failed ({cut_empty} came back with nothing in them, {tally.cut - cut_empty} interrupted "
+                  f"mid-answer); {CUT_STREAM_HINT}")
     for note in ledger.notes:
         print(f"note: {note}")
 

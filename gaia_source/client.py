@@ -31,6 +31,7 @@ from .errors import (
     GaiaConnectError,
     GaiaRequestError,
     GaiaResponseError,
+    GaiaStreamCut,
     GaiaStreamError,
     GaiaStreamInterrupted,
     describe_body,
@@ -250,7 +251,9 @@ class NodeClient:
     # --- streams ---------------------------------------------------------------------------------------------
 
     def _stream(self, path: str, body: Dict[str, Any], started: float) -> Reply:
-        accumulator = ChatStreamAccumulator(started_at=started)
+        options = body.get("stream_options")
+        usage_asked = isinstance(options, dict) and options.get("include_usage") is True
+        accumulator = ChatStreamAccumulator(started_at=started, usage_asked=usage_asked)
         headers: Mapping[str, str] = {}
         status = 0
         try:
@@ -294,7 +297,10 @@ class NodeClient:
         self, path: str, result: StreamResult, status: int, headers: Mapping[str, str]
     ) -> GaiaStreamError:
         kind = GaiaStreamInterrupted if result.status == STATUS_INTERRUPTED else GaiaStreamError
-        error = kind("POST", self.url(path), self._redact(result.error or result.status), status or None)
+        detail = self._redact(result.error or result.status)
+        if result.cut_by_server:  # not transient: a retry would be cut too (see GaiaStreamCut)
+            kind, detail = GaiaStreamCut, f"{detail}. A re-run sends it again"
+        error = kind("POST", self.url(path), detail, status or None)
         error.partial = Reply(self.base_url, status, 1, result.duration_s, result.duration_s, stream=result,
                               headers=headers)
         return error

@@ -84,12 +84,16 @@ def print_summary(summary: Mapping[str, Any], out: Optional[Console] = None) -> 
             table.add_row(escape(_node(r["node_url"])), str(r["queries"]), f"{r['hit_at_1']:.2f}",
                           f"{r['hit_at_k']:.2f}", f"{r['mrr']:.2f}")
         out.print(table)
+
+    def which(line: Mapping[str, Any]) -> str:  # the same prompt in two tables: two lines that say which
+        return f" ({line['table']})" if several else ""
+
     for f in summary["flaky"][:SHOWN]:
         out.print(f"flaky: {f['prompt']} on {_node(f['node_url'])} · {f['model']}: {f['distinct_answers']} distinct "
-                  f"answers in {f['samples']} samples", markup=False)
+                  f"answers in {f['samples']} samples{which(f)}", markup=False)
     for d in summary["drift"][:SHOWN]:
         out.print(f"drifted: {d['prompt']} on {_node(d['node_url'])}: answered under {d['configurations']} "
-                  f"configurations ({' → '.join(m or '?' for m in d['models'])})", markup=False)
+                  f"configurations ({' → '.join(m or '?' for m in d['models'])}){which(d)}", markup=False)
     hidden = max(0, len(summary["flaky"]) - SHOWN) + max(0, len(summary["drift"]) - SHOWN)
     if hidden:
         out.print(f"… and {hidden} more (--summary-json PATH writes them all)", markup=False)

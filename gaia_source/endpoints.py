@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from dlt.common.schema.typing import TTableSchemaColumns
 
@@ -61,6 +61,8 @@ from .settings import (
     FAILED_REQUESTS_TABLE,
     HEALTH_PATH,
     INFO_PATH,
+    LONG_TEXT_CHARS,
+    LONG_TEXTS_HELD,
     MODELS_PATH,
     RESOURCE_NAMES,
     RESPONSES_PATH,
@@ -287,9 +289,32 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if not plan.refresh:
         keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts",
                             ledger=(context.ledger, endpoint.name))
-    texts = (text for _, text in keyed)
-    while batch := list(itertools.islice(texts, plan.embedding_batch_size)):
+    for batch in _batches((text for _, text in keyed), plan.embedding_batch_size):
         yield embeddings_batch(batch, model, plan.embedding_model)
+
+
+def _batches(texts: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
+    """Batches of ``size`` texts in input order, but a text over :data:`~gaia_source.settings.LONG_TEXT_CHARS` alone,
+    after the others (up to :data:`~gaia_source.settings.LONG_TEXTS_HELD` of them wait; more go as they come): a
+    server that times out on it, or holds its one model while it reads it, fails it alone, and no short text
+    waits behind it."""
+    batch: List[TextInput] = []
+    held: List[TextInput] = []
+    for text in texts:
+        if len(text.text) > LONG_TEXT_CHARS:
+            if len(held) < LONG_TEXTS_HELD:
+                held.append(text)
+            else:
+                yield [text]
+            continue
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+    for text in held:
+        yield [text]
 
 
 def embeddings_batch(batch: Sequence[TextInput], model: Optional[str], named: Optional[str]) -> PreparedRequest:

@@ -81,6 +81,16 @@ class GaiaConnectError(GaiaRequestError):
     """No connection could be made (refused, unknown host, TLS handshake): nothing answered at the node's address."""
 
 
+class GaiaNodeDown(GaiaConnectError):
+    """Not sent: the node answered earlier in this run, then refused ``breaker_failures`` connections in a row (its
+    server stopped, or restarts). While it rests (``breaker_cooldown``) a request to it fails at once instead of waiting
+    out its retries; it is given the run's final rounds like any transient failure (the node is tried again once its
+    rest is over), and the next run sends what still failed. ``attempts`` counts only real sends."""
+
+    def _message(self) -> str:
+        return f"{self.method} {self.url} not sent: {self.detail}"
+
+
 class GaiaNodeUnusable(GaiaRequestError, GaiaRunStopped):
     """No node of the run can be used: each refused the connection before it ever answered, or is not an
     OpenAI-compatible API (a wrong URL). ``detail`` is the whole message: what answered, and what to do."""
@@ -105,6 +115,16 @@ class GaiaStreamError(GaiaRequestError):
 
 class GaiaStreamInterrupted(GaiaStreamError):
     """A stream cut before ``[DONE]``: transient, so it is retried (and given another round at the end of a run)."""
+
+
+class GaiaStreamCut(GaiaStreamError):
+    """A stream the server itself ended early: ``[DONE]`` after some content, with no ``finish_reason`` and none of the
+    usage asked for (llama.cpp's server does this when another request arrives, its ``--interrupt_requests``).
+
+    Its row keeps the partial text (status ``interrupted``) and the cell fails. It is not retried within the run: a
+    retry arriving at such a server cuts another client's stream, and is cut in turn; it needs another setting
+    (:data:`~gaia_source.settings.CUT_STREAM_HINT`), and a re-run sends it again.
+    """
 
 
 class EndpointNotAvailable(GaiaRequestError):
@@ -139,24 +159,26 @@ class GaiaEmptyAnswer(GaiaError):
     ``failed_requests`` row, a ``failed`` cell in the run's ledger, a non-zero exit. It is not retried within the run
     (a model that really answers nothing would answer nothing again), and a re-run sends it again. The usual cause is
     a llama.cpp server cutting an in-flight stream when another request arrives (its ``--interrupt_requests``,
-    on by default).
+    on by default: ``cut``); otherwise the model itself answered nothing, and does so again at temperature 0.
 
     Attributes:
         method: HTTP method.
         url: Full URL of the endpoint.
         detail: What came back (finish reason, chunks) and what to do.
         status_code: The HTTP status of the answer (200).
+        cut: The server cut the stream before its end (else the model answered nothing).
     """
 
-    def __init__(self, method: str, url: str, detail: str, status_code: Optional[int] = 200) -> None:
+    def __init__(self, method: str, url: str, detail: str, status_code: Optional[int] = 200, cut: bool = False) -> None:
         self.method = method
         self.url = url
         self.detail = detail
         self.status_code = status_code
+        self.cut = cut
         super().__init__(f"{method} {url} answered with nothing: {detail}")
 
     def __reduce__(self) -> Any:
-        return (self.__class__, (self.method, self.url, self.detail, self.status_code))
+        return (self.__class__, (self.method, self.url, self.detail, self.status_code, self.cut))
 
 
 class GaiaInputRefused(GaiaError):

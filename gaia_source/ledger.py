@@ -131,6 +131,10 @@ class ResourceTally:
     """When its last cell ended (``time.monotonic()``)."""
     empty: int = 0
     """Failed cells whose answer had nothing in it (no content, no tool call): a part of ``outcomes["failed"]``."""
+    cut: int = 0
+    """Failed cells whose stream the server cut before its end (empty, or interrupted mid-answer)."""
+    model_empty: int = 0
+    """Of the ``empty``, those the server ended normally: the model itself answered nothing."""
 
 
 class Progress(NamedTuple):
@@ -157,7 +161,7 @@ class Ledger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cells: Dict[Tuple[str, str], str] = {}
-        self._empty: Set[Tuple[str, str]] = set()
+        self._flags: Dict[Tuple[str, str], Tuple[bool, bool]] = {}  # (empty, cut) of failed cells that have either
         self._tallies: Dict[str, ResourceTally] = {}
         self._scope: Dict[str, Set[Tuple[str, Optional[str]]]] = {}
         self._expected: Dict[str, Optional[int]] = {}
@@ -169,13 +173,13 @@ class Ledger:
 
     def record(
         self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None,
-        cell: Optional[Cell] = None, empty: bool = False,
+        cell: Optional[Cell] = None, empty: bool = False, cut: bool = False,
     ) -> None:
         """Record how cell ``key`` of ``resource`` ended (``attempts``: the sends this record adds; ``cell``: the
         cell itself, when the request is one, so that :meth:`cells` can say which rows are this run's; ``empty``: a
-        ``failed`` cell whose answer had nothing in it)."""
-        if outcome not in OUTCOMES or (empty and outcome != FAILED):
-            raise ValueError(f"unknown outcome {outcome!r}{' (empty)' if empty else ''}")
+        ``failed`` cell whose answer had nothing in it; ``cut``: a ``failed`` cell whose stream the server cut)."""
+        if outcome not in OUTCOMES or ((empty or cut) and outcome != FAILED):
+            raise ValueError(f"unknown outcome {outcome!r}{' (empty)' if empty else ''}{' (cut)' if cut else ''}")
         with self._lock:
             if cell is not None:
                 self._scope.setdefault(resource, set()).add((cell.cell_id, cell.node))
@@ -184,12 +188,12 @@ class Ledger:
             previous = self._cells.get(slot)
             if previous is not None:
                 tally.outcomes[previous] -= 1
-            if slot in self._empty:
-                self._empty.discard(slot)
-                tally.empty -= 1
-            if empty:
-                self._empty.add(slot)
-                tally.empty += 1
+            for sign, (was_empty, was_cut) in ((-1, self._flags.pop(slot, (False, False))), (1, (empty, cut))):
+                tally.empty += sign * was_empty
+                tally.cut += sign * was_cut
+                tally.model_empty += sign * (was_empty and not was_cut)
+            if empty or cut:
+                self._flags[slot] = (empty, cut)
             self._cells[slot] = outcome
             tally.outcomes[outcome] += 1
             tally.attempts += attempts
@@ -246,7 +250,8 @@ class Ledger:
     def tallies(self) -> Dict[str, ResourceTally]:
         """A copy of each resource's tally."""
         with self._lock:
-            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors), t.last_at, t.empty)
+            return {name: ResourceTally(Counter(t.outcomes), t.attempts, list(t.errors), t.last_at, t.empty, t.cut,
+                                        t.model_empty)
                     for name, t in self._tallies.items()}
 
     def summary_rows(self) -> List[Dict[str, Any]]:

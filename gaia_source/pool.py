@@ -10,6 +10,11 @@ one (at once), or on the same node after a backoff (``Retry-After`` honoured, ca
 tried again. The :class:`~gaia_source.client.Reply` names the node that finally answered and counts every attempt;
 an error that escapes names the last node tried and carries the attempt count.
 
+A node that answered and then refuses ``breaker_failures`` connections in a row has stopped (or restarts): even when it
+is the only node, it rests for ``breaker_cooldown`` seconds, and a request to it meanwhile fails at once
+(:class:`~gaia_source.errors.GaiaNodeDown`, not sent) instead of waiting out its own retries, so a server killed
+mid-run costs seconds, not minutes per remaining input; the final rounds try it again once its rest is over.
+
 A node that plainly cannot serve this run is left out of it at once, with one warning, instead of being retried:
 one that refuses the connection before it ever answered (nothing listens there), and one that is not an
 OpenAI-compatible API (a wrong URL: a web server's 404 page where the API should be). The second is told by one cheap
@@ -41,6 +46,7 @@ from .errors import (
     GaiaConfigError,
     GaiaConnectError,
     GaiaError,
+    GaiaNodeDown,
     GaiaNodeLeftOut,
     GaiaNodeUnusable,
     GaiaRequestError,
@@ -69,6 +75,10 @@ class _Health:
     """Whether it is an OpenAI-compatible API: True once it answered a request or listed its models."""
     unusable: Optional[GaiaNodeUnusable] = None
     """Why it is left out of this run (None: it is in)."""
+    refused: int = 0
+    """Connections it refused in a row after it had answered (it stopped, or restarts)."""
+    down_until: float = 0.0
+    """Until when requests to it fail at once, unsent (``time.monotonic()``): it refused too many connections."""
 
 
 class NodePool:
@@ -140,6 +150,9 @@ class NodePool:
             while True:
                 if self._stopped is not None:
                     raise self._stopped
+                down = self._all_down(pinned, method, path)
+                if down is not None:
+                    raise down
                 candidates = self._candidates(pinned, avoid)
                 if not candidates and pinned is not None:
                     reason = self._health[pinned].unusable
@@ -157,13 +170,39 @@ class NodePool:
                 self._health[node.base_url].in_flight -= 1
                 self._free.notify()
 
+    def _all_down(self, pinned: Optional[str], method: str, path: str) -> Optional[GaiaNodeDown]:
+        """The error of an attempt that is not sent because every node it may go to is resting after refused
+        connections (see :class:`~gaia_source.errors.GaiaNodeDown`); None when one may be tried."""
+        nodes = [self.node(pinned)] if pinned else self.nodes
+        nodes = [n for n in nodes if self._health[n.base_url].unusable is None]
+        now = time.monotonic()
+        if not nodes or any(self._health[n.base_url].down_until <= now for n in nodes):
+            return None
+        node = min(nodes, key=lambda n: self._health[n.base_url].down_until)
+        health = self._health[node.base_url]
+        return GaiaNodeDown(method, node.url(path), f"{node.base_url} answered earlier in this run, then refused "
+                            f"{health.refused} connections in a row (its server stopped, or restarts); it is tried "
+                            f"again in {health.down_until - now:.0f} s, and the next run sends what failed", None,
+                            attempts=0)
+
     def _record(self, node: NodeClient, error: Optional[BaseException]) -> None:
         with self._free:
             health = self._health[node.base_url]
             if error is None:
                 health.failures, health.benched_until = 0, 0.0
+                health.refused, health.down_until = 0, 0.0
                 health.answered = health.is_api = True
                 return
+            if isinstance(error, GaiaConnectError):  # it had answered (else it was left out): stopped, or restarts
+                health.refused += 1
+                now = time.monotonic()
+                if health.refused >= self.settings.breaker_failures and health.down_until <= now:
+                    logger.warning("node %s refused %d connections in a row: its server stopped or restarts; requests "
+                                   "to it fail at once for %.0f s, then it is tried again", node.base_url,
+                                   health.refused, self.settings.breaker_cooldown)
+                    health.down_until = now + self.settings.breaker_cooldown
+            elif isinstance(error, GaiaRequestError) and error.status_code is not None:
+                health.refused = 0
             if isinstance(error, GaiaRequestError) and error.status_code is not None:
                 health.answered = True
             if isinstance(error, GaiaAuthError):
@@ -301,7 +340,8 @@ class NodePool:
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.max_attempts),
             wait=lambda state: self._wait(state, node, last.get("node")),
-            retry=retry_if_exception(lambda exc: is_transient(exc, missing_is_transient)),
+            retry=retry_if_exception(lambda exc: is_transient(exc, missing_is_transient)
+                                     and not isinstance(exc, GaiaNodeDown)),  # unsent: the final rounds retry it
             before_sleep=self._log_retry,
             reraise=True,
         )

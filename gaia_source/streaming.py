@@ -11,7 +11,12 @@ It reads every stream shape real Gaia servers send (see shared gaia-node-protoco
 * AMD GAIA: no usage; an in-band ``{"error": …}`` chunk with HTTP 200 before ``[DONE]``.
 
 A stream that reaches ``[DONE]`` without any ``finish_reason`` (llama-core's normal end) is reported as ``stop``
-(``tool_calls`` when it carried tool calls), as the same request's non-streaming response would say.
+(``tool_calls`` when it carried tool calls), as the same request's non-streaming response would say — unless it was
+**cut by the server**: llama.cpp's server (``--interrupt_requests``, on by default) ends an in-flight stream with
+``[DONE]`` as soon as another request waits for the model, after whatever chunks it had sent. Such a stream has neither
+a ``finish_reason`` nor usage, although usage was asked for (every server that ends a stream normally sends one or the
+other then: llama-core its usage chunk, llama.cpp, gaia-nexus and AMD GAIA a ``finish_reason``). With content it is
+``interrupted`` (:attr:`StreamResult.cut_by_server`, not an answer: its text stops mid-way); with none, an empty answer.
 
 Usage is the *last* usage object seen, never a sum (some servers repeat cumulative usage on every chunk).
 
@@ -31,7 +36,7 @@ from typing import Any, Dict, List, Optional
 
 import orjson
 
-from .settings import CONTEXT_FULL_MARKER, SSE_DONE
+from .settings import CONTEXT_FULL_MARKER, CUT_STREAM_HINT, SSE_DONE
 
 STATUS_COMPLETED = "completed"
 STATUS_INTERRUPTED = "interrupted"
@@ -89,6 +94,9 @@ class StreamResult:
     done_received: bool = False
     stream_mode: Optional[str] = None
     """``live`` or ``replayed`` (see :func:`stream_mode`); None when the stream was too short to tell."""
+    cut_by_server: bool = False
+    """The server ended it with ``[DONE]`` before its end: chunks, then neither a ``finish_reason`` nor the usage that
+    was asked for (llama.cpp's server does this when another request arrives; see the module docs)."""
 
 
 @dataclass
@@ -99,9 +107,12 @@ class ChatStreamAccumulator:
 
     Args:
         started_at: ``time.perf_counter()`` when the request was sent.
+        usage_asked: The request asked for usage (``stream_options.include_usage``): a stream that then ends with
+            neither usage nor a ``finish_reason`` was cut by the server.
     """
 
     started_at: float = field(default_factory=time.perf_counter)
+    usage_asked: bool = False
     _parts: List[str] = field(default_factory=list)
     _tool_calls: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     role: Optional[str] = None
@@ -221,18 +232,25 @@ class ChatStreamAccumulator:
 
         Returns:
             The folded completion. Status is ``error`` for an in-band error or an unreadable chunk, ``interrupted`` when
-            the body ended before ``[DONE]`` (and no finish_reason came), ``completed`` otherwise.
+            the body ended before ``[DONE]`` (and no finish_reason came) or the server cut it after some content
+            (``cut_by_server``), ``completed`` otherwise (a cut with nothing in it included: an empty answer).
         """
+        cut = (self.done and self.usage_asked and self.chunk_count > 0 and self.finish_reason is None
+               and self.usage is None and self.error is None and interruption is None)
         if self.error is not None:
             status, error = STATUS_ERROR, self.error
         elif interruption is not None:
             status, error = STATUS_INTERRUPTED, interruption
         elif not self.done and self.finish_reason is None:
             status, error = STATUS_INTERRUPTED, "stream ended before [DONE]"
+        elif cut and (self._parts or self._tool_calls):
+            status, error = STATUS_INTERRUPTED, (
+                f"the server ended the stream ([DONE]) after {self.chunk_count} chunk(s) with no finish_reason and no "
+                f"usage: it cut the answer short; {CUT_STREAM_HINT}")
         else:
             status, error = STATUS_COMPLETED, None
         finish_reason = self.finish_reason
-        if status == STATUS_COMPLETED and finish_reason is None and self.done:
+        if status == STATUS_COMPLETED and finish_reason is None and self.done and not cut:
             # llama-core ends a normal stream with no finish_reason chunk: [DONE] after content means "stop".
             finish_reason = "tool_calls" if self._tool_calls else "stop"
         end = time.perf_counter()
@@ -256,6 +274,7 @@ class ChatStreamAccumulator:
             error=error,
             done_received=self.done,
             stream_mode=stream_mode(ttft, span, self.content_chunks, counted),
+            cut_by_server=cut,
         )
 
 

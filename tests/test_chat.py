@@ -10,6 +10,7 @@ from conftest import query, table_rows
 
 from gaia_source import gaia_source
 from gaia_source.batch import export_batch_output
+from gaia_source.streaming import ChatStreamAccumulator
 
 PROMPTS = ["What is the capital of France?", "What is a Gaia node?", "Tell me about rivers"]
 
@@ -93,6 +94,28 @@ def test_nexus_empty_answer_is_only_done(make_node, make_pipeline) -> None:
     assert (status, content, chunks, ttft) == ("empty", "", 0, None)  # loaded, and failing: never a silent success
     [(error_type,)] = query(pipeline, "SELECT error_type FROM failed_requests")
     assert error_type == "GaiaEmptyAnswer"
+
+
+def test_done_with_no_finish_reason_and_no_usage_asked_for_is_a_cut_stream() -> None:
+    content = '{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Once upon"}}]}'
+    usage = '{"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}'
+
+    def fold(usage_asked: bool, *chunks: str):
+        accumulator = ChatStreamAccumulator(usage_asked=usage_asked)
+        for chunk in (*chunks, "[DONE]"):
+            accumulator.add(chunk)
+        return accumulator.finish()
+
+    cut = fold(True, content)  # llama.cpp, another request waiting: [DONE] mid-answer
+    assert (cut.status, cut.cut_by_server, cut.finish_reason, cut.content) == ("interrupted", True, None, "Once upon")
+    assert "--interrupt_requests false" in str(cut.error)
+    ended = fold(True, content, usage)  # llama-core's normal end: its usage chunk, no finish_reason
+    assert (ended.status, ended.cut_by_server, ended.finish_reason) == ("completed", False, "stop")
+    unasked = fold(False, content)  # no usage asked for: [DONE] alone is a normal end there
+    assert (unasked.status, unasked.cut_by_server, unasked.finish_reason) == ("completed", False, "stop")
+    nothing = fold(True, '{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}')  # cut before any content
+    assert (nothing.status, nothing.cut_by_server, nothing.finish_reason) == ("completed", True, None)  # → empty
+    assert fold(True).cut_by_server is False  # gaia-nexus's empty answer: [DONE] alone
 
 
 @pytest.mark.parametrize("table", ["chat_completions", "chat_completions_stream"])

@@ -12,7 +12,9 @@ from typing import Any, Dict, List
 import duckdb
 import pytest
 from conftest import EVAL_MODELS, EVAL_PROMPTS, EVAL_QUERIES, EVAL_TEXTS, EvaluationRun, passes, run_cli
+from rich.console import Console
 
+from gaia_source.commands import print_summary
 from gaia_source.rows import source_matches
 from gaia_source.samples import SAMPLE_TEXTS
 
@@ -103,6 +105,27 @@ def test_an_evaluation_run_ends_with_its_summary_and_writes_it_as_json(evaluatio
     assert sorted(retrieval) == sorted([[_node(n), "3", "0.67", "0.67", "0.67"] for n in (a, b)])
     # the first run's summary: node B still answered with its first model
     assert re.search(rf"{re.escape(_node(b))} .*{EVAL_MODELS[1]}.* 6/12 50%", run.runs[0].stdout)
+
+
+def test_flaky_and_drifted_lines_name_their_table_when_the_summary_has_two() -> None:
+    target = {"node_url": "http://n:8080/v1", "model": "m", "model_requested": ["m"], "passed": 0, "graded": 0,
+              "samples": 3, "sampled_prompts": 1, "flaky_prompts": 1, "drifted_prompts": 1}
+    line = {"prompt": "rivers", "node_url": "http://n:8080/v1", "model": "m", "distinct_answers": 3, "samples": 3,
+            "configurations": 2, "models": ["m", "q"]}
+    tables = ("chat_completions", "chat_completions_stream")
+    summary = {"scope": "run", "match": "contains, case-insensitive", "k": 3, "retrieval": [],
+               "targets": [{**target, "table": t} for t in tables], "flaky": [{**line, "table": t} for t in tables],
+               "drift": [{**line, "table": t} for t in tables]}
+    out = Console(width=200, record=True)
+
+    print_summary(summary, out)
+
+    lines = [line for line in out.export_text().splitlines() if line.startswith(("flaky:", "drifted:"))]
+    assert lines == [  # one line per table, each saying which: not the same line twice
+        "flaky: rivers on n:8080/v1 · m: 3 distinct answers in 3 samples (chat_completions)",
+        "flaky: rivers on n:8080/v1 · m: 3 distinct answers in 3 samples (chat_completions_stream)",
+        "drifted: rivers on n:8080/v1: answered under 2 configurations (m → q) (chat_completions)",
+        "drifted: rivers on n:8080/v1: answered under 2 configurations (m → q) (chat_completions_stream)"]
 
 
 def test_a_run_that_evaluates_nothing_prints_no_summary(tmp_path: Path) -> None:

