@@ -287,16 +287,23 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if not plan.refresh:
         keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts",
                             ledger=(context.ledger, endpoint.name))
-    texts = (text for _, text in keyed)
-    while batch := list(itertools.islice(texts, plan.embedding_batch_size)):
-        yield embeddings_batch(batch, model, plan.embedding_model)
+    while pairs := list(itertools.islice(keyed, plan.embedding_batch_size)):
+        yield embeddings_batch([text for _, text in pairs], model, plan.embedding_model, [key for key, _ in pairs])
 
 
-def embeddings_batch(batch: Sequence[TextInput], model: Optional[str], named: Optional[str]) -> PreparedRequest:
+def embeddings_batch(
+    batch: Sequence[TextInput], model: Optional[str], named: Optional[str], ids: Optional[Sequence[str]] = None,
+) -> PreparedRequest:
     """One embeddings request for ``batch`` (``named``: the model the user named, which, not a discovered one, is
-    part of each text's cell); a single text carries its id and source into a ``failed_requests`` row."""
+    part of each text's cell); a single text carries its id and source into a ``failed_requests`` row.
+
+    ``ids``: each text's ``embedding_id`` under ``model``, when the caller has them already (kept with the model in
+    ``extra["ids"]``: the rows and the ledger use them instead of hashing every text again)."""
     one = batch[0] if len(batch) == 1 else None
-    return embeddings_request([t.text for t in batch], model, extra={"inputs": list(batch), "named_model": named},
+    extra: Dict[str, Any] = {"inputs": list(batch), "named_model": named}
+    if ids is not None:
+        extra["ids"] = (model, list(ids))
+    return embeddings_request([t.text for t in batch], model, extra=extra,
                               custom_id=one.id if one else None, source=one.source if one else None)
 
 
@@ -308,7 +315,11 @@ def split_embeddings(request: PreparedRequest) -> Tuple[PreparedRequest, ...]:
         return ()
     middle = len(inputs) // 2
     model, named = request.body.get("model"), request.extra.get("named_model")
-    return embeddings_batch(inputs[:middle], model, named), embeddings_batch(inputs[middle:], model, named)
+    ids_model, ids = request.extra.get("ids") or (None, None)
+    if ids is None or ids_model != model:
+        return embeddings_batch(inputs[:middle], model, named), embeddings_batch(inputs[middle:], model, named)
+    return (embeddings_batch(inputs[:middle], model, named, ids[:middle]),
+            embeddings_batch(inputs[middle:], model, named, ids[middle:]))
 
 
 def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:
