@@ -710,14 +710,17 @@ def skip_loaded(
         if failures is not None:
             for failing in failures[0].lookup(_cell_key(i, key) for i in batch):
                 failures[1](failing)
+        done_items = []
         for item in batch:
             rows = found.get(key(item))
             if rows is not None and (done is None or done(item, rows)):
-                skipped += 1
-                if ledger is not None:
-                    ledger[0].record(ledger[1], _cell_key(item, key), SKIPPED, cell=getattr(item, "cell", None))
+                done_items.append(item)
             else:
                 yield item
+        skipped += len(done_items)
+        if ledger is not None:  # one record for the batch's cells found done
+            ledger[0].record_many(ledger[1], [_cell_key(i, key) for i in done_items], SKIPPED,
+                                  cells=[getattr(i, "cell", None) for i in done_items])
         batch.clear()
 
     with ids, (failures[0] if failures is not None else contextlib.nullcontext()):

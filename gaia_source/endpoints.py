@@ -289,39 +289,47 @@ def embedding_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> I
     if not plan.refresh:
         keyed = skip_loaded(keyed, _first, context.loaded_ids(endpoint.name, "embedding_id"), "texts",
                             ledger=(context.ledger, endpoint.name))
-    for batch in _batches((text for _, text in keyed), plan.embedding_batch_size):
-        yield embeddings_batch(batch, model, plan.embedding_model)
+    for batch in _batches(keyed, plan.embedding_batch_size):
+        yield embeddings_batch([text for _, text in batch], model, plan.embedding_model, [key for key, _ in batch])
 
 
-def _batches(texts: Iterable[TextInput], size: int) -> Iterator[List[TextInput]]:
-    """Batches of ``size`` texts in input order, but a text over :data:`~gaia_source.settings.LONG_TEXT_CHARS` alone,
-    after the others (up to :data:`~gaia_source.settings.LONG_TEXTS_HELD` of them wait; more go as they come): a
-    server that times out on it, or holds its one model while it reads it, fails it alone, and no short text
-    waits behind it."""
-    batch: List[TextInput] = []
-    held: List[TextInput] = []
-    for text in texts:
-        if len(text.text) > LONG_TEXT_CHARS:
+def _batches(keyed: Iterable[Tuple[str, TextInput]], size: int) -> Iterator[List[Tuple[str, TextInput]]]:
+    """Batches of ``size`` (embedding id, text) pairs in input order, but a text over
+    :data:`~gaia_source.settings.LONG_TEXT_CHARS` alone, after the others (up to
+    :data:`~gaia_source.settings.LONG_TEXTS_HELD` of them wait; more go as they come): a server that times out on it,
+    or holds its one model while it reads it, fails it alone, and no short text waits behind it."""
+    batch: List[Tuple[str, TextInput]] = []
+    held: List[Tuple[str, TextInput]] = []
+    for pair in keyed:
+        if len(pair[1].text) > LONG_TEXT_CHARS:
             if len(held) < LONG_TEXTS_HELD:
-                held.append(text)
+                held.append(pair)
             else:
-                yield [text]
+                yield [pair]
             continue
-        batch.append(text)
+        batch.append(pair)
         if len(batch) == size:
             yield batch
             batch = []
     if batch:
         yield batch
-    for text in held:
-        yield [text]
+    for pair in held:
+        yield [pair]
 
 
-def embeddings_batch(batch: Sequence[TextInput], model: Optional[str], named: Optional[str]) -> PreparedRequest:
+def embeddings_batch(
+    batch: Sequence[TextInput], model: Optional[str], named: Optional[str], ids: Optional[Sequence[str]] = None,
+) -> PreparedRequest:
     """One embeddings request for ``batch`` (``named``: the model the user named, which, not a discovered one, is
-    part of each text's cell); a single text carries its id and source into a ``failed_requests`` row."""
+    part of each text's cell); a single text carries its id and source into a ``failed_requests`` row.
+
+    ``ids``: each text's ``embedding_id`` under ``model``, when the caller has them already (kept with the model in
+    ``extra["ids"]``: the rows and the ledger use them instead of hashing every text again)."""
     one = batch[0] if len(batch) == 1 else None
-    return embeddings_request([t.text for t in batch], model, extra={"inputs": list(batch), "named_model": named},
+    extra: Dict[str, Any] = {"inputs": list(batch), "named_model": named}
+    if ids is not None:
+        extra["ids"] = (model, list(ids))
+    return embeddings_request([t.text for t in batch], model, extra=extra,
                               custom_id=one.id if one else None, source=one.source if one else None)
 
 
@@ -333,7 +341,11 @@ def split_embeddings(request: PreparedRequest) -> Tuple[PreparedRequest, ...]:
         return ()
     middle = len(inputs) // 2
     model, named = request.body.get("model"), request.extra.get("named_model")
-    return embeddings_batch(inputs[:middle], model, named), embeddings_batch(inputs[middle:], model, named)
+    ids_model, ids = request.extra.get("ids") or (None, None)
+    if ids is None or ids_model != model:
+        return embeddings_batch(inputs[:middle], model, named), embeddings_batch(inputs[middle:], model, named)
+    return (embeddings_batch(inputs[:middle], model, named, ids[:middle]),
+            embeddings_batch(inputs[middle:], model, named, ids[middle:]))
 
 
 def retrieve_requests(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[PreparedRequest]:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import orjson
 
@@ -200,6 +200,47 @@ class Ledger:
             tally.last_at = time.monotonic()
             if error and outcome in (FAILED, REFUSED) and len(tally.errors) < self.MAX_ERRORS:
                 tally.errors.append(error)
+
+    def record_many(
+        self, resource: str, keys: Sequence[str], outcome: str, attempts: int = 0, error: Optional[str] = None,
+        cells: Optional[Sequence[Optional[Cell]]] = None, empty: bool = False, cut: bool = False,
+    ) -> None:
+        """:meth:`record` for several cells that ended alike (the texts of one embeddings batch, a batch of cells
+        found done), under one lock: ``attempts`` counts once (the sends of the request that carried them all),
+        ``cells`` (when given) lines up with ``keys``."""
+        if outcome not in OUTCOMES or ((empty or cut) and outcome != FAILED):
+            raise ValueError(f"unknown outcome {outcome!r}{' (empty)' if empty else ''}{' (cut)' if cut else ''}")
+        if not keys:
+            return
+        with self._lock:
+            asked = [(cell.cell_id, cell.node) for cell in cells or () if cell is not None]
+            if asked:
+                self._scope.setdefault(resource, set()).update(asked)
+            tally = self._tallies.setdefault(resource, ResourceTally())
+            recorded, flags = self._cells, self._flags
+            replaced: Counter[str] = Counter()
+            was_empty = was_cut = was_model_empty = 0
+            for key in keys:
+                slot = (resource, key)
+                previous = recorded.get(slot)
+                if previous is not None:
+                    replaced[previous] += 1
+                    if slot in flags:
+                        e, c = flags.pop(slot)
+                        was_empty, was_cut, was_model_empty = was_empty + e, was_cut + c, was_model_empty + (
+                            e and not c)
+                recorded[slot] = outcome
+                if empty or cut:
+                    flags[slot] = (empty, cut)
+            tally.outcomes.subtract(replaced)
+            tally.outcomes[outcome] += len(keys)
+            tally.empty += len(keys) * empty - was_empty
+            tally.cut += len(keys) * cut - was_cut
+            tally.model_empty += len(keys) * (empty and not cut) - was_model_empty
+            tally.attempts += attempts
+            tally.last_at = time.monotonic()
+            if error and outcome in (FAILED, REFUSED):  # as many as one record per key would keep
+                tally.errors.extend([error] * min(len(keys), self.MAX_ERRORS - len(tally.errors)))
 
     def outcome(self, resource: str, key: str) -> Optional[str]:
         """How cell ``key`` of ``resource`` has ended so far in this run (None: not recorded)."""

@@ -254,6 +254,9 @@ def cells_of(request: PreparedRequest) -> List[Tuple[str, Optional[TextInput]]]:
     if inputs is None:
         return [(request.request_id, None)]
     model = request.extra.get("named_model")
+    ids_model, ids = request.extra.get("ids") or (None, None)
+    if ids is not None and ids_model == model:  # the user named the model: a text's cell is its embedding_id
+        return list(zip(ids, inputs, strict=True))
     return [(text_key(model, t.text, *t.position), t) for t in inputs]
 
 

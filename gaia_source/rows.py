@@ -455,35 +455,39 @@ def embedding_table(request: PreparedRequest, reply: Reply) -> pa.Table:
     texts = [inputs[i] for i in order]
     requested_model = request.body.get("model")
     model = _str_or_none(body.get("model"))
-    table = pa.table(
-        {
-            "embedding_id": [embedding_id(requested_model, t.text, *t.position) for t in texts],
-            "text_id": pa.array([t.id for t in texts], pa.string()),
-            "text": [t.text for t in texts],
-            "document_id": pa.array([t.document_id for t in texts], pa.string()),
-            "chunk_index": pa.array([t.chunk_index for t in texts], pa.int64()),
-            "char_start": pa.array([t.char_start for t in texts], pa.int64()),
-            "char_end": pa.array([t.char_end for t in texts], pa.int64()),
-            "node_url": [node_url] * rows,
-            "served_by": pa.array([served_by(reply)] * rows, pa.string()),
-            "model_requested": pa.array([requested_model] * rows, pa.string()),
-            "model": pa.array([model] * rows, pa.string()),
-            "input_index": pa.array(order, pa.int64()),
-            "dim": pa.array([dim] * rows, pa.int64()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-            "metadata": pa.array(
-                [None if t.metadata is None else orjson.dumps(t.metadata).decode() for t in texts], pa.string()
-            ),
-            "request_id": [request.request_id] * rows,
-            "info_hash": pa.array([None] * rows, pa.string()),  # set from the answering node's configuration
-            "embedded_at": pa.array([embedded_at] * rows, pa.timestamp("us", tz="UTC")),
-            "attempts": pa.array([reply.attempts] * rows, pa.int64()),
-            "latency_ms": pa.array([reply.latency_s * 1000.0] * rows, pa.float64()),
-        }
-    )
+    ids_model, ids = request.extra.get("ids") or (None, None)  # computed with the batch: not hashed again
+    if ids is None or ids_model != requested_model:
+        ids = [embedding_id(requested_model, t.text, *t.position) for t in texts]
+    elif order != list(range(len(ids))):
+        ids = [ids[i] for i in order]
+    columns = {
+        "embedding_id": pa.array(ids, pa.string()),
+        "text_id": pa.array([t.id for t in texts], pa.string()),
+        "text": pa.array([t.text for t in texts], pa.string()),
+        "document_id": pa.array([t.document_id for t in texts], pa.string()),
+        "chunk_index": pa.array([t.chunk_index for t in texts], pa.int64()),
+        "char_start": pa.array([t.char_start for t in texts], pa.int64()),
+        "char_end": pa.array([t.char_end for t in texts], pa.int64()),
+        "node_url": pa.array([node_url] * rows, pa.string()),
+        "served_by": pa.array([served_by(reply)] * rows, pa.string()),
+        "model_requested": pa.array([requested_model] * rows, pa.string()),
+        "model": pa.array([model] * rows, pa.string()),
+        "input_index": pa.array(order, pa.int64()),
+        "dim": pa.array([dim] * rows, pa.int64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+        "metadata": pa.array(
+            [None if t.metadata is None else orjson.dumps(t.metadata).decode() for t in texts], pa.string()
+        ),
+        "request_id": pa.array([request.request_id] * rows, pa.string()),
+        "info_hash": pa.array([None] * rows, pa.string()),  # set from the answering node's configuration
+        "embedded_at": pa.array([embedded_at] * rows, pa.timestamp("us", tz="UTC")),
+        "attempts": pa.array([reply.attempts] * rows, pa.int64()),
+        "latency_ms": pa.array([reply.latency_s * 1000.0] * rows, pa.float64()),
+    }
     # the primary key is NOT NULL in the dlt schema: say so in the Arrow schema too, or dlt warns about the mismatch
-    key = table.schema.get_field_index("embedding_id")
-    return table.cast(table.schema.set(key, table.schema.field(key).with_nullable(False)))
+    # (a schema given with the arrays: a cast of the built table costs more than building it)
+    schema = pa.schema([pa.field(name, array.type, nullable=name != "embedding_id") for name, array in columns.items()])
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
 def retrieve_row(request: PreparedRequest, reply: Reply) -> Row:

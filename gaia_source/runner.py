@@ -324,17 +324,20 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
         empty = isinstance(outcome.error, GaiaEmptyAnswer)
         cut = isinstance(outcome.error, GaiaStreamCut) or (isinstance(outcome.error, GaiaEmptyAnswer)
                                                             and outcome.error.cut)
-        for i, (key, text) in enumerate(cells):
-            ledger.record(resource, key, state, outcome.attempts if i == 0 else 0, str(outcome.error),
-                          request.cell if text is None else None, empty=empty, cut=cut)
+        ledger.record_many(resource, [key for key, _ in cells], state, outcome.attempts, str(outcome.error),
+                           [request.cell if text is None else None for _, text in cells], empty=empty, cut=cut)
+        for key, text in cells:
             failing[key] = resource
             row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
                    "resolved": False}
             yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
         return
-    for i, (key, text) in enumerate(cells):
-        ledger.record(resource, key, COMPLETED, outcome.attempts if i == 0 else 0,
-                      cell=request.cell if text is None else None)
+    ledger.record_many(resource, [key for key, _ in cells], COMPLETED, outcome.attempts,
+                       cells=None if request.cell is None else [request.cell if text is None else None
+                                                                for _, text in cells])
+    if not failing:  # nothing failing since an earlier run: no tombstones to send
+        return
+    for key, _ in cells:
         if failing.pop(key, None) is not None:
             tombstone = {"request_id": key, "resolved": True}
             yield dlt.mark.with_hints(tombstone, _FAILED_HINTS, create_table_variant=True)

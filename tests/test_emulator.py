@@ -163,3 +163,15 @@ def test_the_emulator_imports_nothing_from_the_client_code() -> None:
                 top = name.split(".")[0]
                 allowed = top in sys.stdlib_module_names or top in ("numpy", "orjson") or name == "__future__"
                 assert allowed or name.startswith("gaia_source.emulator"), f"{module.name} imports {name}"
+
+
+def test_its_own_process_computes_with_one_blas_thread() -> None:
+    """``python -m gaia_source.emulator`` asks for one BLAS thread before numpy is imported (``__main__``); importing
+    the package must not import numpy first, or the setting does nothing and OpenBLAS's idle worker spins on a core
+    of its own while a benchmark runs (the server, not the client, was then what bench/embeddings.py timed)."""
+    import subprocess
+
+    check = ("import sys, gaia_source.emulator; "
+             "sys.exit('numpy is imported with gaia_source.emulator' if 'numpy' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -435,3 +435,33 @@ def test_answers_of_a_node_no_longer_in_the_pool_are_kept_and_not_sent_again(mak
     ledger = load(pipeline, "chat_completions", base_url=b.base_url, prompts=PROMPTS[:3])
     assert ledger.count("skipped") == 3 and b.requests_to("/v1/chat/completions") == 0
     assert query(pipeline, "SELECT DISTINCT node_url FROM chat_completions") == [(a.base_url,)]
+
+
+def test_recording_cells_together_is_recording_them_one_by_one() -> None:
+    """``Ledger.record_many`` (a batch's texts, a batch of cells found done) ends where ``record`` per cell ends:
+    outcomes, replaced outcomes, empty answers, sends counted once, the first errors, the cells asked for."""
+    from gaia_source.ledger import COMPLETED, FAILED, REFUSED, SKIPPED, Cell
+
+    cell = Cell("chat_completions", {"messages": [{"role": "user", "content": "hi"}]})
+    steps: List[Any] = [
+        (["a", "b", "c"], FAILED, 2, "boom", None, (True, False)),
+        (["c", "h"], FAILED, 1, "cut", None, (True, True)),
+        (["h"], FAILED, 1, "cut", None, (False, True)),
+        (["a", "d"], COMPLETED, 1, None, None, (False, False)),
+        (["b", "e", "f", "g"], REFUSED, 0, "refused", None, (False, False)),
+        ([cell.key], SKIPPED, 0, None, [cell], (False, False)),
+        (["c", "c"], COMPLETED, 3, None, None, (False, False)),
+        ([], COMPLETED, 5, None, None, (False, False)),
+    ]
+    one, many = Ledger(), Ledger()
+    for keys, outcome, attempts, error, cells, (empty, cut) in steps:
+        for i, key in enumerate(keys):
+            one.record("r", key, outcome, attempts if i == 0 else 0, error, cells[i] if cells else None, empty, cut)
+        many.record_many("r", keys, outcome, attempts if keys else 0, error, cells, empty, cut)
+        assert [(o, t.outcomes, t.attempts, t.errors, t.empty, t.cut, t.model_empty)
+                for o, t in one.tallies().items()] == \
+            [(o, t.outcomes, t.attempts, t.errors, t.empty, t.cut, t.model_empty) for o, t in many.tallies().items()]
+        assert one.cells("r") == many.cells("r") and one.failing == many.failing
+        assert all(one.outcome("r", k) == many.outcome("r", k) for k in "abcdefg")
+    with pytest.raises(ValueError):
+        many.record_many("r", ["x"], COMPLETED, empty=True)

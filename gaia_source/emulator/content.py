@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 import zlib
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy itself is imported where it is used: see __main__ (one BLAS thread, set before numpy loads)
+    import numpy as np
+    import numpy.typing as npt
 
-Vector = npt.NDArray[np.float32]
-"""One embedding (1-D) or several (2-D, one row per text)."""
+    Vector = npt.NDArray[np.float32]
+    """One embedding (1-D) or several (2-D, one row per text)."""
 
 KNOWLEDGE_BASE: tuple[str, ...] = (
     "Paris is located in northern central France, in a north-bending arc of the river Seine.\n",
@@ -56,6 +57,8 @@ def _tokens(text: str) -> list[str]:
 @lru_cache(maxsize=65_536)
 def _word_vector(token: str, dim: int) -> Vector:
     """The fixed direction of one (stemmed) word: ``dim`` standard normal floats seeded by the word's CRC-32."""
+    import numpy as np
+
     seed = zlib.crc32(token.encode("utf-8"))
     vector: Vector = np.random.default_rng(seed).standard_normal(dim, dtype=np.float32)
     vector.flags.writeable = False  # shared by every text with this word
@@ -74,6 +77,8 @@ def embed_text(text: str, dim: int) -> Vector:
 
 def embed_texts(texts: Sequence[str], dim: int) -> Vector:
     """Embed texts into a ``(len(texts), dim)`` matrix of dense unit rows (one matrix product per batch)."""
+    import numpy as np
+
     if not texts:
         return np.zeros((0, dim), np.float32)
     index: dict[str, int] = {}
@@ -161,6 +166,8 @@ class KnowledgeBase:
 
     def search(self, query: str, limit: int, threshold: float) -> list[dict[str, Any]]:
         """Points ``{"source", "score"}`` scoring at least ``threshold``, best first, at most ``limit``."""
+        import numpy as np
+
         scores = self._matrix @ embed_text(query, self._dim)
         order = np.argsort(-scores)
         return [

