@@ -396,11 +396,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dlt_progress = None if args.progress in ("rich", "none") else args.progress
     started_at, pipeline, ledger, source_args = utc_now(), None, None, {}  # set as the run gets to them
 
-    def recorded(code: int, load_ids: Sequence[str] = ()) -> int:
-        """The run's row in gaia_runs (once dlt has a pipeline), then its exit code."""
+    def recorded(code: int, load_ids: Sequence[str] = (), error: Optional[str] = None) -> int:
+        """The run's row in gaia_runs (once dlt has a pipeline), then its exit code; ``error``: the line it stopped
+        with, printed here."""
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
         if pipeline is not None:
             record_run(pipeline, ledger, load_ids, started_at=started_at, argv=argv, source_args=source_args,
-                       resources=resources, exit_code=code)
+                       resources=resources, exit_code=code, error=error)
         return code
 
     try:
@@ -427,10 +430,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILED
     except PipelineStepFailed as exc:
         cause = _gaia_cause(exc)
-        print(f"error: {cause if cause is not None else exc}", file=sys.stderr)
+        error = str(cause if cause is not None else exc)
         if isinstance(cause, GaiaAuthError):
-            return recorded(EXIT_AUTH)
-        return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED)
+            return recorded(EXIT_AUTH, error=error)
+        return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED, error=error)
     load_ids = [load_id for info in load_info.load_infos for load_id in info.loads_ids]
     failing = ledger.failing
     _print_load_info(load_info, failing)
@@ -455,8 +458,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
     evaluate_run(pipeline, ledger, args.summary_json)
     if load_info.has_failed_jobs:
-        print("error: some load jobs failed; see the load info above", file=sys.stderr)
-        return recorded(EXIT_FAILED, load_ids)
+        return recorded(EXIT_FAILED, load_ids, error="some load jobs failed; see the load info above")
     if failing:
         print(f"\n{failing} request(s) of this run are failing: SELECT * FROM {args.dataset_name}."
               f"{FAILED_REQUESTS_TABLE}; a re-run retries them.", file=sys.stderr)

@@ -14,7 +14,6 @@ import shlex
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import orjson
@@ -125,8 +124,9 @@ def record_run(
     source_args: Mapping[str, Any],
     resources: Sequence[str],
     exit_code: int,
+    error: Optional[str] = None,
 ) -> None:
-    """Write the run's row into ``gaia_runs`` (see :mod:`gaia_source.runs`)."""
+    """Write the run's row into ``gaia_runs`` (see :mod:`gaia_source.runs`); ``error``: the line it stopped with."""
     from .config import resolve_node_settings
     from .runs import run_row, write_run
 
@@ -145,7 +145,8 @@ def record_run(
     row_counts = {table: count for table, count in (normalized.row_counts if normalized else {}).items()
                   if not table.startswith("_dlt")}
     row = run_row(ledger, started_at=started_at, command=shlex.join(["gaia_pipeline.py", *argv]), nodes=nodes,
-                  resources=resources, inputs=inputs, load_ids=load_ids, row_counts=row_counts, exit_code=exit_code)
+                  resources=resources, inputs=inputs, load_ids=load_ids, row_counts=row_counts, exit_code=exit_code,
+                  error=error)
     write_run(pipeline, row)
 
 
@@ -205,17 +206,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pipeline(args: argparse.Namespace) -> dlt.Pipeline:
-    """The pipeline as its last run here left it (destination and dataset from its state), or as the flags say."""
+def _has_loaded(name: str) -> bool:
+    """Whether pipeline ``name`` has loaded something from here (without creating it, as ``dlt.pipeline`` would)."""
+    import dlt
+    from dlt.pipeline.exceptions import CannotRestorePipelineException
+
+    try:
+        return dlt.attach(name).default_schema_name is not None
+    except CannotRestorePipelineException:
+        return False
+
+
+def _pipeline(args: argparse.Namespace, loaded: bool = True) -> dlt.Pipeline:
+    """The pipeline as its last run here left it (destination and dataset from its state), or as the flags say.
+
+    ``loaded``: it must have loaded tables (``search``, ``report``); else it needs only a destination (``runs``: a run
+    stopped before its first load, by a wrong URL say, still has its ``gaia_runs`` row)."""
     import dlt
 
     if getattr(args, "demo", False) and args.pipeline_name == PIPELINE_NAME:  # what --demo loaded: its own pipeline
         args.pipeline_name = DEMO_PIPELINE_NAME
     pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
-    if pipeline.destination is None or pipeline.default_schema_name is None:
-        demo = Path(pipeline.pipelines_dir) / DEMO_PIPELINE_NAME
+    if pipeline.destination is None or (loaded and pipeline.default_schema_name is None):
         hint = (f" (--demo loaded pipeline {DEMO_PIPELINE_NAME}: add --demo to look at it)"
-                if args.pipeline_name == PIPELINE_NAME and demo.is_dir() else "")
+                if args.pipeline_name == PIPELINE_NAME and _has_loaded(DEMO_PIPELINE_NAME) else "")
         raise GaiaConfigError(
             f"pipeline {args.pipeline_name!r} has not loaded anything from this folder ({pipeline.working_dir}). Run "
             f"the command where gaia_pipeline.py ran, or name its --destination and --dataset-name{hint}")
@@ -229,7 +243,7 @@ def _when(value: Any) -> str:
 def _runs(args: argparse.Namespace) -> int:
     from .runs import list_runs
 
-    found = list_runs(_pipeline(args), args.limit)
+    found = list_runs(_pipeline(args, loaded=False), args.limit)
     if args.json:
         for run in found:
             print(orjson.dumps(run, default=str).decode())
@@ -242,10 +256,13 @@ def _runs(args: argparse.Namespace) -> int:
         table.add_column(name)
     for name in ("rows", "completed", "failing", "skipped", "exit"):
         table.add_column(name, justify="right")
+    errors = any(run.get("error") for run in found)  # why a run stopped, when one did
+    if errors:
+        table.add_column("error", ratio=1)
     for run in found:
         if run["run_id"] is None:  # a load no command-line run recorded (Python, Airflow, an older version)
             table.add_row(_when(run["finished_at"]), "—", "(not recorded: a load from Python or an older version)",
-                          "—", "—", "—", "—", "—", "—", "—", style="dim")
+                          "—", "—", "—", "—", "—", "—", "—", *(["—"] if errors else []), style="dim")
             continue
         took = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
         inputs = ", ".join(f"{kind}: {value}" for kind, value in (run["inputs"] or {}).items()) or "—"
@@ -254,7 +271,8 @@ def _runs(args: argparse.Namespace) -> int:
         table.add_row(_when(run["started_at"]), "—" if took is None else f"{took:.1f} s",
                       escape(" ".join(_node(n) for n in run["nodes"] or []) or "—"), " ".join(ran), escape(inputs),
                       str(run["rows"]), str(run["completed"]), str(failing), str(run["skipped"]),
-                      str(run["exit_code"]), style=None if run["exit_code"] == 0 else "red")
+                      str(run["exit_code"]), *([escape(run.get("error") or "")] if errors else []),
+                      style=None if run["exit_code"] == 0 else "red")
     console().print(table)
     return EXIT_OK
 

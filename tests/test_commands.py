@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import duckdb
 import pytest
-from conftest import EVAL_MODELS, EVAL_PROMPTS, EVAL_QUERIES, EVAL_TEXTS, EvaluationRun, passes, run_cli
+from conftest import EVAL_MODELS, EVAL_PROMPTS, EVAL_QUERIES, EVAL_TEXTS, EvaluationRun, free_port, passes, run_cli
 
 from gaia_source.rows import source_matches
 from gaia_source.samples import SAMPLE_TEXTS
@@ -168,6 +168,48 @@ def test_runs_also_lists_loads_that_no_command_line_run_recorded(evaluation_run:
 def test_runs_of_a_pipeline_that_never_ran_here_is_an_error(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "runs", "--pipeline-name", "nothing_here")
     assert result.returncode == 2 and "has not loaded anything from this folder" in result.stderr
+    # looking for the demo's runs where no demo ran does not make a later error say that --demo loaded something
+    assert run_cli(tmp_path, "runs", "--demo").returncode == 2
+    again = run_cli(tmp_path, "runs")
+    assert again.returncode == 2 and "--demo" not in again.stderr, again.stderr
+
+
+def test_runs_lists_the_runs_that_stopped_before_loading_and_says_why(make_node, tmp_path: Path) -> None:
+    """A wrong URL and a closed port stop a run before its first load: `runs` still lists them, each with the line
+    it stopped with; a right run after them is listed too."""
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    stopped = [run_cli(tmp_path, "--base-url", url, "--prompts-file", "p.txt")
+               for url in (closed, f"{node.root_url}/api")]
+    errors = []
+    for result in stopped:
+        assert result.returncode == 1, result.stdout + result.stderr
+        [line] = result.stderr.splitlines()
+        errors.append(line.removeprefix("error: "))
+    listed = _runs(tmp_path)  # before any load: the pipeline has no tables yet
+    assert [(r["exit_code"], r["error"], r["nodes"], r["completed"]) for r in listed] == [
+        (1, errors[1], [f"{node.root_url}/api/v1"], 0), (1, errors[0], [closed], 0)]
+    assert errors[0].startswith(f"cannot connect to {closed}") and "is not an OpenAI-compatible API" in errors[1]
+    table = run_cli(tmp_path, "runs")
+    assert table.returncode == 0, table.stderr
+    assert "error" in table.stdout and "cannot connect to" in table.stdout and "OpenAI-compatible" in table.stdout
+    right = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt")
+    assert right.returncode == 0, right.stderr
+    assert [(r["exit_code"], r["error"]) for r in _runs(tmp_path)] == [(0, None), (1, errors[1]), (1, errors[0])]
+
+
+def test_a_runs_table_of_an_older_version_gets_the_error_column(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb")) as db:  # gaia_runs as the first version wrote it
+        db.execute("CREATE SCHEMA gaia_data")
+        db.execute("CREATE TABLE gaia_data.gaia_runs (run_id varchar, started_at timestamp with time zone, "
+                   "finished_at timestamp with time zone, command varchar, exit_code bigint)")
+    result = run_cli(tmp_path, "--base-url", f"{node.root_url}/api", "--resources", "models")
+    assert result.returncode == 1
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT exit_code, error FROM gaia_data.gaia_runs").fetchall() == [
+            (1, result.stderr.strip().removeprefix("error: "))]
 
 
 def test_search_prints_the_loaded_texts_nearest_to_a_query(tmp_path: Path) -> None:
