@@ -361,6 +361,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.dataset_name = args.dataset_name or (DEMO_DATASET_NAME if args.demo else DATASET_NAME)
     try:
         resources = _resources(args.resources, args.demo)
+        from gaia_source.commands import check_output
+
+        check_output("--summary-json", args.summary_json)  # a folder that is not there fails now, not after the load
+        check_output("--export-batch-output", args.export_batch_output)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -444,19 +448,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print("\nnot run (no inputs): " + ", ".join(f"{name} (--{ENDPOINT_BY_NAME[name].inputs}-file)" for name in idle)
               + "; inputs can also be set in [sources.gaia_source] (prompts, texts, queries and their *_file keys)")
-    if args.export_batch_output:
-        from gaia_source.batch import export_batch_output, export_batch_output_per_target, targets
-
-        # the answers to this run's inputs (one line per cell and node), not to inputs edited or removed since
-        this_run = {cell_id for cell_id, _ in ledger.cells(args.export_table)} or None
-    if args.export_batch_output and len(targets(pipeline, args.export_table, this_run)) > 1:  # a file per target
-        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table, this_run)
-        for path, lines in written.items():
-            print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")
-    elif args.export_batch_output:
-        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table, cells=this_run)
-        print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
-    evaluate_run(pipeline, ledger, args.summary_json)
+    try:  # the files asked for (their folders were checked before the run); one that cannot be written fails it
+        _export(args, pipeline, ledger)
+        evaluate_run(pipeline, ledger, args.summary_json)
+    except OSError as exc:
+        written = f"could not write {exc.filename}: {exc.strerror}" if exc.filename else f"could not write: {exc}"
+        return recorded(EXIT_FAILED, load_ids, error=written)
     if load_info.has_failed_jobs:
         return recorded(EXIT_FAILED, load_ids, error="some load jobs failed; see the load info above")
     if failing:
@@ -464,6 +461,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{FAILED_REQUESTS_TABLE}; a re-run retries them.", file=sys.stderr)
         return recorded(EXIT_OK if args.allow_failed_requests else EXIT_FAILED, load_ids)
     return recorded(EXIT_OK, load_ids)
+
+
+def _export(args: argparse.Namespace, pipeline: dlt.Pipeline, ledger: Ledger) -> None:
+    """``--export-batch-output``: the answers to this run's inputs (one line per cell and node), not to inputs edited
+    or removed since; a file per target when there are several."""
+    if not args.export_batch_output:
+        return
+    from gaia_source.batch import export_batch_output, export_batch_output_per_target, targets
+
+    this_run = {cell_id for cell_id, _ in ledger.cells(args.export_table)} or None
+    if len(targets(pipeline, args.export_table, this_run)) > 1:
+        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table, this_run)
+        for path, lines in written.items():
+            print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")
+    else:
+        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table, cells=this_run)
+        print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
 
 
 def _exit_now(code: int) -> None:

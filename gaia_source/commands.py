@@ -41,6 +41,20 @@ def console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def check_output(flag: str, path: Optional[str]) -> None:
+    """Before anything is sent or read: the folder ``path`` (a file to write, given with ``flag``) goes into exists.
+    Raises ``GaiaConfigError`` naming it, so that a run never loads and then fails to write what it was asked for."""
+    if path is None:
+        return
+    import os.path
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise GaiaConfigError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise GaiaConfigError(f"{flag} {path}: is a folder; give a file name")
+
+
 # --- the evaluation summary at the end of a run -------------------------------------------------------------------
 
 
@@ -326,6 +340,7 @@ def _search(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    check_output("-o", args.output)
     summary = write_report(_pipeline(args), args.output, args.k)
     graded = sum(1 for t in summary["targets"] if t["graded"])
     print(f"wrote {args.output}: {len(summary['targets'])} node/model target(s) ({graded} graded), "

@@ -212,6 +212,13 @@ def test_a_runs_table_of_an_older_version_gets_the_error_column(make_node, tmp_p
             (1, result.stderr.strip().removeprefix("error: "))]
 
 
+def test_report_into_a_folder_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    result = run_cli(tmp_path, "report", "--demo", "-o", "out/report.html")
+    assert result.returncode == 2 and result.stderr.startswith("error: -o out/report.html: the folder "), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_search_prints_the_loaded_texts_nearest_to_a_query(tmp_path: Path) -> None:
     assert run_cli(tmp_path, "--demo").returncode == 0
     result = run_cli(tmp_path, "search", "Where is Paris located?", "-k", "3", "--demo", "--json")

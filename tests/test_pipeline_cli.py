@@ -95,12 +95,17 @@ def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_pat
     [
         (["--resources", "chat,models"], "--resources: unknown resource(s) ['chat']"),
         (["--prompts-file", "missing.jsonl"], "prompts_file: file not found: missing.jsonl"),
+        # a file to write into a folder that is not there fails before anything is sent, not after the load
+        (["--summary-json", "out/summary.json"], "--summary-json out/summary.json: the folder "),
+        (["--export-batch-output", "out/batch.jsonl"], "--export-batch-output out/batch.jsonl: the folder "),
+        (["--summary-json", "."], "--summary-json .: is a folder"),
     ],
 )
 def test_bad_arguments(make_node, tmp_path: Path, args: List[str], message: str) -> None:
     node = make_node("rag")
     result = run_cli(tmp_path, "--base-url", node.base_url, *args)
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert node.total_requests() == 0
 
 
