@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import dlt
 import numpy as np
 import orjson
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from .config import resolve_node_settings
 from .destination import (
@@ -251,6 +252,28 @@ def _frame(cursor: Any) -> "pd.DataFrame":
     return pd.DataFrame(cursor.fetchall(), columns=names)
 
 
+def _require_embeddings(pipeline: dlt.Pipeline, capabilities: DestinationCapabilities) -> None:
+    """Raise ``GaiaConfigError`` when there is no ``embeddings`` table to search: not in the pipeline's schema and,
+    where the destination speaks SQL, not in the destination either (a fresh machine's pipeline has no local schema)."""
+    if pipeline.default_schema_name is not None and TABLE in pipeline.default_schema.data_table_names(
+            seen_data_only=True):
+        return
+    if pipeline.destination is None or capabilities.vector_column == "lancedb":
+        return  # nothing to ask here: the search itself says what is missing
+    try:
+        install_duckdb_extensions(capabilities.duckdb_extensions)
+        with pipeline.sql_client() as sql:
+            sql.execute_sql(f"SELECT 1 FROM {sql.make_qualified_table_name(TABLE)} LIMIT 1")
+        return
+    except DatabaseUndefinedRelation:
+        pass
+    except Exception:  # the destination could not tell: the search itself says what went wrong
+        return
+    raise GaiaConfigError(
+        f"no texts are embedded in dataset {pipeline.dataset_name!r} of pipeline {pipeline.pipeline_name!r} yet: "
+        "load some first (gaia_pipeline.py --texts-file FILE, or texts=[…] in Python), then search them")
+
+
 def search(
     pipeline: dlt.Pipeline,
     query: str,
@@ -289,6 +312,7 @@ def search(
     if k < 1:
         raise GaiaConfigError(f"k must be >= 1, got {k}")
     capabilities = capabilities_of(pipeline)
+    _require_embeddings(pipeline, capabilities)  # before the node is asked to embed the query
     vector_column = capabilities.vector_column
     _filters(where, "duckdb")  # names are checked before the node is asked anything
     if pool is None:

@@ -219,6 +219,19 @@ def test_report_into_a_folder_that_is_not_there_is_a_clear_error(tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_search_before_any_text_is_embedded_says_so_without_asking_the_node(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("What is the capital of France?\n")
+    assert run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt").returncode == 0
+    before = node.total_requests()
+    result = run_cli(tmp_path, "search", "Paris", "--base-url", node.base_url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "error: no texts are embedded in dataset 'gaia_data' of pipeline 'gaia_pipeline' yet: load some first "
+        "(gaia_pipeline.py --texts-file FILE, or texts=[…] in Python), then search them"]
+    assert node.total_requests() == before  # the query was not embedded for nothing
+
+
 def test_search_prints_the_loaded_texts_nearest_to_a_query(tmp_path: Path) -> None:
     assert run_cli(tmp_path, "--demo").returncode == 0
     result = run_cli(tmp_path, "search", "Where is Paris located?", "-k", "3", "--demo", "--json")
