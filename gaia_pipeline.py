@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--summary-json", metavar="PATH",
                      help="write the run's evaluation summary (pass rates, flaky prompts, hit@k, drift) as JSON")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: log every HTTP request; -vv: debug logs of every library")
+                        help="-v: log every HTTP request, retry and failed request; -vv: debug logs of every library")
     return parser
 
 

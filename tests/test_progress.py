@@ -89,6 +89,37 @@ def test_without_a_terminal_only_a_final_line_per_resource(make_node, tmp_path: 
     assert again.returncode == 0 and again.stderr == ""
 
 
+def test_without_a_terminal_failures_are_a_few_lines_not_a_retry_log(make_node, tmp_path: Path) -> None:
+    """Eight prompts that fail on every send (4 sends, then 2 final rounds each): what a log file gets is the final
+    line, the rounds' warnings and the first five failures; each retry, and the failures after the fifth, only with
+    -v. The failed_requests table has every one."""
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(4))
+                                    + "".join(f"[[fail]] Broken {i}?\n" for i in range(8)))
+    env = {"SOURCES__GAIA_SOURCE__RETRY_BACKOFF": "0.01"}
+    result = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources",
+                     "chat_completions", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if "attempt " in line and "retrying" in line], result.stderr
+    failed = [line for line in lines if line.startswith("ERROR gaia_source: chat_completions: request ")]
+    assert len(failed) == 5 and all("failed (HTTP 500)" in line for line in failed)
+    assert [line for line in lines if "more requests failed" in line] == [
+        "ERROR gaia_source: chat_completions: more requests failed; they are not logged one by one (-v logs them): "
+        "SELECT * FROM failed_requests lists every one"]
+    rounds = [line for line in lines if "failed transiently; round" in line]
+    assert len(rounds) == 2
+    [final] = [line for line in lines if FINAL.match(line)]
+    assert FINAL.match(final).groups()[:3] == ("chat_completions", "12", "12") and final.endswith("8 failing")
+    assert len(lines) == 5 + 1 + 2 + 1 + 2  # and the blank line and "8 request(s) of this run are failing: …"
+    assert node.requests_to("/v1/chat/completions") == 4 + 8 * 4 * 3
+    verbose = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources",
+                      "chat_completions", "-v", env=env)
+    assert verbose.returncode == 1
+    assert len([line for line in verbose.stderr.splitlines() if "retrying in" in line]) == 8 * 3 * 3
+    assert len([line for line in verbose.stderr.splitlines() if " failed: POST " in line]) == 8
+
+
 def test_the_ledger_knows_each_resources_total_before_the_first_request(make_node) -> None:
     a, b = make_node("nexus"), make_node("nexus")
     ledger = Ledger()
