@@ -172,8 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str, Any]:
-    """Only what the command line sets: everything else keeps coming from dlt config."""
+def _source_args(args: argparse.Namespace, base_url: Optional[str], demo: Optional[NodeEmulator] = None
+                 ) -> Dict[str, Any]:
+    """Only what the command line sets: everything else keeps coming from dlt config. ``demo``: the demo's emulated
+    node, whose chat model is named (the one it would be found to serve), so that each flavour's answers are their
+    own cells: a demo of another flavour in the same folder answers its prompts instead of finding them done."""
     given = {
         "base_url": base_url or args.base_url,
         "node_id": args.node_id,
@@ -198,6 +201,9 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "table_format": args.table_format,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
+    loaded = demo.flavor_class.chat_models(demo) if demo is not None else ()
+    if loaded and "chat_model" not in source_args:
+        source_args["chat_model"] = loaded[0]
     if args.demo:  # the built-in samples go to the emulated node only, and only where no file was given
         from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXT_ROWS
 
@@ -414,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _demo_node(args.demo, args.demo_flavor) as emulator:
             if emulator is not None and not args.resources:
                 resources = _served(resources, emulator)
-            source_args = _source_args(args, emulator.base_url if emulator else None)
+            source_args = _source_args(args, emulator.base_url if emulator else None, emulator)
             pipeline = dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
                 progress=dlt_progress,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List
 
@@ -194,3 +195,30 @@ def test_the_demo_has_its_own_dataset_says_nothing_alarming_and_runs_again(tmp_p
     assert not [line for line in again.stderr.splitlines() if "WARNING" in line or "ERROR" in line], again.stderr
     after = counts(db, "gaia_demo")
     assert after["chat_completions"] == 3 and after["info"] == 2  # one node snapshot per run, answers once
+
+
+def test_a_demo_of_another_flavour_in_the_same_folder_loads_that_servers_answers(tmp_path: Path) -> None:
+    """`--demo`, then `--demo --demo-flavor node06` where it ran: the node06 server's answers are loaded beside the rag
+    server's (its replayed streams, its model), not found "already loaded"; each flavour's demo again sends nothing."""
+    from gaia_source.emulator import NodeEmulator, answer_for
+    from gaia_source.samples import SAMPLE_PROMPTS
+
+    rag, node06 = (NodeEmulator(flavor=f).default_chat_model for f in ("rag", "node06"))
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    switched = run_cli(tmp_path, "--demo", "--demo-flavor", "node06")
+    assert switched.returncode == 0, switched.stderr
+    printed = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(
+        r"^(\w+) +(\d+) +\d+ +\d+ +\d+ +(\d+) +\d+$", switched.stdout, re.M)}  # resource: (completed, skipped)
+    assert printed["chat_completions"] == printed["chat_completions_stream"] == (3, 0), switched.stdout
+    db = tmp_path / "gaia_demo_pipeline.duckdb"
+    with duckdb.connect(str(db), read_only=True) as con:
+        answers = con.execute("SELECT model, model_requested, content FROM gaia_demo.chat_completions "
+                              "ORDER BY 1, 3").fetchall()
+        streams = con.execute("SELECT model, count(*), count(*) FILTER (WHERE stream_mode = 'replayed') "
+                              "FROM gaia_demo.chat_completions_stream GROUP BY ALL ORDER BY 1").fetchall()
+    assert answers == sorted([(m, m, answer_for(p, m)) for m in (rag, node06) for p in SAMPLE_PROMPTS])
+    assert streams == sorted([(rag, 3, 0), (node06, 3, 3)])  # gaia-nexus replays its streams
+    for flavor in ("node06", "rag"):  # a demo again sends no prompt, whichever flavour
+        again = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
+        assert again.returncode == 0, again.stderr
+        assert re.search(r"^chat_completions +0 +0 +0 +0 +3 +0$", again.stdout, re.M), again.stdout
