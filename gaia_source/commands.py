@@ -167,6 +167,17 @@ def record_run(
 # --- subcommands --------------------------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gaia_pipeline.py", description="Look at what gaia_pipeline.py loaded.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
@@ -182,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list past runs: when, nodes, resources, inputs, rows, failures, exit code",
                                description="List past runs of the pipeline, newest first (from gaia_runs and dlt's "
                                "_dlt_loads).")
-    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    runs.add_argument("-n", "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     runs.add_argument("--demo", action="store_true", help=f"the runs of --demo (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(runs)
@@ -191,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Embed a query through the node and list the most similar loaded texts "
                                  "(gaia_source.vectors.search).")
     search.add_argument("query", help="the text to search for")
-    search.add_argument("-k", type=int, default=5, help="how many hits (default 5)")
+    search.add_argument("-k", type=_positive, default=5, help="how many hits (default 5)")
     search.add_argument("--where", action="append", default=[], metavar="NAME=VALUE",
                         help="prefilter: a column of embeddings (text_id, document_id, …) or a metadata field; "
                         "repeat for several (all must hold)")
@@ -214,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "nothing loaded from the network.")
     report.add_argument("-o", "--output", default="evaluation.html", metavar="PATH",
                         help="file to write (default evaluation.html)")
-    report.add_argument("-k", type=int, default=3, help="the k of hit@k (default 3)")
+    report.add_argument("-k", type=_positive, default=3, help="the k of hit@k (default 3)")
     report.add_argument("--demo", action="store_true", help=f"what --demo loaded (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(report)
     return parser
@@ -342,10 +353,16 @@ def _report(args: argparse.Namespace) -> int:
 
     check_output("-o", args.output)
     summary = write_report(_pipeline(args), args.output, args.k)
-    graded = sum(1 for t in summary["targets"] if t["graded"])
-    print(f"wrote {args.output}: {len(summary['targets'])} node/model target(s) ({graded} graded), "
-          f"{len(summary['flaky'])} flaky prompt(s), {len(summary['retrieval'])} node(s) with graded retrieval, "
-          f"{len(summary['drift'])} drifted prompt(s)")
+    targets = {(t["node_url"], t["model"]) for t in summary["targets"]}  # a target answers in each chat table
+    graded = {(t["node_url"], t["model"]) for t in summary["targets"] if t["graded"]}
+
+    def per_table(found: List[Dict[str, Any]]) -> str:  # a prompt of each chat table is a prompt of its own
+        tables = sorted({f["table"] for f in found})
+        return ", ".join(f"{len({f['prompt_id'] for f in found if f['table'] == t})} in {t}" for t in tables) or "none"
+
+    print(f"wrote {args.output}: {len(targets)} node/model target(s) ({len(graded)} graded), "
+          f"{len(summary['retrieval'])} node(s) with graded retrieval; flaky prompts: {per_table(summary['flaky'])}; "
+          f"drifted prompts: {per_table(summary['drift'])}")
     return EXIT_OK
 
 

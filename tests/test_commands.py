@@ -165,6 +165,13 @@ def test_runs_also_lists_loads_that_no_command_line_run_recorded(evaluation_run:
     assert list(found[0]["loads"].values()) == ["loaded"]
 
 
+@pytest.mark.parametrize("args", [["runs", "-n", "0"], ["report", "-k", "0"], ["search", "x", "-k", "-1"],
+                                  ["runs", "-n", "many"]])
+def test_counts_below_one_are_argument_errors(tmp_path: Path, args: List[str]) -> None:
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2 and "expected a whole number >= 1" in result.stderr, result.stderr
+
+
 def test_runs_of_a_pipeline_that_never_ran_here_is_an_error(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "runs", "--pipeline-name", "nothing_here")
     assert result.returncode == 2 and "has not loaded anything from this folder" in result.stderr
@@ -257,6 +264,8 @@ def test_after_the_demo_runs_and_report_look_at_it_with_demo(tmp_path: Path) -> 
     assert (run["exit_code"], run["completed"], run["failed"]) == (0, 3 + 3 + 6 + 3 + 1 + 1, 0), run
     report = run_cli(tmp_path, "report", "--demo", "-o", "demo.html")
     assert report.returncode == 0, report.stderr
+    assert report.stdout == ("wrote demo.html: 1 node/model target(s) (0 graded), 0 node(s) with graded retrieval; "
+                             "flaky prompts: none; drifted prompts: none\n")
     assert "Pass rate" in (tmp_path / "demo.html").read_text(encoding="utf-8")
 
 
@@ -281,6 +290,13 @@ def test_report_is_a_static_offline_page_with_the_pass_rates(evaluation_run: Eva
     run = evaluation_run
     result = run_cli(run.folder, "report", "-o", "evaluation.html")
     assert result.returncode == 0, result.stderr
+    # what it says it wrote counts node/model targets and prompts, not their rows in each chat table
+    said = re.fullmatch(r"wrote evaluation\.html: 3 node/model target\(s\) \(3 graded\), 2 node\(s\) with graded "
+                        r"retrieval; flaky prompts: (.+); drifted prompts: 4 in chat_completions, 4 in "
+                        r"chat_completions_stream\n", result.stdout)  # B's four answered prompts, in both tables
+    assert said, result.stdout
+    flaky = dict(reversed(part.split(" in ")) for part in said[1].split(", "))  # node A samples: drawn, at most 4
+    assert set(flaky) <= {"chat_completions", "chat_completions_stream"} and all(int(n) <= 4 for n in flaky.values())
     html = (run.folder / "evaluation.html").read_text(encoding="utf-8")
     # over the whole dataset: node B's old model is a target of its own
     for node, model, passed in ((run.a, EVAL_MODELS[0], 6), (run.b, EVAL_MODELS[1], 6), (run.b, EVAL_MODELS[2], 9)):
