@@ -387,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from gaia_source import gaia_source
-    from gaia_source.commands import evaluate_run, record_run
+    from gaia_source.commands import duckdb_here, evaluate_run, record_run
     from gaia_source.ledger import Ledger
     from gaia_source.lifecycle import avoid_sqlalchemy_import, run_pipeline
     from gaia_source.runs import utc_now
@@ -421,10 +421,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if emulator is not None and not args.resources:
                 resources = _served(resources, emulator)
             source_args = _source_args(args, emulator.base_url if emulator else None, emulator)
-            pipeline = dlt.pipeline(
+            pipeline = duckdb_here(lambda: dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
                 progress=dlt_progress,
-            )
+            ), args.demo)  # a demo in another folder than the last is a demo of this folder (see duckdb_here)
             ledger = Ledger()
             source = gaia_source(resources=resources, required_resources=bool(args.resources), ledger=ledger,
                                  **source_args)

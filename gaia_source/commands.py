@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import orjson
 from rich.console import Console
@@ -53,6 +53,55 @@ def check_output(flag: str, path: Optional[str]) -> None:
         raise GaiaConfigError(f"{flag} {path}: the folder {folder} does not exist; create it first")
     if os.path.isdir(path):
         raise GaiaConfigError(f"{flag} {path}: is a folder; give a file name")
+
+
+def duckdb_elsewhere(pipeline: dlt.Pipeline) -> Optional[str]:
+    """The DuckDB file of ``pipeline`` when it is dlt's default file of another folder than this one, else None.
+
+    dlt keeps a pipeline's state once per user (``~/.dlt/pipelines/<name>``) and puts its default DuckDB file in the
+    folder of the pipeline's first run, so the same command in another folder (another clone, a fresh folder to try
+    the demo) loads into, and reads, that folder's file — or fails when that folder is gone."""
+    import os
+
+    import dlt
+
+    try:
+        first = pipeline.get_local_state_val("initial_cwd")
+    except KeyError:
+        return None
+    here = dlt.current.run_context().local_dir  # where dlt puts local files now: this folder (or DLT_PROJECT_DIR)
+    if pipeline.destination is None or pipeline.destination.destination_name != "duckdb" or (
+            os.path.abspath(first) == os.path.abspath(here)):
+        return None
+    try:
+        credentials: Any = pipeline.destination_client().config.credentials
+        database = str(credentials.database)
+    except Exception:
+        return None
+    default = os.path.join(first, f"{pipeline.pipeline_name}.duckdb")
+    return database if os.path.abspath(database) == os.path.abspath(default) else None  # else a configured file
+
+
+def duckdb_here(make: Callable[[], dlt.Pipeline], demo: bool) -> dlt.Pipeline:
+    """Before a run: keep the run's default DuckDB file in this folder (see :func:`duckdb_elsewhere`) where that cannot
+    lose anything — for the demo (its state is the script's), or when the other folder is gone — by dropping the
+    pipeline's local state, which dlt then restores from this folder's file if it has one. A pending load package
+    (an interrupted run's) keeps it where it is. Otherwise one note says where the file is. ``make`` makes the
+    pipeline (again, after a drop: dlt binds the file's folder into the destination when it makes it)."""
+    import os
+
+    pipeline = make()
+    elsewhere = duckdb_elsewhere(pipeline)
+    if elsewhere is None:
+        return pipeline
+    gone = not os.path.isdir(os.path.dirname(elsewhere))
+    if (demo or gone) and not pipeline.has_pending_data:
+        pipeline.drop()
+        return make()
+    print(f"note: pipeline {pipeline.pipeline_name} loads into {elsewhere}, in the folder of its first run (dlt "
+          f"keeps a pipeline's state per user, in {pipeline.pipelines_dir}); run it there, or give it another "
+          "--pipeline-name here", file=sys.stderr)
+    return pipeline
 
 
 # --- the evaluation summary at the end of a run -------------------------------------------------------------------
@@ -252,6 +301,9 @@ def _pipeline(args: argparse.Namespace, loaded: bool = True) -> dlt.Pipeline:
     if getattr(args, "demo", False) and args.pipeline_name == PIPELINE_NAME:  # what --demo loaded: its own pipeline
         args.pipeline_name = DEMO_PIPELINE_NAME
     pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
+    elsewhere = duckdb_elsewhere(pipeline)
+    if elsewhere is not None:
+        print(f"note: reading {elsewhere}: pipeline {args.pipeline_name} last ran in that folder", file=sys.stderr)
     if pipeline.destination is None or (loaded and pipeline.default_schema_name is None):
         hint = (f" (--demo loaded pipeline {DEMO_PIPELINE_NAME}: add --demo to look at it)"
                 if args.pipeline_name == PIPELINE_NAME and _has_loaded(DEMO_PIPELINE_NAME) else "")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import duckdb
 import pytest
 from conftest import counts, run_cli
+from conftest import run_cli as run_in
 
 KEY = "gaia-CLI-SECRET-0a1b2c3d"
 
@@ -222,3 +223,48 @@ def test_a_demo_of_another_flavour_in_the_same_folder_loads_that_servers_answers
         again = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
         assert again.returncode == 0, again.stderr
         assert re.search(r"^chat_completions +0 +0 +0 +0 +3 +0$", again.stdout, re.M), again.stdout
+
+
+def test_each_folder_has_its_own_duckdb_file_for_the_demo_and_says_where_a_run_loads(make_node, tmp_path: Path
+                                                                                      ) -> None:
+    """dlt keeps a pipeline's state once per user and its DuckDB file in the folder of its first run. The demo in a
+    second folder is a demo of that folder (not "already loaded" into the first one's file), and works after the
+    first folder is deleted; a real run says where it loads when that is another folder, and runs in a new folder
+    once the old one is gone."""
+    import shutil
+
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder in (first, second, third):
+        folder.mkdir()
+
+    def run_cli(folder: Path, *args: str) -> Any:  # in that folder, as a user would: dlt's project dir is the folder
+        return run_in(folder, *args, env={"DLT_PROJECT_DIR": str(folder)})
+    assert run_cli(first, "--demo").returncode == 0
+    demo = run_cli(second, "--demo")
+    assert demo.returncode == 0, demo.stderr
+    assert re.search(r"^chat_completions +3 +0 +0 +0 +0 +3$", demo.stdout, re.M), demo.stdout  # sent, here
+    for folder in (first, second):
+        assert counts(folder / "gaia_demo_pipeline.duckdb", "gaia_demo")["chat_completions"] == 3
+    listed = run_cli(second, "runs", "--demo", "--json")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1 and listed.stderr == "", listed.stderr
+    shutil.rmtree(second)  # the folder the demo's state points at is gone: a demo elsewhere still works
+    again = run_cli(third, "--demo")
+    assert again.returncode == 0, again.stderr
+    assert counts(third / "gaia_demo_pipeline.duckdb", "gaia_demo")["chat_completions"] == 3
+
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("What is the capital of France?\n")
+    args = ("--base-url", node.base_url, "--prompts-file", str(tmp_path / "p.txt"), "--resources", "chat_completions")
+    assert run_cli(first, *args).returncode == 0
+    elsewhere = run_cli(third, *args)  # a real pipeline keeps its file: the run says where it is
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert (f"note: pipeline gaia_pipeline loads into {first / 'gaia_pipeline.duckdb'}, in the folder of its first "
+            "run") in elsewhere.stderr
+    assert not (third / "gaia_pipeline.duckdb").exists()
+    runs = run_cli(third, "runs", "--json")
+    assert runs.returncode == 0 and len(runs.stdout.splitlines()) == 2
+    assert f"note: reading {first / 'gaia_pipeline.duckdb'}" in runs.stderr
+    shutil.rmtree(first)  # gone: the next run loads here instead of failing to open a file in a missing folder
+    moved = run_cli(third, *args)
+    assert moved.returncode == 0, moved.stderr
+    assert counts(third / "gaia_pipeline.duckdb")["chat_completions"] == 1 and "note:" not in moved.stderr
