@@ -14,6 +14,7 @@ import shlex
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import orjson
@@ -302,6 +303,9 @@ def _pipeline(args: argparse.Namespace, loaded: bool = True) -> dlt.Pipeline:
         args.pipeline_name = DEMO_PIPELINE_NAME
     pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
     elsewhere = duckdb_elsewhere(pipeline)
+    if elsewhere is not None and not Path(elsewhere).is_file():  # its last run was in a folder gone since
+        raise GaiaConfigError(f"pipeline {args.pipeline_name!r} has not loaded anything from this folder (its last "
+                              f"run loaded into {elsewhere}, which is not there any more)")
     if elsewhere is not None:
         print(f"note: reading {elsewhere}: pipeline {args.pipeline_name} last ran in that folder", file=sys.stderr)
     if pipeline.destination is None or (loaded and pipeline.default_schema_name is None):
@@ -425,8 +429,13 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     handlers = {"runs": _runs, "search": _search, "report": _report}
+    from dlt.destinations.exceptions import DestinationConnectionError
+
     try:
         code = handlers[args.command](args)
+    except DestinationConnectionError as exc:  # the destination cannot be reached or opened: one line, not a trace
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -248,6 +248,10 @@ def test_each_folder_has_its_own_duckdb_file_for_the_demo_and_says_where_a_run_l
     listed = run_cli(second, "runs", "--demo", "--json")
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1 and listed.stderr == "", listed.stderr
     shutil.rmtree(second)  # the folder the demo's state points at is gone: a demo elsewhere still works
+    lost = run_cli(third, "runs", "--demo")  # (what to look at is gone with it: one line, not a traceback)
+    assert lost.returncode == 2 and lost.stderr.splitlines() == [
+        "error: pipeline 'gaia_demo_pipeline' has not loaded anything from this folder (its last run loaded into "
+        f"{second / 'gaia_demo_pipeline.duckdb'}, which is not there any more)"], lost.stderr
     again = run_cli(third, "--demo")
     assert again.returncode == 0, again.stderr
     assert counts(third / "gaia_demo_pipeline.duckdb", "gaia_demo")["chat_completions"] == 3
