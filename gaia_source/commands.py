@@ -389,7 +389,7 @@ def _search(args: argparse.Namespace) -> int:
             print(orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         return EXIT_OK
     if not rows:
-        print("No loaded texts match" + (" the --where filter." if where else " (is the embeddings table empty?)."))
+        print(_no_hits(pipeline, hits.attrs.get("query_model"), hits.attrs.get("dim"), bool(where)))
         return EXIT_OK
     table = Table(title=escape(f"Nearest loaded texts to {args.query!r} (cosine similarity)"), title_justify="left")
     table.add_column("#", justify="right")
@@ -402,6 +402,26 @@ def _search(args: argparse.Namespace) -> int:
                       escape(str(row.get("text") or "")), escape(str(row.get("model") or "—")))
     console().print(table)
     return EXIT_OK
+
+
+def _no_hits(pipeline: dlt.Pipeline, model: Optional[str], dim: Optional[int], filtered: bool) -> str:
+    """Why a search found nothing: the filter, or no text embedded by the model the query was embedded with (vectors
+    of two models are never compared), naming the models the table holds."""
+    stored: List[Any] = []
+    try:
+        with pipeline.sql_client() as sql:
+            table = sql.make_qualified_table_name("embeddings")
+            stored = list(sql.execute_sql(f"SELECT model, model_requested, dim, count(*) FROM {table} "
+                                          "GROUP BY model, model_requested, dim ORDER BY 4 DESC") or [])
+    except Exception:  # a destination without SQL: say what is known
+        pass
+    if not stored:
+        return "No loaded texts match" + (" the --where filter." if filtered else " (is the embeddings table empty?).")
+    if any(model in (m, asked) and d == dim for m, asked, d, _ in stored):
+        return "No loaded texts match the --where filter."
+    held = ", ".join(f"{m} ({d} dimensions, {n} texts)" for m, _, d, n in stored)
+    return (f"No loaded texts were embedded by {model} ({dim} dimensions), the model the query was embedded with; the "
+            f"embeddings table holds {held}. Search through a node that serves one of them (--base-url, --node-id).")
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -245,6 +245,12 @@ def _matches(row: Mapping[str, Any], where: Optional[Mapping[str, Any]]) -> bool
     return True
 
 
+def _tagged(frame: "pd.DataFrame", model: Optional[str], dim: int) -> "pd.DataFrame":
+    """``frame``, with the model and dimension the query was embedded with in its ``attrs``."""
+    frame.attrs.update(query_model=model, dim=dim)
+    return frame
+
+
 def _frame(cursor: Any) -> "pd.DataFrame":
     import pandas as pd
 
@@ -307,7 +313,8 @@ def search(
         node_settings: Fields of :class:`~gaia_source.config.NodeSettings` (``base_url``, ``api_key``, …).
 
     Returns:
-        A DataFrame with ``text_id``, ``text``, ``metadata``, ``model`` and ``score`` (cosine similarity).
+        A DataFrame with ``text_id``, ``text``, ``metadata``, ``model`` and ``score`` (cosine similarity); its
+        ``attrs`` name the model and dimension the query was embedded with (``query_model``, ``dim``).
     """
     if k < 1:
         raise GaiaConfigError(f"k must be >= 1, got {k}")
@@ -323,7 +330,7 @@ def search(
     stored_model = model or returned_model
     dim = len(vector)
     if vector_column == "lancedb":
-        return _search_lancedb(pipeline, vector, k, stored_model, where)
+        return _tagged(_search_lancedb(pipeline, vector, k, stored_model, where), stored_model, dim)
     install_duckdb_extensions(capabilities.duckdb_extensions)
     with pipeline.sql_client() as sql:
         table = sql.make_qualified_table_name(TABLE)
@@ -341,14 +348,14 @@ def search(
                 sql_text = (f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
                             f"ORDER BY {distance} LIMIT {int(k)}")
                 with sql.execute_query(sql_text, vector.tolist(), vector.tolist()) as cursor:
-                    return _frame(cursor)
+                    return _tagged(_frame(cursor), stored_model, dim)
             sql_text = (
                 f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
                 f"WHERE {SAME_MODEL} AND dim = %s{conditions} ORDER BY {distance} LIMIT {int(k)}"
             )
             with sql.execute_query(sql_text, vector.tolist(), stored_model, stored_model, dim, *params,
                                    vector.tolist()) as cursor:
-                return _frame(cursor)
+                return _tagged(_frame(cursor), stored_model, dim)
         if vector_column == "pgvector" and (_pg_column_type(sql) or "").endswith(f"vector({dim})"):
             vector_type = f'"{_pgvector_schema(sql) or "public"}".vector'
             operator = f"OPERATOR({vector_type.rsplit('.', 1)[0]}.<=>)"
@@ -360,13 +367,13 @@ def search(
                 f"ORDER BY embedding {operator} %s::{vector_type} LIMIT {int(k)}"
             )
             with sql.execute_query(sql_text, literal, stored_model, stored_model, dim, *params, literal) as cursor:
-                return _frame(cursor)
+                return _tagged(_frame(cursor), stored_model, dim)
         rows = sql.execute_sql(
             f"SELECT text_id, text, metadata, model, embedding, {_optional_columns(where)} FROM {table} "
             f"WHERE {SAME_MODEL} AND dim = %s",
             stored_model, stored_model, dim,
         )
-    return _rank(_filtered(rows or [], where), vector, k)
+    return _tagged(_rank(_filtered(rows or [], where), vector, k), stored_model, dim)
 
 
 def _load_vss_for_index(sql: Any) -> None:

@@ -239,6 +239,20 @@ def test_search_before_any_text_is_embedded_says_so_without_asking_the_node(make
     assert node.total_requests() == before  # the query was not embedded for nothing
 
 
+def test_search_through_a_node_of_another_embedding_model_says_which_models_are_loaded(tmp_path: Path) -> None:
+    """The demo's texts are embedded by the rag server's model; a query embedded by the llama server's (another name,
+    the same dimension) is compared with none of them: the search says so, and names what the table holds."""
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    result = run_cli(tmp_path, "search", "Where is Paris located?", "--demo", "--demo-flavor", "llama")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "No loaded texts were embedded by nomic-embed-text-v1.5 (768 dimensions), the model the query was embedded "
+        "with; the embeddings table holds Nomic-embed-text-v1.5 (768 dimensions, 6 texts). Search through a node "
+        "that serves one of them (--base-url, --node-id)."]
+    filtered = run_cli(tmp_path, "search", "Where is Paris located?", "--demo", "--where", "lang=en")
+    assert filtered.returncode == 0 and filtered.stdout == "No loaded texts match the --where filter.\n"
+
+
 def test_search_prints_the_loaded_texts_nearest_to_a_query(tmp_path: Path) -> None:
     assert run_cli(tmp_path, "--demo").returncode == 0
     result = run_cli(tmp_path, "search", "Where is Paris located?", "-k", "3", "--demo", "--json")
