@@ -14,7 +14,7 @@ Examples::
 
 The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
 Exit codes: 0 loaded; 1 the load failed, requests are failing (see the failed_requests table) or no node is usable;
-2 bad configuration or input; 3 the node refused the API key.
+2 bad configuration or input; 3 the node refused the API key; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from gaia_source.ledger import Ledger
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
+INTERRUPTED = "interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again"
 
 # --- the steps, as functions you can copy -------------------------------------------------------------------------
 
@@ -95,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
         epilog="Exit codes: 0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; "
-        f"3 key refused. Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on).",
+        f"3 key refused; 130 interrupted. Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, "
+        "and so on).",
     )
     node = parser.add_argument_group("node")
     node.add_argument("--demo", action="store_true",
@@ -231,8 +234,8 @@ def _resources(spec: Optional[str], demo: bool = False) -> List[str]:
     return names
 
 
-def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
-    """The GaiaError inside dlt's wrappers (PipelineStepFailed → ResourceExtractionError → …), if any."""
+def _gaia_cause(exc: BaseException, kind: Any = GaiaError) -> Optional[BaseException]:
+    """The GaiaError (or ``kind``) inside dlt's wrappers (PipelineStepFailed → ResourceExtractionError → …), if any."""
     seen = set()
     stack = [exc]
     while stack:
@@ -240,7 +243,7 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, GaiaError):
+        if isinstance(current, kind):
             return current
         stack.extend([getattr(current, "exception", None), current.__cause__, current.__context__])
     return None
@@ -438,7 +441,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (GaiaLookupError, GaiaPipelineStateError) as exc:  # nothing sent; the destination is not answering
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        return recorded(EXIT_INTERRUPTED, error=INTERRUPTED)
     except PipelineStepFailed as exc:
+        if _gaia_cause(exc, KeyboardInterrupt) is not None:  # Ctrl-C while dlt extracted, normalized or loaded
+            return recorded(EXIT_INTERRUPTED, error=INTERRUPTED)
         cause = _gaia_cause(exc)
         error = str(cause if cause is not None else exc)
         if isinstance(cause, GaiaAuthError):

@@ -272,3 +272,33 @@ def test_each_folder_has_its_own_duckdb_file_for_the_demo_and_says_where_a_run_l
     moved = run_cli(third, *args)
     assert moved.returncode == 0, moved.stderr
     assert counts(third / "gaia_pipeline.duckdb")["chat_completions"] == 1 and "note:" not in moved.stderr
+
+
+def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_next_run_finishes_it(make_node, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import SCRIPT
+
+    node = make_node("rag", latency_ms=100)  # one request at a time: 40 prompts take 4 s or more
+    (tmp_path / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(40)))
+    args = ["--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions"]
+    run = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                             signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while node.requests_to("/v1/chat/completions") < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, out + err
+    assert [line for line in err.splitlines() if not line.startswith("chat_completions ")] == [
+        "error: interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again"], err
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT exit_code, error FROM gaia_data.gaia_runs").fetchall() == [
+            (130, "interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again")]
+    again = run_cli(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert counts(tmp_path / "gaia_pipeline.duckdb")["chat_completions"] == 40
