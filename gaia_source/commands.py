@@ -337,13 +337,10 @@ def _runs(args: argparse.Namespace) -> int:
         table.add_column(name)
     for name in ("rows", "completed", "failing", "skipped", "exit"):
         table.add_column(name, justify="right")
-    errors = any(run.get("error") for run in found)  # why a run stopped, when one did
-    if errors:
-        table.add_column("error", ratio=1)
     for run in found:
         if run["run_id"] is None:  # a load no command-line run recorded (Python, Airflow, an older version)
             table.add_row(_when(run["finished_at"]), "—", "(not recorded: a load from Python or an older version)",
-                          "—", "—", "—", "—", "—", "—", "—", *(["—"] if errors else []), style="dim")
+                          "—", "—", "—", "—", "—", "—", "—", style="dim")
             continue
         took = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
         inputs = ", ".join(f"{kind}: {value}" for kind, value in (run["inputs"] or {}).items()) or "—"
@@ -352,9 +349,13 @@ def _runs(args: argparse.Namespace) -> int:
         table.add_row(_when(run["started_at"]), "—" if took is None else f"{took:.1f} s",
                       escape(" ".join(_node(n) for n in run["nodes"] or []) or "—"), " ".join(ran), escape(inputs),
                       str(run["rows"]), str(run["completed"]), str(failing), str(run["skipped"]),
-                      str(run["exit_code"]), *([escape(run.get("error") or "")] if errors else []),
-                      style=None if run["exit_code"] == 0 else "red")
-    console().print(table)
+                      str(run["exit_code"]), style=None if run["exit_code"] == 0 else "red")
+    out = console()
+    out.print(table)
+    for run in found:  # why a run stopped, when one did: under the table, one line each (a column would wrap it)
+        if run.get("error"):
+            out.print(f"{_when(run['started_at'])} stopped: {' '.join(str(run['error']).split())}", markup=False,
+                      highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
