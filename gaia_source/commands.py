@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 import time
@@ -208,7 +209,9 @@ def record_run(
     normalized = trace.last_normalize_info if trace is not None else None
     row_counts = {table: count for table, count in (normalized.row_counts if normalized else {}).items()
                   if not table.startswith("_dlt")}
-    row = run_row(ledger, started_at=started_at, command=shlex.join(["gaia_pipeline.py", *argv]), nodes=nodes,
+    # the command line as typed, but never a URL's user:password (the node URLs never keep it either)
+    command = re.sub(r"(://)[^/@\s]*@", r"\1***@", shlex.join(["gaia_pipeline.py", *argv]))
+    row = run_row(ledger, started_at=started_at, command=command, nodes=nodes,
                   resources=resources, inputs=inputs, load_ids=load_ids, row_counts=row_counts, exit_code=exit_code,
                   error=error)
     write_run(pipeline, row)

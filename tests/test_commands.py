@@ -388,3 +388,20 @@ def test_gaia_runs_is_written_on_postgresql(make_node, pgvector_server: str, tmp
         with psycopg2.connect(pgvector_server) as con, con.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {dataset} CASCADE")
             cur.execute(f"DROP SCHEMA IF EXISTS {dataset}_staging CASCADE")
+
+
+def test_a_password_in_a_node_url_is_not_kept_in_the_runs_table(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("hi\n")
+    url = node.base_url.replace("http://", "http://gaia:S3cret-pw@")
+    assert run_cli(tmp_path, "--base-url", url, "--prompts-file", "p.txt", "--resources", "chat_completions"
+                   ).returncode == 0
+    [run] = _runs(tmp_path)
+    assert run["command"] == (f"gaia_pipeline.py --base-url {node.base_url.replace('http://', 'http://***@')} "
+                              "--prompts-file p.txt --resources chat_completions")
+    assert run["nodes"] == [node.base_url]
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as db:
+        tables = db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data'"
+                            ).fetchall()
+        assert not [t for (t,) in tables if "S3cret" in str(db.execute(f"SELECT * FROM gaia_data.{t}").fetchall())]
+    assert "S3cret" not in run_cli(tmp_path, "runs").stdout
