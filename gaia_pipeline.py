@@ -234,6 +234,23 @@ def _resources(spec: Optional[str], demo: bool = False) -> List[str]:
     return names
 
 
+def _nothing_sent(ledger: Ledger, ran: Sequence[str]) -> Optional[str]:
+    """Why none of the inputs a run was given could be sent, when that is so: every resource that had inputs was
+    skipped because no node has its endpoint (prompts given to an embeddings-only server, say). ``models`` and
+    ``info`` are the node's own, not inputs. None when some input resource sent, or found done, a cell."""
+    given = [name for name in ran if name not in ("models", "info")]
+    tallies = ledger.tallies()
+    if not given or any(name not in ledger.unserved or (name in tallies and sum(tallies[name].outcomes.values()))
+                        for name in given):
+        return None
+    lacking: Dict[tuple, List[str]] = {}
+    for name in given:
+        for node, endpoint in ledger.unserved[name].items():
+            lacking.setdefault((node, endpoint), []).append(name)
+    found = "; ".join(f"{node} has no {endpoint} ({', '.join(names)})" for (node, endpoint), names in lacking.items())
+    return f"none of this run's inputs could be sent: {found}. Is it the node you meant, or the inputs for it?"
+
+
 def _gaia_cause(exc: BaseException, kind: Any = GaiaError) -> Optional[BaseException]:
     """The GaiaError (or ``kind``) inside dlt's wrappers (PipelineStepFailed → ResourceExtractionError → …), if any."""
     seen = set()
@@ -469,6 +486,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return recorded(EXIT_FAILED, load_ids, error=written)
     if load_info.has_failed_jobs:
         return recorded(EXIT_FAILED, load_ids, error="some load jobs failed; see the load info above")
+    unserved = _nothing_sent(ledger, [name for name in resources if name not in idle])
+    if unserved:
+        return recorded(EXIT_FAILED, load_ids, error=unserved)
     if failing:
         print(f"\n{failing} request(s) of this run are failing: SELECT * FROM {args.dataset_name}."
               f"{FAILED_REQUESTS_TABLE}; a re-run retries them.", file=sys.stderr)

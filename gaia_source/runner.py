@@ -253,6 +253,7 @@ class _Probes:
         if missing is None:
             return outcome
         node, endpoint = missing.where
+        self._ledger.lacks(self.resource, node, f"{missing.method} {endpoint}")
         if not self.required:
             logger.warning("Skipping resource '%s': %s", self.resource, missing)
             self._ledger.note(f"{self.resource}: not run on {node}, which has no {missing.method} {endpoint} "
