@@ -96,9 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
-        epilog="Exit codes: 0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; "
-        f"3 key refused; 130 interrupted. Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, "
-        "and so on).",
+        epilog=f"Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on). Exit codes: "
+        "0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; 3 key refused; "
+        "130 interrupted.",
     )
     node = parser.add_argument_group("node")
     node.add_argument("--demo", action="store_true",
