@@ -14,7 +14,7 @@ Examples::
 
 The ``load_*`` functions below are the same steps as plain Python, to copy into your own code.
 Exit codes: 0 loaded; 1 the load failed, requests are failing (see the failed_requests table) or no node is usable;
-2 bad configuration or input; 3 the node refused the API key.
+2 bad configuration or input; 3 the node refused the API key; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from gaia_source.ledger import Ledger
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
+INTERRUPTED = "interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again"
 
 # --- the steps, as functions you can copy -------------------------------------------------------------------------
 
@@ -96,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Load a Gaia node's data (models, info, chat completions, streamed completions, embeddings, "
         "retrieval) into DuckDB or any dlt destination. Settings not given here come from .dlt/config.toml, "
         ".dlt/secrets.toml and SOURCES__GAIA_SOURCE__* environment variables.",
-        epilog="Exit codes: 0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; "
-        f"3 key refused. Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on).",
+        epilog=f"Subcommands: {', '.join(SUBCOMMANDS)} (python gaia_pipeline.py runs --help, and so on). Exit codes: "
+        "0 loaded; 1 load failed, requests failing or no usable node; 2 bad configuration/input; 3 key refused; "
+        "130 interrupted.",
     )
     node = parser.add_argument_group("node")
     node.add_argument("--demo", action="store_true",
@@ -170,12 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--summary-json", metavar="PATH",
                      help="write the run's evaluation summary (pass rates, flaky prompts, hit@k, drift) as JSON")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: log every HTTP request; -vv: debug logs of every library")
+                        help="-v: log every HTTP request, retry and failed request; -vv: debug logs of every library")
     return parser
 
 
-def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str, Any]:
-    """Only what the command line sets: everything else keeps coming from dlt config."""
+def _source_args(args: argparse.Namespace, base_url: Optional[str], demo: Optional[NodeEmulator] = None
+                 ) -> Dict[str, Any]:
+    """Only what the command line sets: everything else keeps coming from dlt config. ``demo``: the demo's emulated
+    node, whose chat model is named (the one it would be found to serve), so that each flavour's answers are their
+    own cells: a demo of another flavour in the same folder answers its prompts instead of finding them done."""
     given = {
         "base_url": base_url or args.base_url,
         "node_id": args.node_id,
@@ -200,6 +206,9 @@ def _source_args(args: argparse.Namespace, base_url: Optional[str]) -> Dict[str,
         "table_format": args.table_format,
     }
     source_args = {k: v for k, v in given.items() if v is not None}
+    loaded = demo.flavor_class.chat_models(demo) if demo is not None else ()
+    if loaded and "chat_model" not in source_args:
+        source_args["chat_model"] = loaded[0]
     if args.demo:  # the built-in samples go to the emulated node only, and only where no file was given
         from gaia_source.samples import SAMPLE_PROMPTS, SAMPLE_QUERIES, SAMPLE_TEXT_ROWS
 
@@ -227,8 +236,25 @@ def _resources(spec: Optional[str], demo: bool = False) -> List[str]:
     return names
 
 
-def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
-    """The GaiaError inside dlt's wrappers (PipelineStepFailed → ResourceExtractionError → …), if any."""
+def _nothing_sent(ledger: Ledger, ran: Sequence[str]) -> Optional[str]:
+    """Why none of the inputs a run was given could be sent, when that is so: every resource that had inputs was
+    skipped because no node has its endpoint (prompts given to an embeddings-only server, say). ``models`` and
+    ``info`` are the node's own, not inputs. None when some input resource sent, or found done, a cell."""
+    given = [name for name in ran if name not in ("models", "info")]
+    tallies = ledger.tallies()
+    if not given or any(name not in ledger.unserved or (name in tallies and sum(tallies[name].outcomes.values()))
+                        for name in given):
+        return None
+    lacking: Dict[tuple, List[str]] = {}
+    for name in given:
+        for node, endpoint in ledger.unserved[name].items():
+            lacking.setdefault((node, endpoint), []).append(name)
+    found = "; ".join(f"{node} has no {endpoint} ({', '.join(names)})" for (node, endpoint), names in lacking.items())
+    return f"none of this run's inputs could be sent: {found}. Is it the node you meant, or the inputs for it?"
+
+
+def _gaia_cause(exc: BaseException, kind: Any = GaiaError) -> Optional[BaseException]:
+    """The GaiaError (or ``kind``) inside dlt's wrappers (PipelineStepFailed → ResourceExtractionError → …), if any."""
     seen = set()
     stack = [exc]
     while stack:
@@ -236,7 +262,7 @@ def _gaia_cause(exc: BaseException) -> Optional[BaseException]:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, GaiaError):
+        if isinstance(current, kind):
             return current
         stack.extend([getattr(current, "exception", None), current.__cause__, current.__context__])
     return None
@@ -367,6 +393,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.dataset_name = args.dataset_name or (DEMO_DATASET_NAME if args.demo else DATASET_NAME)
     try:
         resources = _resources(args.resources, args.demo)
+        from gaia_source.commands import check_output
+
+        check_output("--summary-json", args.summary_json)  # a folder that is not there fails now, not after the load
+        check_output("--export-batch-output", args.export_batch_output)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -383,7 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dlt.pipeline.exceptions import PipelineStepFailed
 
     from gaia_source import gaia_source
-    from gaia_source.commands import evaluate_run, record_run
+    from gaia_source.commands import duckdb_here, evaluate_run, record_run
     from gaia_source.ledger import Ledger
     from gaia_source.lifecycle import avoid_sqlalchemy_import, run_pipeline
     from gaia_source.runs import utc_now
@@ -402,22 +432,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dlt_progress = None if args.progress in ("rich", "none") else args.progress
     started_at, pipeline, ledger, source_args = utc_now(), None, None, {}  # set as the run gets to them
 
-    def recorded(code: int, load_ids: Sequence[str] = ()) -> int:
-        """The run's row in gaia_runs (once dlt has a pipeline), then its exit code."""
+    def recorded(code: int, load_ids: Sequence[str] = (), error: Optional[str] = None) -> int:
+        """The run's row in gaia_runs (once dlt has a pipeline), then its exit code; ``error``: the line it stopped
+        with, printed here."""
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
         if pipeline is not None:
             record_run(pipeline, ledger, load_ids, started_at=started_at, argv=argv, source_args=source_args,
-                       resources=resources, exit_code=code)
+                       resources=resources, exit_code=code, error=error)
         return code
 
     try:
         with _demo_node(args.demo, args.demo_flavor) as emulator:
             if emulator is not None and not args.resources:
                 resources = _served(resources, emulator)
-            source_args = _source_args(args, emulator.base_url if emulator else None)
-            pipeline = dlt.pipeline(
+            source_args = _source_args(args, emulator.base_url if emulator else None, emulator)
+            pipeline = duckdb_here(lambda: dlt.pipeline(
                 pipeline_name=args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name,
                 progress=dlt_progress,
-            )
+            ), args.demo)  # a demo in another folder than the last is a demo of this folder (see duckdb_here)
             ledger = Ledger()
             source = gaia_source(resources=resources, required_resources=bool(args.resources), ledger=ledger,
                                  **source_args)
@@ -431,12 +464,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (GaiaLookupError, GaiaPipelineStateError) as exc:  # nothing sent; the destination is not answering
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        return recorded(EXIT_INTERRUPTED, error=INTERRUPTED)
     except PipelineStepFailed as exc:
+        if _gaia_cause(exc, KeyboardInterrupt) is not None:  # Ctrl-C while dlt extracted, normalized or loaded
+            return recorded(EXIT_INTERRUPTED, error=INTERRUPTED)
         cause = _gaia_cause(exc)
-        print(f"error: {cause if cause is not None else exc}", file=sys.stderr)
+        error = str(cause if cause is not None else exc)
         if isinstance(cause, GaiaAuthError):
-            return recorded(EXIT_AUTH)
-        return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED)
+            return recorded(EXIT_AUTH, error=error)
+        return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED, error=error)
     load_ids = [load_id for info in load_info.load_infos for load_id in info.loads_ids]
     failing = ledger.failing
     _print_load_info(load_info, failing)
@@ -447,27 +484,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print("\nnot run (no inputs): " + ", ".join(f"{name} (--{ENDPOINT_BY_NAME[name].inputs}-file)" for name in idle)
               + "; inputs can also be set in [sources.gaia_source] (prompts, texts, queries and their *_file keys)")
-    if args.export_batch_output:
-        from gaia_source.batch import export_batch_output, export_batch_output_per_target, targets
-
-        # the answers to this run's inputs (one line per cell and node), not to inputs edited or removed since
-        this_run = {cell_id for cell_id, _ in ledger.cells(args.export_table)} or None
-    if args.export_batch_output and len(targets(pipeline, args.export_table, this_run)) > 1:  # a file per target
-        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table, this_run)
-        for path, lines in written.items():
-            print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")
-    elif args.export_batch_output:
-        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table, cells=this_run)
-        print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
-    evaluate_run(pipeline, ledger, args.summary_json)
+    try:  # the files asked for (their folders were checked before the run); one that cannot be written fails it
+        _export(args, pipeline, ledger)
+        evaluate_run(pipeline, ledger, args.summary_json)
+    except OSError as exc:
+        written = f"could not write {exc.filename}: {exc.strerror}" if exc.filename else f"could not write: {exc}"
+        return recorded(EXIT_FAILED, load_ids, error=written)
     if load_info.has_failed_jobs:
-        print("error: some load jobs failed; see the load info above", file=sys.stderr)
-        return recorded(EXIT_FAILED, load_ids)
+        return recorded(EXIT_FAILED, load_ids, error="some load jobs failed; see the load info above")
+    unserved = _nothing_sent(ledger, [name for name in resources if name not in idle])
+    if unserved:
+        return recorded(EXIT_FAILED, load_ids, error=unserved)
     if failing:
         print(f"\n{failing} request(s) of this run are failing: SELECT * FROM {args.dataset_name}."
               f"{FAILED_REQUESTS_TABLE}; a re-run retries them.", file=sys.stderr)
         return recorded(EXIT_OK if args.allow_failed_requests else EXIT_FAILED, load_ids)
     return recorded(EXIT_OK, load_ids)
+
+
+def _export(args: argparse.Namespace, pipeline: dlt.Pipeline, ledger: Ledger) -> None:
+    """``--export-batch-output``: the answers to this run's inputs (one line per cell and node), not to inputs edited
+    or removed since; a file per target when there are several."""
+    if not args.export_batch_output:
+        return
+    from gaia_source.batch import export_batch_output, export_batch_output_per_target, targets
+
+    this_run = {cell_id for cell_id, _ in ledger.cells(args.export_table)} or None
+    if len(targets(pipeline, args.export_table, this_run)) > 1:
+        written = export_batch_output_per_target(pipeline, args.export_batch_output, args.export_table, this_run)
+        for path, lines in written.items():
+            print(f"wrote {lines} Batch output line(s) from {args.export_table} to {path}")
+    else:
+        lines = export_batch_output(pipeline, args.export_batch_output, args.export_table, cells=this_run)
+        print(f"\nwrote {lines} Batch output line(s) from {args.export_table} to {args.export_batch_output}")
 
 
 def _exit_now(code: int) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import orjson
 from rich.console import Console
@@ -40,6 +41,69 @@ SHOWN = 5
 def console() -> Console:
     """A Rich console on stdout: as wide as the terminal, or 160 columns when stdout is a file or a pipe."""
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def check_output(flag: str, path: Optional[str]) -> None:
+    """Before anything is sent or read: the folder ``path`` (a file to write, given with ``flag``) goes into exists.
+    Raises ``GaiaConfigError`` naming it, so that a run never loads and then fails to write what it was asked for."""
+    if path is None:
+        return
+    import os.path
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise GaiaConfigError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise GaiaConfigError(f"{flag} {path}: is a folder; give a file name")
+
+
+def duckdb_elsewhere(pipeline: dlt.Pipeline) -> Optional[str]:
+    """The DuckDB file of ``pipeline`` when it is dlt's default file of another folder than this one, else None.
+
+    dlt keeps a pipeline's state once per user (``~/.dlt/pipelines/<name>``) and puts its default DuckDB file in the
+    folder of the pipeline's first run, so the same command in another folder (another clone, a fresh folder to try
+    the demo) loads into, and reads, that folder's file — or fails when that folder is gone."""
+    import os
+
+    import dlt
+
+    try:
+        first = pipeline.get_local_state_val("initial_cwd")
+    except KeyError:
+        return None
+    here = dlt.current.run_context().local_dir  # where dlt puts local files now: this folder (or DLT_PROJECT_DIR)
+    if pipeline.destination is None or pipeline.destination.destination_name != "duckdb" or (
+            os.path.abspath(first) == os.path.abspath(here)):
+        return None
+    try:
+        credentials: Any = pipeline.destination_client().config.credentials
+        database = str(credentials.database)
+    except Exception:
+        return None
+    default = os.path.join(first, f"{pipeline.pipeline_name}.duckdb")
+    return database if os.path.abspath(database) == os.path.abspath(default) else None  # else a configured file
+
+
+def duckdb_here(make: Callable[[], dlt.Pipeline], demo: bool) -> dlt.Pipeline:
+    """Before a run: keep the run's default DuckDB file in this folder (see :func:`duckdb_elsewhere`) where that cannot
+    lose anything — for the demo (its state is the script's), or when the other folder is gone — by dropping the
+    pipeline's local state, which dlt then restores from this folder's file if it has one. A pending load package
+    (an interrupted run's) keeps it where it is. Otherwise one note says where the file is. ``make`` makes the
+    pipeline (again, after a drop: dlt binds the file's folder into the destination when it makes it)."""
+    import os
+
+    pipeline = make()
+    elsewhere = duckdb_elsewhere(pipeline)
+    if elsewhere is None:
+        return pipeline
+    gone = not os.path.isdir(os.path.dirname(elsewhere))
+    if (demo or gone) and not pipeline.has_pending_data:
+        pipeline.drop()
+        return make()
+    print(f"note: pipeline {pipeline.pipeline_name} loads into {elsewhere}, in the folder of its first run (dlt "
+          f"keeps a pipeline's state per user, in {pipeline.pipelines_dir}); run it there, or give it another "
+          "--pipeline-name here", file=sys.stderr)
+    return pipeline
 
 
 # --- the evaluation summary at the end of a run -------------------------------------------------------------------
@@ -129,8 +193,9 @@ def record_run(
     source_args: Mapping[str, Any],
     resources: Sequence[str],
     exit_code: int,
+    error: Optional[str] = None,
 ) -> None:
-    """Write the run's row into ``gaia_runs`` (see :mod:`gaia_source.runs`)."""
+    """Write the run's row into ``gaia_runs`` (see :mod:`gaia_source.runs`); ``error``: the line it stopped with."""
     from .config import resolve_node_settings
     from .runs import run_row, write_run
 
@@ -148,12 +213,26 @@ def record_run(
     normalized = trace.last_normalize_info if trace is not None else None
     row_counts = {table: count for table, count in (normalized.row_counts if normalized else {}).items()
                   if not table.startswith("_dlt")}
-    row = run_row(ledger, started_at=started_at, command=shlex.join(["gaia_pipeline.py", *argv]), nodes=nodes,
-                  resources=resources, inputs=inputs, load_ids=load_ids, row_counts=row_counts, exit_code=exit_code)
+    # the command line as typed, but never a URL's user:password (the node URLs never keep it either)
+    command = re.sub(r"(://)[^/@\s]*@", r"\1***@", shlex.join(["gaia_pipeline.py", *argv]))
+    row = run_row(ledger, started_at=started_at, command=command, nodes=nodes,
+                  resources=resources, inputs=inputs, load_ids=load_ids, row_counts=row_counts, exit_code=exit_code,
+                  error=error)
     write_run(pipeline, row)
 
 
 # --- subcommands --------------------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list past runs: when, nodes, resources, inputs, rows, failures, exit code",
                                description="List past runs of the pipeline, newest first (from gaia_runs and dlt's "
                                "_dlt_loads).")
-    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    runs.add_argument("-n", "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     runs.add_argument("--demo", action="store_true", help=f"the runs of --demo (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(runs)
@@ -180,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Embed a query through the node and list the most similar loaded texts "
                                  "(gaia_source.vectors.search).")
     search.add_argument("query", help="the text to search for")
-    search.add_argument("-k", type=int, default=5, help="how many hits (default 5)")
+    search.add_argument("-k", type=_positive, default=5, help="how many hits (default 5)")
     search.add_argument("--where", action="append", default=[], metavar="NAME=VALUE",
                         help="prefilter: a column of embeddings (text_id, document_id, …) or a metadata field; "
                         "repeat for several (all must hold)")
@@ -203,23 +282,42 @@ def _parser() -> argparse.ArgumentParser:
                                  "nothing loaded from the network.")
     report.add_argument("-o", "--output", default="evaluation.html", metavar="PATH",
                         help="file to write (default evaluation.html)")
-    report.add_argument("-k", type=int, default=3, help="the k of hit@k (default 3)")
+    report.add_argument("-k", type=_positive, default=3, help="the k of hit@k (default 3)")
     report.add_argument("--demo", action="store_true", help=f"what --demo loaded (pipeline {DEMO_PIPELINE_NAME})")
     pipeline_args(report)
     return parser
 
 
-def _pipeline(args: argparse.Namespace) -> dlt.Pipeline:
-    """The pipeline as its last run here left it (destination and dataset from its state), or as the flags say."""
+def _has_loaded(name: str) -> bool:
+    """Whether pipeline ``name`` has loaded something from here (without creating it, as ``dlt.pipeline`` would)."""
+    import dlt
+    from dlt.pipeline.exceptions import CannotRestorePipelineException
+
+    try:
+        return dlt.attach(name).default_schema_name is not None
+    except CannotRestorePipelineException:
+        return False
+
+
+def _pipeline(args: argparse.Namespace, loaded: bool = True) -> dlt.Pipeline:
+    """The pipeline as its last run here left it (destination and dataset from its state), or as the flags say.
+
+    ``loaded``: it must have loaded tables (``search``, ``report``); else it needs only a destination (``runs``: a run
+    stopped before its first load, by a wrong URL say, still has its ``gaia_runs`` row)."""
     import dlt
 
     if getattr(args, "demo", False) and args.pipeline_name == PIPELINE_NAME:  # what --demo loaded: its own pipeline
         args.pipeline_name = DEMO_PIPELINE_NAME
     pipeline = dlt.pipeline(args.pipeline_name, destination=args.destination, dataset_name=args.dataset_name)
-    if pipeline.destination is None or pipeline.default_schema_name is None:
-        demo = Path(pipeline.pipelines_dir) / DEMO_PIPELINE_NAME
+    elsewhere = duckdb_elsewhere(pipeline)
+    if elsewhere is not None and not Path(elsewhere).is_file():  # its last run was in a folder gone since
+        raise GaiaConfigError(f"pipeline {args.pipeline_name!r} has not loaded anything from this folder (its last "
+                              f"run loaded into {elsewhere}, which is not there any more)")
+    if elsewhere is not None:
+        print(f"note: reading {elsewhere}: pipeline {args.pipeline_name} last ran in that folder", file=sys.stderr)
+    if pipeline.destination is None or (loaded and pipeline.default_schema_name is None):
         hint = (f" (--demo loaded pipeline {DEMO_PIPELINE_NAME}: add --demo to look at it)"
-                if args.pipeline_name == PIPELINE_NAME and demo.is_dir() else "")
+                if args.pipeline_name == PIPELINE_NAME and _has_loaded(DEMO_PIPELINE_NAME) else "")
         raise GaiaConfigError(
             f"pipeline {args.pipeline_name!r} has not loaded anything from this folder ({pipeline.working_dir}). Run "
             f"the command where gaia_pipeline.py ran, or name its --destination and --dataset-name{hint}")
@@ -233,7 +331,7 @@ def _when(value: Any) -> str:
 def _runs(args: argparse.Namespace) -> int:
     from .runs import list_runs
 
-    found = list_runs(_pipeline(args), args.limit)
+    found = list_runs(_pipeline(args, loaded=False), args.limit)
     if args.json:
         for run in found:
             print(orjson.dumps(run, default=str).decode())
@@ -259,7 +357,12 @@ def _runs(args: argparse.Namespace) -> int:
                       escape(" ".join(_node(n) for n in run["nodes"] or []) or "—"), " ".join(ran), escape(inputs),
                       str(run["rows"]), str(run["completed"]), str(failing), str(run["skipped"]),
                       str(run["exit_code"]), style=None if run["exit_code"] == 0 else "red")
-    console().print(table)
+    out = console()
+    out.print(table)
+    for run in found:  # why a run stopped, when one did: under the table, one line each (a column would wrap it)
+        if run.get("error"):
+            out.print(f"{_when(run['started_at'])} stopped: {' '.join(str(run['error']).split())}", markup=False,
+                      highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -294,7 +397,7 @@ def _search(args: argparse.Namespace) -> int:
             print(orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         return EXIT_OK
     if not rows:
-        print("No loaded texts match" + (" the --where filter." if where else " (is the embeddings table empty?)."))
+        print(_no_hits(pipeline, hits.attrs.get("query_model"), hits.attrs.get("dim"), bool(where)))
         return EXIT_OK
     table = Table(title=escape(f"Nearest loaded texts to {args.query!r} (cosine similarity)"), title_justify="left")
     table.add_column("#", justify="right")
@@ -309,14 +412,41 @@ def _search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _no_hits(pipeline: dlt.Pipeline, model: Optional[str], dim: Optional[int], filtered: bool) -> str:
+    """Why a search found nothing: the filter, or no text embedded by the model the query was embedded with (vectors
+    of two models are never compared), naming the models the table holds."""
+    stored: List[Any] = []
+    try:
+        with pipeline.sql_client() as sql:
+            table = sql.make_qualified_table_name("embeddings")
+            stored = list(sql.execute_sql(f"SELECT model, model_requested, dim, count(*) FROM {table} "
+                                          "GROUP BY model, model_requested, dim ORDER BY 4 DESC") or [])
+    except Exception:  # a destination without SQL: say what is known
+        pass
+    if not stored:
+        return "No loaded texts match" + (" the --where filter." if filtered else " (is the embeddings table empty?).")
+    if any(model in (m, asked) and d == dim for m, asked, d, _ in stored):
+        return "No loaded texts match the --where filter."
+    held = ", ".join(f"{m} ({d} dimensions, {n} texts)" for m, _, d, n in stored)
+    return (f"No loaded texts were embedded by {model} ({dim} dimensions), the model the query was embedded with; the "
+            f"embeddings table holds {held}. Search through a node that serves one of them (--base-url, --node-id).")
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    check_output("-o", args.output)
     summary = write_report(_pipeline(args), args.output, args.k)
-    graded = sum(1 for t in summary["targets"] if t["graded"])
-    print(f"wrote {args.output}: {len(summary['targets'])} node/model target(s) ({graded} graded), "
-          f"{len(summary['flaky'])} flaky prompt(s), {len(summary['retrieval'])} node(s) with graded retrieval, "
-          f"{len(summary['drift'])} drifted prompt(s)")
+    targets = {(t["node_url"], t["model"]) for t in summary["targets"]}  # a target answers in each chat table
+    graded = {(t["node_url"], t["model"]) for t in summary["targets"] if t["graded"]}
+
+    def per_table(found: List[Dict[str, Any]]) -> str:  # a prompt of each chat table is a prompt of its own
+        tables = sorted({f["table"] for f in found})
+        return ", ".join(f"{len({f['prompt_id'] for f in found if f['table'] == t})} in {t}" for t in tables) or "none"
+
+    print(f"wrote {args.output}: {len(targets)} node/model target(s) ({len(graded)} graded), "
+          f"{len(summary['retrieval'])} node(s) with graded retrieval; flaky prompts: {per_table(summary['flaky'])}; "
+          f"drifted prompts: {per_table(summary['drift'])}")
     return EXIT_OK
 
 
@@ -327,8 +457,13 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     handlers = {"runs": _runs, "search": _search, "report": _report}
+    from dlt.destinations.exceptions import DestinationConnectionError
+
     try:
         code = handlers[args.command](args)
+    except DestinationConnectionError as exc:  # the destination cannot be reached or opened: one line, not a trace
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

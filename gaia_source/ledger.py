@@ -167,6 +167,8 @@ class Ledger:
         self._expected: Dict[str, Optional[int]] = {}
         self.notes: List[str] = []
         """Run-level findings to tell the user (an endpoint missing, documents whose old chunks were kept…)."""
+        self.unserved: Dict[str, Dict[str, str]] = {}
+        """resource -> node -> the endpoint it lacks (``POST /v1/retrieve``): resources skipped on a node for that."""
         self.pending_chunk_syncs: Dict[Tuple[str, Optional[str]], Dict[str, List[str]]] = {}
         """(table, model) -> document id -> the keys of all its chunks this run: documents whose old chunks are to
         be deleted once these are loaded (:func:`~gaia_source.destination.apply_chunk_sync`)."""
@@ -268,6 +270,11 @@ class Ledger:
         with self._lock:
             if text not in self.notes:
                 self.notes.append(text)
+
+    def lacks(self, resource: str, node: str, endpoint: str) -> None:
+        """Record that ``node`` has no ``endpoint`` for ``resource`` (its cells there are not sent)."""
+        with self._lock:
+            self.unserved.setdefault(resource, {})[node] = endpoint
 
     def count(self, outcome: str, resource: Optional[str] = None) -> int:
         """How many cells (of ``resource``, or of every resource) ended with ``outcome``."""

@@ -383,8 +383,8 @@ class NodePool:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        logger.info("attempt %d/%d failed, retrying in %.2f s: %s", state.attempt_number, self.settings.max_attempts,
-                    wait, exc)
+        logger.debug("attempt %d/%d failed, retrying in %.2f s: %s", state.attempt_number, self.settings.max_attempts,
+                     wait, exc)
 
 
 def _url_hint(node: NodeClient) -> str:

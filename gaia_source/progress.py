@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.table import Column
 from rich.text import Text
 
 from .ledger import Ledger
@@ -60,10 +61,12 @@ class LedgerProgress:
     def __init__(self, ledger: Ledger, file: Optional[TextIO] = None) -> None:
         self._ledger = ledger
         self._console = Console(file=file or sys.stderr)
-        columns: List[ProgressColumn] = [TextColumn("{task.description:<24}")]
+        # one line per resource whatever the width: the bar gives way first, then the name is cut short (an 80-column
+        # terminal wrapped "… 1 failing" onto a second line, which the redraw then left behind)
+        columns: List[ProgressColumn] = [TextColumn("{task.description:<24}", table_column=Column(no_wrap=True))]
         if self._console.is_terminal:
-            columns.append(BarColumn(bar_width=24))
-        columns.append(_CellsColumn())
+            columns.append(BarColumn(bar_width=24, table_column=Column(min_width=0)))
+        columns.append(_CellsColumn(table_column=Column(no_wrap=True, overflow="ellipsis")))
         self._progress = Progress(*columns, console=self._console, refresh_per_second=1 / REFRESH_S)
         self._tasks: Dict[str, TaskID] = {}
         self._started = time.monotonic()

@@ -53,6 +53,10 @@ from .settings import FAILED_REQUESTS_TABLE, MAX_HELD_FOR_ROUND
 
 logger = logging.getLogger("gaia_source")
 
+LOGGED_FAILURES = 5
+"""Failed requests of one resource logged one by one in a run (an ERROR line each); later ones only with ``-v``
+(DEBUG): a node down for the rest of a long run would otherwise write a line per cell. ``failed_requests`` has all."""
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -250,6 +254,7 @@ class _Probes:
         if missing is None:
             return outcome
         node, endpoint = missing.where
+        self._ledger.lacks(self.resource, node, f"{missing.method} {endpoint}")
         if not self.required:
             logger.warning("Skipping resource '%s': %s", self.resource, missing)
             self._ledger.note(f"{self.resource}: not run on {node}, which has no {missing.method} {endpoint} "
@@ -284,13 +289,14 @@ def _run_requests(
 
     iterator = pending()
     held: List[Tuple[PreparedRequest, Prior]] = []  # (request, what it took so far) waiting for the next round
+    quiet: Set[str] = set()
 
     def settle(outcomes: Iterable[Optional[Outcome]], last_round: bool) -> Iterator[Any]:
         for outcome in leaves(o for o in outcomes if o is not None):
             if outcome.transient and not last_round and len(held) < MAX_HELD_FOR_ROUND:
                 held.append((outcome.request, (outcome.attempts, outcome.latency_s)))
             else:
-                yield from _emit(resource, outcome, failing, ledger)
+                yield from _emit(resource, outcome, failing, ledger, quiet)
 
     first = next(iterator, None)
     if first is None:
@@ -309,9 +315,10 @@ def _run_requests(
         yield from settle(again, round_number == retry_rounds)
 
 
-def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledger) -> Iterator[Any]:
+def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledger, quiet: Set[str]) -> Iterator[Any]:
     """The rows of one outcome, a ``failed_requests`` row per cell it failed, a tombstone per cell it completed that
-    was failing; and the ledger's record of each of its cells."""
+    was failing; and the ledger's record of each of its cells. ``quiet``: the resources that said they log no more
+    failures one by one (see :data:`LOGGED_FAILURES`)."""
     request = outcome.request
     if outcome.rows is not None and len(outcome.rows) > 0:
         yield outcome.rows
@@ -319,7 +326,15 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
     if outcome.error is not None:
         where = f" ({request.source})" if request.source else ""
         if not isinstance(outcome.error, GaiaNodeLeftOut):  # the pool said once why the node is left out
-            logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
+            logged = ledger.count(FAILED, resource) + ledger.count(REFUSED, resource)
+            if logged < LOGGED_FAILURES:
+                logger.error("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
+            else:
+                if not quiet:
+                    quiet.add(resource)
+                    logger.error("%s: more requests failed; they are not logged one by one (-v logs them): SELECT * "
+                                 "FROM %s lists every one", resource, FAILED_REQUESTS_TABLE)
+                logger.debug("%s: request %s%s failed: %s", resource, request.request_id[:12], where, outcome.error)
         state = REFUSED if outcome.refused else FAILED
         empty = isinstance(outcome.error, GaiaEmptyAnswer)
         cut = isinstance(outcome.error, GaiaStreamCut) or (isinstance(outcome.error, GaiaEmptyAnswer)

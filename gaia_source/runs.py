@@ -40,9 +40,10 @@ RUN_COLUMNS: TTableSchemaColumns = {
     "sends": {"data_type": "bigint"},
     "outcomes": {"data_type": "json"},
     "exit_code": {"data_type": "bigint"},
+    "error": {"data_type": "text"},
 }
 """What a ``gaia_runs`` row holds (``completed``, ``failed``, ``refused``, ``skipped``: cells of the run; ``outcomes``:
-the same per resource, with its sends)."""
+the same per resource, with its sends; ``error``: the line a run that stopped printed, why it stopped)."""
 
 
 def utc_now() -> datetime:
@@ -61,8 +62,10 @@ def run_row(
     load_ids: Sequence[str],
     row_counts: Mapping[str, int],
     exit_code: int,
+    error: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """One ``gaia_runs`` row for a run that ended with ``exit_code`` (its cells' outcomes from ``ledger``)."""
+    """One ``gaia_runs`` row for a run that ended with ``exit_code`` (its cells' outcomes from ``ledger``; ``error``:
+    why it stopped, when it did)."""
     per_resource = ledger.summary_rows() if ledger is not None else []
     return {
         "run_id": uuid.uuid4().hex,
@@ -79,6 +82,7 @@ def run_row(
         "sends": sum(r["sends"] for r in per_resource),
         "outcomes": per_resource,
         "exit_code": exit_code,
+        "error": error,
     }
 
 
@@ -120,6 +124,11 @@ def _insert(pipeline: dlt.Pipeline, row: Mapping[str, Any]) -> None:
                             for name in names)
         client.execute_sql(f"CREATE SCHEMA IF NOT EXISTS {client.fully_qualified_dataset_name()}")
         client.execute_sql(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+        with client.execute_query(f"SELECT * FROM {table} WHERE 1 = 0") as cursor:  # a table from an older version
+            present = {d[0] for d in cursor.description}
+        for name in (n for n in names if n not in present):
+            client.execute_sql(f"ALTER TABLE {table} ADD COLUMN {client.escape_column_name(name)} "
+                               f"{_SQL_TYPES[str(RUN_COLUMNS[name]['data_type'])]}")
         client.execute_sql(f"INSERT INTO {table} ({', '.join(client.escape_column_name(n) for n in names)}) "
                            f"VALUES ({', '.join(['%s'] * len(names))})", *values)
 
@@ -156,6 +165,7 @@ def list_runs(pipeline: dlt.Pipeline, limit: int = 20) -> List[Dict[str, Any]]:
     claimed: set[str] = set()
     for run in runs:
         run.pop("_dlt_id", None)
+        run.setdefault("error", None)  # a table from an older version
         for name in ("nodes", "resources", "inputs", "load_ids", "row_counts", "outcomes"):
             run[name] = _json(run.get(name))
         run["loads"] = {load_id: _status(loads[load_id]) if load_id in loads else None
@@ -167,7 +177,7 @@ def list_runs(pipeline: dlt.Pipeline, limit: int = 20) -> List[Dict[str, Any]]:
             continue
         listed.append({"run_id": None, "started_at": None, "finished_at": load["inserted_at"], "command": None,
                        "nodes": None, "resources": None, "inputs": None, "load_ids": [load_id], "rows": None,
-                       "exit_code": None, "loads": {load_id: _status(load)},
+                       "exit_code": None, "error": None, "loads": {load_id: _status(load)},
                        **{outcome: None for outcome in OUTCOMES}})
     listed.sort(key=lambda r: r["started_at"] or r["finished_at"] or datetime.min.replace(tzinfo=timezone.utc),
                 reverse=True)

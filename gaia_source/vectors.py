@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import dlt
 import numpy as np
 import orjson
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from .config import resolve_node_settings
 from .destination import (
@@ -244,11 +245,39 @@ def _matches(row: Mapping[str, Any], where: Optional[Mapping[str, Any]]) -> bool
     return True
 
 
+def _tagged(frame: "pd.DataFrame", model: Optional[str], dim: int) -> "pd.DataFrame":
+    """``frame``, with the model and dimension the query was embedded with in its ``attrs``."""
+    frame.attrs.update(query_model=model, dim=dim)
+    return frame
+
+
 def _frame(cursor: Any) -> "pd.DataFrame":
     import pandas as pd
 
     names = [d[0] for d in cursor.description]
     return pd.DataFrame(cursor.fetchall(), columns=names)
+
+
+def _require_embeddings(pipeline: dlt.Pipeline, capabilities: DestinationCapabilities) -> None:
+    """Raise ``GaiaConfigError`` when there is no ``embeddings`` table to search: not in the pipeline's schema and,
+    where the destination speaks SQL, not in the destination either (a fresh machine's pipeline has no local schema)."""
+    if pipeline.default_schema_name is not None and TABLE in pipeline.default_schema.data_table_names(
+            seen_data_only=True):
+        return
+    if pipeline.destination is None or capabilities.vector_column == "lancedb":
+        return  # nothing to ask here: the search itself says what is missing
+    try:
+        install_duckdb_extensions(capabilities.duckdb_extensions)
+        with pipeline.sql_client() as sql:
+            sql.execute_sql(f"SELECT 1 FROM {sql.make_qualified_table_name(TABLE)} LIMIT 1")
+        return
+    except DatabaseUndefinedRelation:
+        pass
+    except Exception:  # the destination could not tell: the search itself says what went wrong
+        return
+    raise GaiaConfigError(
+        f"no texts are embedded in dataset {pipeline.dataset_name!r} of pipeline {pipeline.pipeline_name!r} yet: "
+        "load some first (gaia_pipeline.py --texts-file FILE, or texts=[…] in Python), then search them")
 
 
 def search(
@@ -284,11 +313,13 @@ def search(
         node_settings: Fields of :class:`~gaia_source.config.NodeSettings` (``base_url``, ``api_key``, …).
 
     Returns:
-        A DataFrame with ``text_id``, ``text``, ``metadata``, ``model`` and ``score`` (cosine similarity).
+        A DataFrame with ``text_id``, ``text``, ``metadata``, ``model`` and ``score`` (cosine similarity); its
+        ``attrs`` name the model and dimension the query was embedded with (``query_model``, ``dim``).
     """
     if k < 1:
         raise GaiaConfigError(f"k must be >= 1, got {k}")
     capabilities = capabilities_of(pipeline)
+    _require_embeddings(pipeline, capabilities)  # before the node is asked to embed the query
     vector_column = capabilities.vector_column
     _filters(where, "duckdb")  # names are checked before the node is asked anything
     if pool is None:
@@ -299,7 +330,7 @@ def search(
     stored_model = model or returned_model
     dim = len(vector)
     if vector_column == "lancedb":
-        return _search_lancedb(pipeline, vector, k, stored_model, where)
+        return _tagged(_search_lancedb(pipeline, vector, k, stored_model, where), stored_model, dim)
     install_duckdb_extensions(capabilities.duckdb_extensions)
     with pipeline.sql_client() as sql:
         table = sql.make_qualified_table_name(TABLE)
@@ -317,14 +348,14 @@ def search(
                 sql_text = (f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
                             f"ORDER BY {distance} LIMIT {int(k)}")
                 with sql.execute_query(sql_text, vector.tolist(), vector.tolist()) as cursor:
-                    return _frame(cursor)
+                    return _tagged(_frame(cursor), stored_model, dim)
             sql_text = (
                 f"SELECT text_id, text, metadata, model, 1 - {distance} AS score FROM {table} "
                 f"WHERE {SAME_MODEL} AND dim = %s{conditions} ORDER BY {distance} LIMIT {int(k)}"
             )
             with sql.execute_query(sql_text, vector.tolist(), stored_model, stored_model, dim, *params,
                                    vector.tolist()) as cursor:
-                return _frame(cursor)
+                return _tagged(_frame(cursor), stored_model, dim)
         if vector_column == "pgvector" and (_pg_column_type(sql) or "").endswith(f"vector({dim})"):
             vector_type = f'"{_pgvector_schema(sql) or "public"}".vector'
             operator = f"OPERATOR({vector_type.rsplit('.', 1)[0]}.<=>)"
@@ -336,13 +367,13 @@ def search(
                 f"ORDER BY embedding {operator} %s::{vector_type} LIMIT {int(k)}"
             )
             with sql.execute_query(sql_text, literal, stored_model, stored_model, dim, *params, literal) as cursor:
-                return _frame(cursor)
+                return _tagged(_frame(cursor), stored_model, dim)
         rows = sql.execute_sql(
             f"SELECT text_id, text, metadata, model, embedding, {_optional_columns(where)} FROM {table} "
             f"WHERE {SAME_MODEL} AND dim = %s",
             stored_model, stored_model, dim,
         )
-    return _rank(_filtered(rows or [], where), vector, k)
+    return _tagged(_rank(_filtered(rows or [], where), vector, k), stored_model, dim)
 
 
 def _load_vss_for_index(sql: Any) -> None:

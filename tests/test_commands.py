@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import duckdb
 import pytest
-from conftest import EVAL_MODELS, EVAL_PROMPTS, EVAL_QUERIES, EVAL_TEXTS, EvaluationRun, passes, run_cli
+from conftest import EVAL_MODELS, EVAL_PROMPTS, EVAL_QUERIES, EVAL_TEXTS, EvaluationRun, free_port, passes, run_cli
 from rich.console import Console
 
 from gaia_source.commands import print_summary
@@ -188,9 +188,93 @@ def test_runs_also_lists_loads_that_no_command_line_run_recorded(evaluation_run:
     assert list(found[0]["loads"].values()) == ["loaded"]
 
 
+@pytest.mark.parametrize("args", [["runs", "-n", "0"], ["report", "-k", "0"], ["search", "x", "-k", "-1"],
+                                  ["runs", "-n", "many"]])
+def test_counts_below_one_are_argument_errors(tmp_path: Path, args: List[str]) -> None:
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2 and "expected a whole number >= 1" in result.stderr, result.stderr
+
+
 def test_runs_of_a_pipeline_that_never_ran_here_is_an_error(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "runs", "--pipeline-name", "nothing_here")
     assert result.returncode == 2 and "has not loaded anything from this folder" in result.stderr
+    # looking for the demo's runs where no demo ran does not make a later error say that --demo loaded something
+    assert run_cli(tmp_path, "runs", "--demo").returncode == 2
+    again = run_cli(tmp_path, "runs")
+    assert again.returncode == 2 and "--demo" not in again.stderr, again.stderr
+
+
+def test_runs_lists_the_runs_that_stopped_before_loading_and_says_why(make_node, tmp_path: Path) -> None:
+    """A wrong URL and a closed port stop a run before its first load: `runs` still lists them, each with the line
+    it stopped with; a right run after them is listed too."""
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    stopped = [run_cli(tmp_path, "--base-url", url, "--prompts-file", "p.txt")
+               for url in (closed, f"{node.root_url}/api")]
+    errors = []
+    for result in stopped:
+        assert result.returncode == 1, result.stdout + result.stderr
+        [line] = result.stderr.splitlines()
+        errors.append(line.removeprefix("error: "))
+    listed = _runs(tmp_path)  # before any load: the pipeline has no tables yet
+    assert [(r["exit_code"], r["error"], r["nodes"], r["completed"]) for r in listed] == [
+        (1, errors[1], [f"{node.root_url}/api/v1"], 0), (1, errors[0], [closed], 0)]
+    assert errors[0].startswith(f"cannot connect to {closed}") and "is not an OpenAI-compatible API" in errors[1]
+    table = run_cli(tmp_path, "runs")
+    assert table.returncode == 0, table.stderr
+    stopped = [line for line in table.stdout.splitlines() if " stopped: " in line]  # under the table, one line each
+    assert [line.split(" stopped: ", 1)[1] for line in stopped] == [errors[1], errors[0]]
+    right = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt")
+    assert right.returncode == 0, right.stderr
+    assert [(r["exit_code"], r["error"]) for r in _runs(tmp_path)] == [(0, None), (1, errors[1]), (1, errors[0])]
+
+
+def test_a_runs_table_of_an_older_version_gets_the_error_column(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb")) as db:  # gaia_runs as the first version wrote it
+        db.execute("CREATE SCHEMA gaia_data")
+        db.execute("CREATE TABLE gaia_data.gaia_runs (run_id varchar, started_at timestamp with time zone, "
+                   "finished_at timestamp with time zone, command varchar, exit_code bigint)")
+    result = run_cli(tmp_path, "--base-url", f"{node.root_url}/api", "--resources", "models")
+    assert result.returncode == 1
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT exit_code, error FROM gaia_data.gaia_runs").fetchall() == [
+            (1, result.stderr.strip().removeprefix("error: "))]
+
+
+def test_report_into_a_folder_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    result = run_cli(tmp_path, "report", "--demo", "-o", "out/report.html")
+    assert result.returncode == 2 and result.stderr.startswith("error: -o out/report.html: the folder "), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_search_before_any_text_is_embedded_says_so_without_asking_the_node(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("What is the capital of France?\n")
+    assert run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt").returncode == 0
+    before = node.total_requests()
+    result = run_cli(tmp_path, "search", "Paris", "--base-url", node.base_url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "error: no texts are embedded in dataset 'gaia_data' of pipeline 'gaia_pipeline' yet: load some first "
+        "(gaia_pipeline.py --texts-file FILE, or texts=[…] in Python), then search them"]
+    assert node.total_requests() == before  # the query was not embedded for nothing
+
+
+def test_search_through_a_node_of_another_embedding_model_says_which_models_are_loaded(tmp_path: Path) -> None:
+    """The demo's texts are embedded by the rag server's model; a query embedded by the llama server's (another name,
+    the same dimension) is compared with none of them: the search says so, and names what the table holds."""
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    result = run_cli(tmp_path, "search", "Where is Paris located?", "--demo", "--demo-flavor", "llama")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "No loaded texts were embedded by nomic-embed-text-v1.5 (768 dimensions), the model the query was embedded "
+        "with; the embeddings table holds Nomic-embed-text-v1.5 (768 dimensions, 6 texts). Search through a node "
+        "that serves one of them (--base-url, --node-id)."]
+    filtered = run_cli(tmp_path, "search", "Where is Paris located?", "--demo", "--where", "lang=en")
+    assert filtered.returncode == 0 and filtered.stdout == "No loaded texts match the --where filter.\n"
 
 
 def test_search_prints_the_loaded_texts_nearest_to_a_query(tmp_path: Path) -> None:
@@ -218,6 +302,8 @@ def test_after_the_demo_runs_and_report_look_at_it_with_demo(tmp_path: Path) -> 
     assert (run["exit_code"], run["completed"], run["failed"]) == (0, 3 + 3 + 6 + 3 + 1 + 1, 0), run
     report = run_cli(tmp_path, "report", "--demo", "-o", "demo.html")
     assert report.returncode == 0, report.stderr
+    assert report.stdout == ("wrote demo.html: 1 node/model target(s) (0 graded), 0 node(s) with graded retrieval; "
+                             "flaky prompts: none; drifted prompts: none\n")
     assert "Pass rate" in (tmp_path / "demo.html").read_text(encoding="utf-8")
 
 
@@ -242,6 +328,13 @@ def test_report_is_a_static_offline_page_with_the_pass_rates(evaluation_run: Eva
     run = evaluation_run
     result = run_cli(run.folder, "report", "-o", "evaluation.html")
     assert result.returncode == 0, result.stderr
+    # what it says it wrote counts node/model targets and prompts, not their rows in each chat table
+    said = re.fullmatch(r"wrote evaluation\.html: 3 node/model target\(s\) \(3 graded\), 2 node\(s\) with graded "
+                        r"retrieval; flaky prompts: (.+); drifted prompts: 4 in chat_completions, 4 in "
+                        r"chat_completions_stream\n", result.stdout)  # B's four answered prompts, in both tables
+    assert said, result.stdout
+    flaky = dict(reversed(part.split(" in ")) for part in said[1].split(", "))  # node A samples: drawn, at most 4
+    assert set(flaky) <= {"chat_completions", "chat_completions_stream"} and all(int(n) <= 4 for n in flaky.values())
     html = (run.folder / "evaluation.html").read_text(encoding="utf-8")
     # over the whole dataset: node B's old model is a target of its own
     for node, model, passed in ((run.a, EVAL_MODELS[0], 6), (run.b, EVAL_MODELS[1], 6), (run.b, EVAL_MODELS[2], 9)):
@@ -318,3 +411,20 @@ def test_gaia_runs_is_written_on_postgresql(make_node, pgvector_server: str, tmp
         with psycopg2.connect(pgvector_server) as con, con.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {dataset} CASCADE")
             cur.execute(f"DROP SCHEMA IF EXISTS {dataset}_staging CASCADE")
+
+
+def test_a_password_in_a_node_url_is_not_kept_in_the_runs_table(make_node, tmp_path: Path) -> None:
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("hi\n")
+    url = node.base_url.replace("http://", "http://gaia:S3cret-pw@")
+    assert run_cli(tmp_path, "--base-url", url, "--prompts-file", "p.txt", "--resources", "chat_completions"
+                   ).returncode == 0
+    [run] = _runs(tmp_path)
+    assert run["command"] == (f"gaia_pipeline.py --base-url {node.base_url.replace('http://', 'http://***@')} "
+                              "--prompts-file p.txt --resources chat_completions")
+    assert run["nodes"] == [node.base_url]
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as db:
+        tables = db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'gaia_data'"
+                            ).fetchall()
+        assert not [t for (t,) in tables if "S3cret" in str(db.execute(f"SELECT * FROM gaia_data.{t}").fetchall())]
+    assert "S3cret" not in run_cli(tmp_path, "runs").stdout

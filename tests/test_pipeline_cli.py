@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import duckdb
 import pytest
 from conftest import counts, run_cli
+from conftest import run_cli as run_in
 
 KEY = "gaia-CLI-SECRET-0a1b2c3d"
 
@@ -95,12 +97,17 @@ def test_failing_requests_exit_non_zero_and_say_where_to_look(make_node, tmp_pat
     [
         (["--resources", "chat,models"], "--resources: unknown resource(s) ['chat']"),
         (["--prompts-file", "missing.jsonl"], "prompts_file: file not found: missing.jsonl"),
+        # a file to write into a folder that is not there fails before anything is sent, not after the load
+        (["--summary-json", "out/summary.json"], "--summary-json out/summary.json: the folder "),
+        (["--export-batch-output", "out/batch.jsonl"], "--export-batch-output out/batch.jsonl: the folder "),
+        (["--summary-json", "."], "--summary-json .: is a folder"),
     ],
 )
 def test_bad_arguments(make_node, tmp_path: Path, args: List[str], message: str) -> None:
     node = make_node("rag")
     result = run_cli(tmp_path, "--base-url", node.base_url, *args)
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert node.total_requests() == 0
 
 
@@ -189,3 +196,109 @@ def test_the_demo_has_its_own_dataset_says_nothing_alarming_and_runs_again(tmp_p
     assert not [line for line in again.stderr.splitlines() if "WARNING" in line or "ERROR" in line], again.stderr
     after = counts(db, "gaia_demo")
     assert after["chat_completions"] == 3 and after["info"] == 2  # one node snapshot per run, answers once
+
+
+def test_a_demo_of_another_flavour_in_the_same_folder_loads_that_servers_answers(tmp_path: Path) -> None:
+    """`--demo`, then `--demo --demo-flavor node06` where it ran: the node06 server's answers are loaded beside the rag
+    server's (its replayed streams, its model), not found "already loaded"; each flavour's demo again sends nothing."""
+    from gaia_source.emulator import NodeEmulator, answer_for
+    from gaia_source.samples import SAMPLE_PROMPTS
+
+    rag, node06 = (NodeEmulator(flavor=f).default_chat_model for f in ("rag", "node06"))
+    assert run_cli(tmp_path, "--demo").returncode == 0
+    switched = run_cli(tmp_path, "--demo", "--demo-flavor", "node06")
+    assert switched.returncode == 0, switched.stderr
+    printed = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(
+        r"^(\w+) +(\d+) +\d+ +\d+ +\d+ +(\d+) +\d+$", switched.stdout, re.M)}  # resource: (completed, skipped)
+    assert printed["chat_completions"] == printed["chat_completions_stream"] == (3, 0), switched.stdout
+    db = tmp_path / "gaia_demo_pipeline.duckdb"
+    with duckdb.connect(str(db), read_only=True) as con:
+        answers = con.execute("SELECT model, model_requested, content FROM gaia_demo.chat_completions "
+                              "ORDER BY 1, 3").fetchall()
+        streams = con.execute("SELECT model, count(*), count(*) FILTER (WHERE stream_mode = 'replayed') "
+                              "FROM gaia_demo.chat_completions_stream GROUP BY ALL ORDER BY 1").fetchall()
+    assert answers == sorted([(m, m, answer_for(p, m)) for m in (rag, node06) for p in SAMPLE_PROMPTS])
+    assert streams == sorted([(rag, 3, 0), (node06, 3, 3)])  # gaia-nexus replays its streams
+    for flavor in ("node06", "rag"):  # a demo again sends no prompt, whichever flavour
+        again = run_cli(tmp_path, "--demo", "--demo-flavor", flavor)
+        assert again.returncode == 0, again.stderr
+        assert re.search(r"^chat_completions +0 +0 +0 +0 +3 +0$", again.stdout, re.M), again.stdout
+
+
+def test_each_folder_has_its_own_duckdb_file_for_the_demo_and_says_where_a_run_loads(make_node, tmp_path: Path
+                                                                                      ) -> None:
+    """dlt keeps a pipeline's state once per user and its DuckDB file in the folder of its first run. The demo in a
+    second folder is a demo of that folder (not "already loaded" into the first one's file), and works after the
+    first folder is deleted; a real run says where it loads when that is another folder, and runs in a new folder
+    once the old one is gone."""
+    import shutil
+
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder in (first, second, third):
+        folder.mkdir()
+
+    def run_cli(folder: Path, *args: str) -> Any:  # in that folder, as a user would: dlt's project dir is the folder
+        return run_in(folder, *args, env={"DLT_PROJECT_DIR": str(folder)})
+    assert run_cli(first, "--demo").returncode == 0
+    demo = run_cli(second, "--demo")
+    assert demo.returncode == 0, demo.stderr
+    assert re.search(r"^chat_completions +3 +0 +0 +0 +0 +3$", demo.stdout, re.M), demo.stdout  # sent, here
+    for folder in (first, second):
+        assert counts(folder / "gaia_demo_pipeline.duckdb", "gaia_demo")["chat_completions"] == 3
+    listed = run_cli(second, "runs", "--demo", "--json")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1 and listed.stderr == "", listed.stderr
+    shutil.rmtree(second)  # the folder the demo's state points at is gone: a demo elsewhere still works
+    lost = run_cli(third, "runs", "--demo")  # (what to look at is gone with it: one line, not a traceback)
+    assert lost.returncode == 2 and lost.stderr.splitlines() == [
+        "error: pipeline 'gaia_demo_pipeline' has not loaded anything from this folder (its last run loaded into "
+        f"{second / 'gaia_demo_pipeline.duckdb'}, which is not there any more)"], lost.stderr
+    again = run_cli(third, "--demo")
+    assert again.returncode == 0, again.stderr
+    assert counts(third / "gaia_demo_pipeline.duckdb", "gaia_demo")["chat_completions"] == 3
+
+    node = make_node("rag")
+    (tmp_path / "p.txt").write_text("What is the capital of France?\n")
+    args = ("--base-url", node.base_url, "--prompts-file", str(tmp_path / "p.txt"), "--resources", "chat_completions")
+    assert run_cli(first, *args).returncode == 0
+    elsewhere = run_cli(third, *args)  # a real pipeline keeps its file: the run says where it is
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert (f"note: pipeline gaia_pipeline loads into {first / 'gaia_pipeline.duckdb'}, in the folder of its first "
+            "run") in elsewhere.stderr
+    assert not (third / "gaia_pipeline.duckdb").exists()
+    runs = run_cli(third, "runs", "--json")
+    assert runs.returncode == 0 and len(runs.stdout.splitlines()) == 2
+    assert f"note: reading {first / 'gaia_pipeline.duckdb'}" in runs.stderr
+    shutil.rmtree(first)  # gone: the next run loads here instead of failing to open a file in a missing folder
+    moved = run_cli(third, *args)
+    assert moved.returncode == 0, moved.stderr
+    assert counts(third / "gaia_pipeline.duckdb")["chat_completions"] == 1 and "note:" not in moved.stderr
+
+
+def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_next_run_finishes_it(make_node, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import SCRIPT
+
+    node = make_node("rag", latency_ms=100)  # one request at a time: 40 prompts take 4 s or more
+    (tmp_path / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(40)))
+    args = ["--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions"]
+    run = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                             signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while node.requests_to("/v1/chat/completions") < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, out + err
+    assert [line for line in err.splitlines() if not line.startswith("chat_completions ")] == [
+        "error: interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again"], err
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT exit_code, error FROM gaia_data.gaia_runs").fetchall() == [
+            (130, "interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again")]
+    again = run_cli(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert counts(tmp_path / "gaia_pipeline.duckdb")["chat_completions"] == 40

@@ -120,7 +120,7 @@ def test_retry_after_is_honoured_and_capped(make_node, caplog: pytest.LogCapture
         node = make_node("nexus", fault_rate=1.0, fault_kinds=("429",), retry_after=retry_after)
         client = node_pool(node.base_url, max_attempts=2, retry_max_wait=cap)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="gaia_source"), pytest.raises(GaiaRequestError) as info:
+        with caplog.at_level(logging.DEBUG, logger="gaia_source"), pytest.raises(GaiaRequestError) as info:
             client.post_json("chat/completions", body)
         assert info.value.status_code == 429 and info.value.attempts == 2
         assert any(logged in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

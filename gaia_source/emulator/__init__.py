@@ -232,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="llamacpp: queue requests instead of cutting an in-flight stream when another arrives")
     parser.add_argument("--node-domains", default="",
                         help="comma-separated node names: act as a domain gateway naming one in X-Node-Domain")
+    parser.add_argument("--model", metavar="NAME",
+                        help="the chat model loaded (default: the flavour's): restart with another to emulate an "
+                        "operator swapping the model under the same URL")
+    parser.add_argument("--sampling", action="store_true",
+                        help="vary an answer's ending per request when temperature > 0, as a sampling model does")
     args = parser.parse_args(argv)
     emulator = NodeEmulator(
         flavor=args.flavor, host=args.host, port=args.port, api_key=args.api_key, latency_ms=args.latency_ms,
@@ -241,9 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_rate=args.fault_rate, fault_seed=args.fault_seed,
         fault_kinds=tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip()), slow_ms=args.slow_ms,
         node_domains=tuple(d.strip() for d in args.node_domains.split(",") if d.strip()),
-        interrupt_requests=not args.no_interrupt_requests,
+        interrupt_requests=not args.no_interrupt_requests, loaded_model=args.model, sampling=args.sampling,
     ).start()
-    print(f"Gaia node emulator ({args.flavor}) listening on {emulator.base_url}", flush=True)
+    loaded = emulator.flavor_class.chat_models(emulator)
+    print(f"Gaia node emulator ({', '.join((args.flavor, *loaded[:1]))}) listening on {emulator.base_url}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
