@@ -76,6 +76,7 @@ class RunContext:
         self._models: Optional[Tuple[Optional[str], Optional[str]]] = None
         self._amd: Optional[bool] = None
         self._seen: Dict[str, Set[str]] = {}
+        self._replacing: Set[str] = set()
         self._endpoints: Dict[str, Dict[Optional[str], Optional[EndpointNotAvailable]]] = {}
 
     @contextmanager
@@ -107,6 +108,7 @@ class RunContext:
         self._models = None
         self._amd = None
         self._seen = {}
+        self._replacing = set()
         self._endpoints = {}
         self._documents = {}
         self._positions = {}
@@ -133,6 +135,16 @@ class RunContext:
     def seen(self, table: str) -> Set[str]:
         """Keys already yielded to ``table`` in this run (so a key is sent once per run, across pages)."""
         return self._seen.setdefault(table, set())
+
+    def replaces_rows(self, table: str) -> None:
+        """Say that this run may load a row of ``table`` under a key the destination already holds (a cell sent
+        again): the table then merges on its key instead of appending (see
+        :func:`~gaia_source.resources.write_disposition`)."""
+        self._replacing.add(table)
+
+    def replacing(self, table: str) -> bool:
+        """True once :meth:`replaces_rows` was said of ``table`` in this run."""
+        return table in self._replacing
 
     def endpoint_verdicts(self, resource: str) -> Dict[Optional[str], Optional[EndpointNotAvailable]]:
         """What this run's first request of ``resource`` to each node found, kept for the rest of the run (across a
@@ -176,10 +188,10 @@ class RunContext:
             flag()
 
     def loaded_cells(self, table: str) -> LoadedIds:
-        """A lookup of the cells already answered in ``table``: each cell id found, with who answered it under
-        which configuration (``node_url``, ``info_hash``) for every completed row."""
-        return LoadedIds(self._pipeline, self.destination, table, "cell_id", "status = 'completed'",
-                         columns=("node_url", "info_hash"))
+        """A lookup of the cells that have rows in ``table``: each cell id found, with who answered it under which
+        configuration and how it ended (``node_url``, ``info_hash``, ``status``) for every row."""
+        columns = ("node_url", "info_hash", "status")
+        return LoadedIds(self._pipeline, self.destination, table, "cell_id", columns=columns)
 
     def loaded_ids(self, table: str, id_column: str, where: str = "") -> LoadedIds:
         """A lookup of the ids already in ``table`` of this run's destination."""

@@ -68,6 +68,7 @@ from .settings import (
     RESPONSES_PATH,
     RETRIEVE_PATH,
 )
+from .streaming import STATUS_COMPLETED
 
 logger = logging.getLogger("gaia_source")
 
@@ -129,8 +130,11 @@ class Endpoint:
         inputs: The plan input that feeds it (``prompts``/``texts``/``queries``); None: one request per node.
         stream: Sent as a stream and folded (streamed chat).
         vectors: Rows carry a vector column (Arrow where the destination takes it, a native column prepared first).
-        append_when_new: Rows are known new (looked up first) and appended; merged on ``refresh`` or when the
-            destination cannot be asked what it holds.
+        append_when_new: Rows are known new (looked up first) and appended; merged on their key on ``refresh``,
+            when the destination cannot be asked what it holds, or when the run sends a cell again whose row is
+            loaded (an interrupted or empty answer: the new one replaces it). See
+            :func:`~gaia_source.resources.write_disposition`.
+        unique_in_run: A merge may skip dlt's dedup pass over the staged rows: a run yields each key once.
         by_default: Part of a run that does not name its resources (False: only when asked for by name).
         fallback_path: Per-node metadata asked here when ``path`` is not a route of the server (AMD GAIA's
             ``/health`` for ``/v1/info``).
@@ -154,6 +158,7 @@ class Endpoint:
     stream: bool = False
     vectors: bool = False
     append_when_new: bool = False
+    unique_in_run: bool = False
     by_default: bool = True
     fallback_path: Optional[str] = None
     refuse: Optional[Callable[[PreparedRequest, RunContext], Optional[GaiaError]]] = None
@@ -231,9 +236,16 @@ def skip_done(
         return
     lookup = context.loaded_cells(endpoint.name)
     current = context.node_configuration
+
+    def done(request: PreparedRequest, loaded: List[Tuple[Any, ...]]) -> bool:
+        completed = [(node_url, info_hash) for node_url, info_hash, status in loaded if status == STATUS_COMPLETED]
+        if is_done(completed, request.node, plan.drift, current):
+            return True
+        context.replaces_rows(endpoint.name)  # sent again with a row loaded: its new answer may take that row's key
+        return False
+
     failures = context.loaded_ids(FAILED_REQUESTS_TABLE, "request_id")
-    yield from skip_loaded(cells, lambda r: r.cell_id or r.request_id, lookup, what,
-                           done=lambda r, answered: is_done(answered, r.node, plan.drift, current),
+    yield from skip_loaded(cells, lambda r: r.cell_id or r.request_id, lookup, what, done=done,
                            ledger=(context.ledger, endpoint.name),
                            failures=(failures, lambda key: mark_failing(endpoint.name, key)))
 
@@ -397,17 +409,19 @@ ENDPOINTS: Tuple[Endpoint, ...] = (
     Endpoint("info", "GET", INFO_PATH, per_node_requests, _one(info_row), INFO_COLUMNS, (), "append",
              fallback_path=HEALTH_PATH),
     Endpoint("chat_completions", "POST", CHAT_PATH, _prompt_requests(_chat(stream=False)), _one(chat_completion_row),
-             CHAT_NONSTREAM_COLUMNS, "request_id", "merge", inputs="prompts", refuse=refuse_for_amd_gaia,
-             unanswered=empty_answer),
-    Endpoint("chat_completions_stream", "POST", CHAT_PATH, _prompt_requests(_chat(stream=True)),
-             _one(chat_stream_row), CHAT_STREAM_COLUMNS, "request_id", "merge", inputs="prompts", stream=True,
+             CHAT_NONSTREAM_COLUMNS, "request_id", "append", inputs="prompts", append_when_new=True,
              refuse=refuse_for_amd_gaia, unanswered=empty_answer),
+    Endpoint("chat_completions_stream", "POST", CHAT_PATH, _prompt_requests(_chat(stream=True)),
+             _one(chat_stream_row), CHAT_STREAM_COLUMNS, "request_id", "append", inputs="prompts", stream=True,
+             append_when_new=True, refuse=refuse_for_amd_gaia, unanswered=empty_answer),
     Endpoint("embeddings", "POST", EMBEDDINGS_PATH, embedding_requests, embedding_table, EMBEDDING_COLUMNS,
-             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True, split=split_embeddings),
+             "embedding_id", "append", inputs="texts", vectors=True, append_when_new=True, unique_in_run=True,
+             split=split_embeddings),
     Endpoint("retrieve", "POST", RETRIEVE_PATH, retrieve_requests, _one(retrieve_row), RETRIEVE_COLUMNS,
              "request_id", "merge", inputs="queries"),
     Endpoint("responses", "POST", RESPONSES_PATH, _prompt_requests(_response), _one(response_row), RESPONSE_COLUMNS,
-             "request_id", "merge", inputs="prompts", by_default=False, estimates_usage=True, unanswered=empty_answer),
+             "request_id", "append", inputs="prompts", append_when_new=True, by_default=False, estimates_usage=True,
+             unanswered=empty_answer),
 )
 """Every endpoint the source loads, in the order of its resources."""
 

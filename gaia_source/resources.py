@@ -22,7 +22,7 @@ from dlt.extract.resource import DltResource
 
 from .client import Reply
 from .context import RunContext
-from .destination import DestinationCapabilities, capabilities_of, escape_nul
+from .destination import capabilities_of, escape_nul
 from .endpoints import ENDPOINTS, Endpoint, Plan
 from .errors import GaiaRequestError, GaiaRunStopped, blames_an_input, looks_like_missing_route
 from .ledger import row_id
@@ -78,17 +78,29 @@ def create_tables(pipeline: dlt.Pipeline) -> List[str]:
 
 
 def write_disposition(endpoint: Endpoint, plan: Plan) -> TWriteDispositionConfig:
-    """The endpoint's write disposition for this plan (rows known new are appended; a refresh merges them).
+    """The endpoint's write disposition for this plan: rows known new are appended; a refresh merges them.
 
-    Delta and Iceberg tables merge by ``upsert`` on the primary key (dlt 1.31 has no ``delete-insert`` there); dlt
-    picks it by itself for the endpoints that always merge.
+    An endpoint that appends when rows are new (``append_when_new``) merges instead, from the item on which the run
+    learns it, when the run sends a cell again whose row is loaded (see :func:`_with_table_hints`): dlt applies a
+    write disposition to the whole table of a load package, so the rows appended before are merged too.
     """
     if endpoint.append_when_new and plan.refresh:
-        if plan.table_format in ("delta", "iceberg"):
-            return {"disposition": "merge", "strategy": "upsert"}
-        # keys are unique within a run (see RunContext.seen), so dlt may skip its dedup pass over the staged rows
-        return {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+        return merge_disposition(endpoint, plan)
     return endpoint.write_disposition  # type: ignore[return-value]
+
+
+def merge_disposition(endpoint: Endpoint, plan: Plan) -> TWriteDispositionConfig:
+    """How an ``append_when_new`` endpoint's rows merge on their key.
+
+    Delta and Iceberg tables merge by ``upsert`` (dlt 1.31 has no ``delete-insert`` there); elsewhere
+    ``delete-insert``, skipping dlt's dedup pass over the staged rows where the run yields each key once
+    (``unique_in_run``, see :meth:`~gaia_source.context.RunContext.seen`).
+    """
+    if plan.table_format in ("delta", "iceberg"):
+        return {"disposition": "merge", "strategy": "upsert"}
+    if endpoint.unique_in_run:
+        return {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+    return "merge"  # dlt's default strategy (delete-insert), its dedup pass included
 
 
 def make_resource(endpoint: Endpoint, plan: Plan, context: RunContext) -> DltResource:
@@ -159,7 +171,7 @@ def extract(endpoint: Endpoint, plan: Plan, context: RunContext) -> Iterator[Any
         if endpoint.vectors:
             items = _as_destination_takes(context, coalesce_tables(_with_vector_column(context, items)))
         items = escape_nul(context.destination, endpoint.name, items)
-        yield from _with_table_hints(endpoint, plan, context.destination, items)
+        yield from _with_table_hints(endpoint, plan, context, items)
 
 
 def _with_columns(rows: Any, values: Dict[str, Any]) -> Any:
@@ -214,26 +226,36 @@ def _as_destination_takes(context: RunContext, items: Iterable[Any]) -> Iterator
         yield table_rows(item) if isinstance(item, pa.Table) and not arrow else item
 
 
-def _with_table_hints(
-    endpoint: Endpoint, plan: Plan, capabilities: DestinationCapabilities, items: Iterable[Any]
-) -> Iterator[Any]:
-    """Carry the destination's table hints on the first plain item (dlt applies them to the item's table).
+def _with_table_hints(endpoint: Endpoint, plan: Plan, context: RunContext, items: Iterable[Any]) -> Iterator[Any]:
+    """Carry the run's table hints on plain items (dlt applies them to the item's table, for the whole load).
 
     DuckDB loads parquet with a fraction of the memory insert_values statements take, for the resources fed by
     inputs (thousands of rows); a node's models and info are a few rows, which insert_values loads without importing
-    pandas (pyarrow's parquet writer does, ~0.2 s of a snapshot run). A destination that cannot be asked which rows it
-    holds gets rows that would otherwise be appended merged on their key instead.
+    pandas (pyarrow's parquet writer does, ~0.2 s of a snapshot run). A table whose rows are appended when new merges
+    on its key instead (:func:`merge_disposition`) when the destination cannot be asked which rows it holds, and from
+    the first item after the run said it sends a cell again whose row is loaded
+    (:meth:`~gaia_source.context.RunContext.replaces_rows`): dlt then merges the whole table of the load package,
+    rows yielded before included.
     """
+    capabilities = context.destination
     hints: Dict[str, Any] = {}
     if capabilities.load_file_format and endpoint.inputs is not None:
         hints["file_format"] = capabilities.load_file_format
-    if endpoint.append_when_new and not plan.refresh and capabilities.name and capabilities.lookup is None:
+    merging = not endpoint.append_when_new or plan.refresh
+    if not merging and capabilities.name and capabilities.lookup is None:
         logger.info("%s: the %s destination cannot be asked which rows it holds; merging on %s instead of appending",
                     endpoint.name, capabilities.name, endpoint.primary_key)
-        hints["write_disposition"] = "merge"
+        hints["write_disposition"], merging = merge_disposition(endpoint, plan), True
     tagged = not hints
     for item in items:
-        if not tagged and not isinstance(item, DataItemWithMeta):
+        if isinstance(item, DataItemWithMeta):  # a table variant's rows (failed_requests): their own hints
+            yield item
+            continue
+        if not merging and context.replacing(endpoint.name):
+            logger.info("%s: this run sends again cells whose rows are loaded; merging on %s instead of appending",
+                        endpoint.name, endpoint.primary_key)
+            hints["write_disposition"], merging, tagged = merge_disposition(endpoint, plan), True, False
+        if not tagged:
             item = dlt.mark.with_hints(item, dlt.mark.make_hints(**hints))
             tagged = True
         yield item

@@ -55,12 +55,19 @@ def test_a_cut_stream_is_kept_then_completed_by_a_clean_rerun(make_node, make_pi
     assert "RemoteProtocolError" in cut["error"] and cut["finish_reason"] is None
     assert query(pipeline, "SELECT cell_id, error_type FROM failed_requests") == [
         (cut["cell_id"], "GaiaStreamInterrupted")]
+    assert pipeline.default_schema.get_table("chat_completions_stream")["write_disposition"] == "append"  # all new
     node.fault_rate = 0.0
     run()
     [done] = table_rows(pipeline, "chat_completions_stream", "request_id")
-    assert done["request_id"] == cut["request_id"]
+    assert done["request_id"] == cut["request_id"]  # the finished answer replaced the cut one: merged on its key
+    assert pipeline.default_schema.get_table("chat_completions_stream")["write_disposition"] == "merge"
     assert (done["status"], done["content"], done["error"], done["finish_reason"]) == ("completed", full, None, "stop")
     assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(0,)]  # completed: no longer failing
+    source = gaia_source(base_url=node.base_url, prompts=["What is a Gaia node?", "What is the capital of France?"])
+    pipeline.run(source.with_resources("chat_completions_stream"))  # one new prompt: appended, nothing replaced
+    assert pipeline.default_schema.get_table("chat_completions_stream")["write_disposition"] == "append"
+    rows = query(pipeline, "SELECT status, content FROM chat_completions_stream ORDER BY content")
+    assert rows == [("completed", full), ("completed", "Paris is the capital of France.")]
 
 
 def test_cumulative_usage_on_every_chunk_is_not_summed(make_node, make_pipeline) -> None:
