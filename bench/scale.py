@@ -28,12 +28,13 @@ from embeddings import make_texts  # noqa: E402
 def part_gaia(args: Dict[str, Any]) -> None:
     """bench/embeddings.py's gaia part, step by step, with this process's peak RSS after each step."""
     from gaia_source import gaia_source
+    from gaia_source.lifecycle import duckdb_load_settings
 
     pipeline = bench_pipeline("bench_scale", args["dir"])
     source = gaia_source(base_url=args["base_url"], texts_file=args["texts_file"],
                          embedding_batch_size=args["batch_size"], max_concurrency=args["concurrency"])
     peaks: Dict[str, float] = {}
-    with Timer() as t:
+    with Timer() as t, duckdb_load_settings(pipeline):  # the steps of the script's run_pipeline, one by one
         pipeline.extract(source.with_resources("embeddings"))
         peaks["extract"] = round(peak_rss_mb())
         pipeline.normalize()

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from gaia_source import gaia_source
+from gaia_source import gaia_source, run_pipeline
 from gaia_source.emulator import answer_for
 from gaia_source.settings import dlt_defaults
 
@@ -46,3 +46,35 @@ def test_the_script_reports_its_load_without_importing_sqlalchemy(make_node, tmp
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time")}
     assert "dlt" in imported and "sqlalchemy" not in imported
     assert "destination duckdb" in out.stdout and "gaia_pipeline.duckdb" in out.stdout
+
+
+def test_vectors_load_without_float_compression_and_an_open_connection_keeps_its_settings(
+    make_node, make_pipeline, tmp_path: Path
+) -> None:
+    """run_pipeline holds DuckDB's load settings while it loads (dense vectors skip the float compressions, which
+    never pay on them), then sets them back: on a connection the user passed in too."""
+    import dlt
+    import duckdb
+
+    node = make_node("nexus", dim=64)
+    texts = [f"Text {i} about rivers, towers and nodes." for i in range(300)]
+    pipeline = make_pipeline()
+    run_pipeline(pipeline, gaia_source(base_url=node.base_url, texts=texts).with_resources("embeddings")
+                 ).raise_on_failed_jobs()
+    with pipeline.sql_client() as client:
+        kinds = {kind for kind, in client.execute_sql(
+            "SELECT DISTINCT compression FROM pragma_storage_info('embeddings') WHERE column_name = 'embedding'")}
+        [(rows, dim)] = client.execute_sql("SELECT count(*), any_value(len(embedding)) FROM embeddings")
+        [(setting,)] = client.execute_sql("SELECT current_setting('disabled_compression_methods')")
+    assert (rows, dim) == (300, 64)
+    assert not kinds & {"ALP", "ALPRD", "Chimp", "Patas"}, kinds  # analysed and skipped no more
+    assert setting == ""  # a connection opened after the run has DuckDB's defaults
+
+    user = duckdb.connect(str(tmp_path / "mine.duckdb"))
+    user.execute("SET GLOBAL disabled_compression_methods = 'fsst'")
+    mine = dlt.pipeline("gaia_test_external", destination=dlt.destinations.duckdb(user), dataset_name="gaia_data",
+                        pipelines_dir=str(tmp_path / "pipelines"))
+    run_pipeline(mine, gaia_source(base_url=node.base_url, texts=texts[:10]).with_resources("embeddings")
+                 ).raise_on_failed_jobs()
+    assert user.execute("SELECT count(*) FROM gaia_data.embeddings").fetchone() == (10,)
+    assert user.execute("SELECT current_setting('disabled_compression_methods')").fetchone() == ("FSST",)
