@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import dlt
+from dlt.common.destination.exceptions import DestinationException
 from dlt.common.storages.load_package import PackageStorage
-from dlt.destinations.exceptions import DatabaseException
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from .destination import (
@@ -138,17 +138,27 @@ def duckdb_load_settings(pipeline: dlt.Pipeline) -> Iterator[None]:
     if pipeline.destination is None or pipeline.destination.destination_name != "duckdb":
         yield
         return
-    with pipeline.sql_client() as client:
+    held = ExitStack()
+    try:
+        client = pipeline.sql_client()
+        client.open_connection()
+        held.callback(client.close_connection)
         before = {name: (client.execute_sql(f"SELECT current_setting('{name}')") or [[""]])[0][0]
                   for name in DUCKDB_LOAD_SETTINGS}
         for name, value in DUCKDB_LOAD_SETTINGS.items():
             client.execute_sql(f"SET GLOBAL {name} = '{value}'")
+    except DestinationException as exc:  # e.g. another process holds the file: dlt's own steps say so, as ever
+        held.close()
+        logger.debug("DuckDB's load settings not applied: %s", exc)
+        yield
+        return
+    with held:
         try:
             yield
         finally:
             try:  # what is still in the write-ahead log is written now, under these settings, not at close
                 client.execute_sql("CHECKPOINT")
-            except DatabaseException as exc:  # another connection's transaction: DuckDB writes it later
+            except DestinationException as exc:  # another connection's transaction: DuckDB writes it later
                 logger.debug("no checkpoint after the load: %s", exc)
             for name, value in before.items():  # a connection the user passed in outlives the run
                 client.execute_sql(f"SET GLOBAL {name} = '{value}'")
