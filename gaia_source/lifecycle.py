@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -34,6 +34,7 @@ from .destination import (
     purge_lance_tombstones,
     purge_resolved_failures,
 )
+from .endpoints import ENDPOINT_BY_NAME
 from .errors import GaiaPipelineStateError
 from .ledger import Ledger
 
@@ -84,7 +85,8 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
     has no failed job, delete what its loaded rows replace (changed documents' old chunks; on Iceberg, the
     ``failed_requests`` rows of requests that completed since: see
     :func:`~gaia_source.destination.purge_resolved_failures`). DuckDB extensions the destination needs (DuckLake,
-    Delta, Iceberg) are installed from their PyPI packages first.
+    Delta, Iceberg) are installed from their PyPI packages first. A run that loads vectors into DuckDB loads under
+    :data:`DUCKDB_LOAD_SETTINGS` (see :func:`duckdb_load_settings`).
 
     Use it in place of ``pipeline.run(source)``: that call, when packages are pending, loads them and returns without
     extracting ``source``. Here the pending packages load first (one warning says how many), then ``source`` runs.
@@ -107,7 +109,8 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
         patch_lancedb_schema_lookup()
     install_duckdb_extensions(capabilities_of(pipeline).duckdb_extensions)  # before a pending package loads
     repaired = repair_interrupted_normalize(pipeline)
-    with duckdb_load_settings(pipeline):
+    loads_vectors = any(e.vectors for e in map(ENDPOINT_BY_NAME.get, source.selected_resources) if e is not None)
+    with duckdb_load_settings(pipeline) if loads_vectors else nullcontext():
         pending = load_pending(pipeline)
         result = RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
