@@ -50,7 +50,7 @@ def emulator_requests(base_url: str, path: str) -> int:
 
 def run_part(script: str, part: str, args: Dict[str, Any]) -> Dict[str, Any]:
     """Run one benchmark part in a fresh Python process; it prints one JSON line with its figures."""
-    env = {**os.environ, **BENCH_ENV}
+    env = {**BENCH_ENV, **os.environ}  # what the caller set wins, as over the script's defaults
     out = subprocess.run(
         [sys.executable, script, "--part", part, "--args", json.dumps(args)],
         cwd=REPO, env=env, capture_output=True, text=True,

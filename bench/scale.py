@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--duckdb-memory-limit", help="DuckDB's memory_limit for the loads (default: DuckDB's own)")
-    parser.add_argument("--load-workers", type=int, help="dlt's parallel load jobs (default: dlt's 20)")
+    parser.add_argument("--load-workers", type=int, help="dlt's parallel load jobs (default: 1, the script's)")
     args, was_part = parse_args(parser, PARTS)
     if was_part:
         return 0
@@ -67,7 +67,7 @@ def main() -> int:
         os.environ["LOAD__WORKERS"] = str(args.load_workers)
     results = {}
     print(f"DuckDB memory_limit {args.duckdb_memory_limit or 'default (80 % of RAM)'}, load workers "
-          f"{args.load_workers or 'default (20)'}")
+          f"{args.load_workers or 'default (the script sets 1 on DuckDB)'}")
     print(f"scale: embeddings {args.small:,} then {args.large:,} texts x {args.dim} dims (dense), batch 64, "
           "concurrency 8, one emulator (nexus) in its own process", flush=True)
     with emulator("nexus", "--dim", str(args.dim)) as base_url:

@@ -30,9 +30,12 @@ def test_local_loads_rotate_files_and_skip_snappy(make_node, make_pipeline, monk
     assert contents == sorted(answer_for(p, node.default_chat_model) for p in PROMPTS)
 
 
-def test_filesystem_keeps_snappy() -> None:
+def test_filesystem_keeps_snappy_and_only_a_duckdb_file_loads_one_job_at_a_time() -> None:
     assert "DATA_WRITER__COMPRESSION" not in dlt_defaults("filesystem")
     assert dlt_defaults("ducklake")["DATA_WRITER__COMPRESSION"] == "none"
+    assert dlt_defaults("duckdb")["LOAD__WORKERS"] == "1"
+    assert all("LOAD__WORKERS" not in dlt_defaults(d) for d in ("postgres", "motherduck", "filesystem", "lancedb"))
+    assert dlt_defaults("postgres")["DATA_WRITER__FILE_MAX_ITEMS"] == "122880"  # DuckDB's row group, everywhere
 
 
 def test_the_script_reports_its_load_without_importing_sqlalchemy(make_node, tmp_path: Path) -> None:
