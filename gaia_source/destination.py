@@ -375,8 +375,10 @@ class LoadedIds:
         found: Dict[str, List[Tuple[Any, ...]]] = {}
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start : start + LOOKUP_BATCH]
+            # every row of each id: a cell has a row per node and configuration (compare runs, drift), so any cap
+            # could leave a cell out, which would then be sent again and appended next to its rows
             rows = (table.search().where(_lance_in(self.id_column, batch) + condition)
-                    .select([self.id_column, *self.columns]).limit(10 * len(batch)).to_arrow())
+                    .select([self.id_column, *self.columns]).limit(None).to_arrow())
             columns = [rows.column(c).to_pylist() for c in (self.id_column, *self.columns)]
             for values in zip(*columns, strict=True):
                 found.setdefault(str(values[0]), []).append(tuple(values[1:]))

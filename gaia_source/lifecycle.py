@@ -16,9 +16,10 @@ dlt 1.31 leaves three traps between runs, and :func:`run_pipeline` closes them:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -137,34 +138,43 @@ def duckdb_load_settings(pipeline: dlt.Pipeline) -> Iterator[None]:
     per row); what is already stored is not rewritten. The setting is global to the database instance, which dlt's
     connections share while one stays open: this one is opened through dlt's own SQL client (the user's DuckDB
     settings included) and held until the block ends, when the settings are set back.
+
+    A database that cannot be opened now (another process holds the file's lock, a configuration error) runs the
+    block without them: dlt meets the same error in its own step and reports it as it does without this block
+    (a pending package's message, a ``PipelineStepFailed``), never a traceback from here.
     """
     if pipeline.destination is None or pipeline.destination.destination_name != "duckdb":
         yield
         return
-    held = ExitStack()
+    client: Any = None
     try:
         client = pipeline.sql_client()
         client.open_connection()
-        held.callback(client.close_connection)
         before = {name: (client.execute_sql(f"SELECT current_setting('{name}')") or [[""]])[0][0]
                   for name in DUCKDB_LOAD_SETTINGS}
         for name, value in DUCKDB_LOAD_SETTINGS.items():
             client.execute_sql(f"SET GLOBAL {name} = '{value}'")
-    except DestinationException as exc:  # e.g. another process holds the file: dlt's own steps say so, as ever
-        held.close()
-        logger.debug("DuckDB's load settings not applied: %s", exc)
+    except Exception as exc:  # the run's own steps open the same database and say why it fails
+        logger.debug("DuckDB load settings not applied: %s", exc)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close_connection()
         yield
         return
-    with held:
+    try:
+        yield
+    finally:
+        try:  # what is still in the write-ahead log is written now, under these settings, not at close
+            client.execute_sql("CHECKPOINT")
+        except DestinationException as exc:  # another connection's transaction: DuckDB writes it later
+            logger.debug("no checkpoint after the load: %s", exc)
         try:
-            yield
-        finally:
-            try:  # what is still in the write-ahead log is written now, under these settings, not at close
-                client.execute_sql("CHECKPOINT")
-            except DestinationException as exc:  # another connection's transaction: DuckDB writes it later
-                logger.debug("no checkpoint after the load: %s", exc)
             for name, value in before.items():  # a connection the user passed in outlives the run
                 client.execute_sql(f"SET GLOBAL {name} = '{value}'")
+        except DestinationException as exc:  # never hides how the run itself ended
+            logger.warning("could not set DuckDB's %s back after the load: %s", ", ".join(before), exc)
+        finally:
+            client.close_connection()
 
 
 def load_pending(pipeline: dlt.Pipeline) -> Optional[LoadInfo]:

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
@@ -71,6 +72,12 @@ def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Itera
 
     Items are pulled lazily (at most ``2 * max_workers`` ahead), so a 100,000-line input file is never held in
     memory. An exception raised by ``fn`` cancels what has not started and propagates.
+
+    Ctrl-C (``KeyboardInterrupt``) propagates at once: the calls in flight are left to end on their own (the script
+    exits without waiting for them) instead of being waited for, which took up to a request's ``timeout``. Finished
+    calls come through a queue the waiting thread reads without holding any lock of theirs:
+    ``concurrent.futures.wait`` holds every pending future's lock while it registers, and a Ctrl-C landing there left
+    one held, so the call that finished next blocked on it and the run never ended.
     """
     iterator = iter(items)
     if max_workers <= 1:
@@ -78,27 +85,35 @@ def fan_out(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Itera
             yield fn(item)
         return
     window = 2 * max_workers
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gaia-request") as pool:
-        pending: Set[Future[R]] = set()
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gaia-request")
+    finished: "queue.SimpleQueue[Future[R]]" = queue.SimpleQueue()
+    pending: Set[Future[R]] = set()
+    interrupted = False
 
-        def refill() -> None:
-            while len(pending) < window:
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    return
-                pending.add(pool.submit(fn, item))
+    def refill() -> None:
+        while len(pending) < window:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            future = pool.submit(fn, item)
+            pending.add(future)
+            future.add_done_callback(finished.put)
 
-        try:
+    try:
+        refill()
+        while pending:
+            future = finished.get()
+            pending.discard(future)
+            yield future.result()
             refill()
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-                refill()
-        finally:
-            for future in pending:
-                future.cancel()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
 @dataclass

@@ -97,3 +97,21 @@ def test_a_completed_cell_leaves_no_failed_requests_row(make_node, pipeline) -> 
         assert ledger.count("failed" if outage else "completed") == 2
     assert lance_table(pipeline, "chat_completions").count_rows() == 2
     assert lance_table(pipeline, "failed_requests").count_rows() == 0
+
+
+def test_a_cell_with_more_rows_than_a_lookup_page_is_found_whole(make_node, pipeline) -> None:
+    """A compare run over many nodes gives a cell a row per node: the lookup finds all of them (LanceDB's search
+    returns 10 rows unless told otherwise), so a re-run sends nothing and appends nothing."""
+    from gaia_source import run_pipeline
+
+    nodes = [make_node("nexus") for _ in range(12)]
+    urls = ",".join(node.base_url for node in nodes)
+    prompts = ["Which node answers?", "And this one?"]
+    for expected in ({"completed": 24, "skipped": 0}, {"completed": 0, "skipped": 24}):
+        ledger = Ledger()
+        run_pipeline(pipeline, gaia_source(base_url=urls, compare_nodes=True, prompts=prompts,
+                                           ledger=ledger).with_resources("chat_completions"), ledger)
+        assert {outcome: ledger.count(outcome) for outcome in expected} == expected
+    assert sum(node.requests_to("/v1/chat/completions") for node in nodes) == 24  # nothing sent twice
+    rows = lance_table(pipeline, "chat_completions").to_arrow().column("request_id").to_pylist()
+    assert len(rows) == len(set(rows)) == 24

@@ -81,3 +81,24 @@ def test_vectors_load_without_float_compression_and_an_open_connection_keeps_its
                  ).raise_on_failed_jobs()
     assert user.execute("SELECT count(*) FROM gaia_data.embeddings").fetchone() == (10,)
     assert user.execute("SELECT current_setting('disabled_compression_methods')").fetchone() == ("FSST",)
+
+
+def test_a_duckdb_file_another_process_holds_fails_the_run_with_a_clear_message(make_node, tmp_path: Path) -> None:
+    """The load settings' connection meets the lock first: the run still ends with dlt's one-line error, not a
+    traceback, and sends nothing; once the lock is gone the run loads."""
+    import duckdb
+
+    node = make_node("nexus")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    args = ["--base-url", node.base_url, "--resources", "chat_completions", "--prompts-file", "prompts.txt",
+            "--progress", "none"]
+    with duckdb.connect(str(tmp_path / "gaia_pipeline.duckdb")):  # another process holds the file (a notebook)
+        result = run_cli(tmp_path, *args)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()
+    assert any(line.startswith("error: ") for line in error), result.stderr[-2000:]
+    assert "Could not set lock on file" in result.stderr and node.requests_to("/v1/chat/completions") == 0
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert node.requests_to("/v1/chat/completions") == len(PROMPTS)

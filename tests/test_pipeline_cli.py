@@ -302,3 +302,31 @@ def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_next_run_finishe
     again = run_cli(tmp_path, *args)
     assert again.returncode == 0, again.stderr
     assert counts(tmp_path / "gaia_pipeline.duckdb")["chat_completions"] == 40
+
+
+def test_ctrl_c_while_requests_are_in_flight_ends_the_run_at_once(make_node, tmp_path: Path) -> None:
+    """Ctrl-C does not wait for the answers in flight (up to a request's timeout on a slow node)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import SCRIPT
+
+    node = make_node("nexus", latency_ms=6000)  # every answer takes 6 s
+    (tmp_path / "p.txt").write_text("".join(f"Slow question {i}?\n" for i in range(8)))
+    args = ["--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions",
+            "--timeout", "60", "--max-concurrency", "4", "--progress", "none"]
+    run = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                             signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while node.requests_to("/v1/chat/completions") < 5 and time.monotonic() < deadline:  # the probe, then 4 at once
+        time.sleep(0.05)
+    time.sleep(0.5)
+    interrupted = time.monotonic()
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, out + err
+    assert time.monotonic() - interrupted < 3, "the run waited for the answers in flight"
+    assert err.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C)"), err
