@@ -21,7 +21,7 @@ import logging
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import dlt
 from dlt.common.destination.exceptions import DestinationException
@@ -152,8 +152,7 @@ def duckdb_load_settings(pipeline: dlt.Pipeline) -> Iterator[None]:
         client.open_connection()
         before = {name: (client.execute_sql(f"SELECT current_setting('{name}')") or [[""]])[0][0]
                   for name in DUCKDB_LOAD_SETTINGS}
-        for name, value in DUCKDB_LOAD_SETTINGS.items():
-            client.execute_sql(f"SET GLOBAL {name} = '{value}'")
+        _set_global(client, DUCKDB_LOAD_SETTINGS)
     except Exception as exc:  # the run's own steps open the same database and say why it fails
         logger.debug("DuckDB load settings not applied: %s", exc)
         if client is not None:
@@ -169,12 +168,17 @@ def duckdb_load_settings(pipeline: dlt.Pipeline) -> Iterator[None]:
         except DestinationException as exc:  # another connection's transaction: DuckDB writes it later
             logger.debug("no checkpoint after the load: %s", exc)
         try:
-            for name, value in before.items():  # a connection the user passed in outlives the run
-                client.execute_sql(f"SET GLOBAL {name} = '{value}'")
+            _set_global(client, before)  # a connection the user passed in outlives the run
         except DestinationException as exc:  # never hides how the run itself ended
             logger.warning("could not set DuckDB's %s back after the load: %s", ", ".join(before), exc)
         finally:
             client.close_connection()
+
+
+def _set_global(client: Any, settings: Mapping[str, str]) -> None:
+    """``SET GLOBAL`` each of ``settings`` on a DuckDB SQL client's database."""
+    for name, value in settings.items():
+        client.execute_sql(f"SET GLOBAL {name} = '{value}'")
 
 
 def load_pending(pipeline: dlt.Pipeline) -> Optional[LoadInfo]:
