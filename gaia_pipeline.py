@@ -34,6 +34,7 @@ from gaia_source.settings import (
     CUT_STREAM_HINT,
     DATASET_NAME,
     DEFAULT_RESOURCE_NAMES,
+    DEFAULT_ROWS_PER_LOAD,
     DEMO_DATASET_NAME,
     DEMO_PIPELINE_NAME,
     FAILED_REQUESTS_TABLE,
@@ -163,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="exit 0 even when some requests are in the failed_requests table")
     load.add_argument("--shard", metavar="I/N",
                       help="load partition I of N of the inputs (by request id): N workers share one job, no overlap")
+    load.add_argument("--rows-per-load", type=int, default=DEFAULT_ROWS_PER_LOAD, metavar="N",
+                      help="load the run in parts of about N rows, each a dlt load of its own, so that memory stays "
+                      f"that of one part whatever the run's size (default {DEFAULT_ROWS_PER_LOAD:,}; 0: one load)")
     load.add_argument("--refresh", action="store_true",
                       help="send every prompt and embed every text again, even those already loaded")
     out = parser.add_argument_group("output")
@@ -278,9 +282,11 @@ def _print_load_info(load_info: Any, failing: int) -> None:
     print(text)
 
 
-def _print_counts(pipeline: dlt.Pipeline) -> None:
-    """Print rows loaded now and rows in each table."""
-    loaded = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace.last_normalize_info else {}
+def _print_counts(pipeline: dlt.Pipeline, ledger: Ledger) -> None:
+    """Print rows loaded now (over every part of the run) and rows in each table."""
+    from gaia_source.commands import run_row_counts
+
+    loaded = run_row_counts(pipeline, ledger)
     seen = pipeline.default_schema.data_table_names(seen_data_only=True)
     tables = sorted(t for t in seen if not t.startswith("_dlt"))
     totals = _row_counts(pipeline, tables)
@@ -437,9 +443,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with, printed here."""
         if error is not None:
             print(f"error: {error}", file=sys.stderr)
-        if pipeline is not None:
-            record_run(pipeline, ledger, load_ids, started_at=started_at, argv=argv, source_args=source_args,
-                       resources=resources, exit_code=code, error=error)
+        if pipeline is not None:  # a run stopped by an error names the parts it loaded before (the ledger's)
+            record_run(pipeline, ledger, load_ids or (ledger.load_ids if ledger else ()), started_at=started_at,
+                       argv=argv, source_args=source_args, resources=resources, exit_code=code, error=error)
         return code
 
     try:
@@ -457,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             idle = _idle(source, resources)
             # what an interrupted run left loads first, then the source; then changed documents lose their old chunks
             with _progress_view(args.progress, ledger):
-                load_info = run_pipeline(pipeline, source, ledger)
+                load_info = run_pipeline(pipeline, source, ledger, rows_per_load=args.rows_per_load or None)
     except GaiaConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -474,10 +480,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(cause, GaiaAuthError):
             return recorded(EXIT_AUTH, error=error)
         return recorded(EXIT_CONFIG if isinstance(cause, GaiaConfigError) else EXIT_FAILED, error=error)
-    load_ids = [load_id for info in load_info.load_infos for load_id in info.loads_ids]
+    load_ids = load_info.load_ids
     failing = ledger.failing
     _print_load_info(load_info, failing)
-    _print_counts(pipeline)
+    _print_counts(pipeline, ledger)
     _print_outcomes(ledger)
     if idle:
         from gaia_source.endpoints import ENDPOINT_BY_NAME

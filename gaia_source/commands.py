@@ -183,6 +183,20 @@ def evaluate_run(pipeline: dlt.Pipeline, ledger: Ledger, summary_json: Optional[
     return summary
 
 
+def run_row_counts(pipeline: dlt.Pipeline, ledger: Optional[Ledger]) -> Dict[str, int]:
+    """Rows the run normalized per table: over every part it loaded (the ledger's), else from dlt's last trace (a run
+    stopped before its first load ended)."""
+    if ledger is not None and ledger.load_ids:
+        return dict(ledger.row_counts)
+    trace = pipeline.last_trace
+    normalized = trace.last_normalize_info if trace is not None else None
+    try:
+        counts = normalized.row_counts if normalized else {}
+    except AssertionError:  # dlt 1.31: a normalize stopped midway (Ctrl-C) left two metrics for its load id
+        counts = {}
+    return {table: count for table, count in counts.items() if not table.startswith("_dlt")}
+
+
 def record_run(
     pipeline: dlt.Pipeline,
     ledger: Optional[Ledger],
@@ -209,10 +223,7 @@ def record_run(
             inputs[kind] = source_args[f"{kind}_file"]
         elif source_args.get(kind):
             inputs[kind] = f"{len(source_args[kind])} given"
-    trace = pipeline.last_trace
-    normalized = trace.last_normalize_info if trace is not None else None
-    row_counts = {table: count for table, count in (normalized.row_counts if normalized else {}).items()
-                  if not table.startswith("_dlt")}
+    row_counts = run_row_counts(pipeline, ledger)
     # the command line as typed, but never a URL's user:password (the node URLs never keep it either)
     command = re.sub(r"(://)[^/@\s]*@", r"\1***@", shlex.join(["gaia_pipeline.py", *argv]))
     row = run_row(ledger, started_at=started_at, command=command, nodes=nodes,

@@ -2,15 +2,16 @@
 
 It holds the node pool (connections, breaker state, a refused key), the destination's capabilities, the models it
 discovered and the node metadata it fetched. Resources enter it while they extract; when the last one leaves —
-normally or on an error — the pool is closed. A new run (a new dlt load id) starts from a clean slate, so a failure
-in one run never changes the next one in the same process (a notebook, an Airflow worker). Nothing lives in a
-module-level variable.
+normally or on an error — the pool is closed. A new run (a new dlt load id, or a new run in parts: see
+:mod:`gaia_source.parts`) starts from a clean slate, so a failure in one run never changes the next one in the same
+process (a notebook, an Airflow worker). Nothing lives in a module-level variable.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
@@ -35,6 +36,7 @@ from .errors import (
     looks_like_missing_route,
 )
 from .ledger import Ledger
+from .parts import LoadParts
 from .pool import NodePool
 from .rows import NodeInfo, configuration_hash, models_from_info, models_from_list, read_info
 from .settings import HEALTH_PATH, INFO_PATH, MODELS_PATH
@@ -78,12 +80,17 @@ class RunContext:
         self._seen: Dict[str, Set[str]] = {}
         self._replacing: Set[str] = set()
         self._endpoints: Dict[str, Dict[Optional[str], Optional[EndpointNotAvailable]]] = {}
+        self.parts = LoadParts()
+        self._lookups: "weakref.WeakSet[LoadedIds]" = weakref.WeakSet()
+        self.parts.on_pause.append(self._release_lookups)
+        """Cuts the run's rows into several dlt loads when :func:`~gaia_source.lifecycle.run_pipeline` asks; the
+        context then keeps its state across them (one run, several load ids)."""
 
     @contextmanager
     def active(self) -> Iterator["RunContext"]:
         """Use the context while a resource extracts (call it on the extracting thread)."""
         with self._lock:
-            key = _run_key()
+            key = self.parts.key or _run_key()
             if self._users == 0 and (key is None or key != self._key):
                 self._reset(key)
             if self._pool is None:
@@ -191,11 +198,20 @@ class RunContext:
         """A lookup of the cells that have rows in ``table``: each cell id found, with who answered it under which
         configuration and how it ended (``node_url``, ``info_hash``, ``status``) for every row."""
         columns = ("node_url", "info_hash", "status")
-        return LoadedIds(self._pipeline, self.destination, table, "cell_id", columns=columns)
+        return self._lookup(LoadedIds(self._pipeline, self.destination, table, "cell_id", columns=columns))
 
     def loaded_ids(self, table: str, id_column: str, where: str = "") -> LoadedIds:
         """A lookup of the ids already in ``table`` of this run's destination."""
-        return LoadedIds(self._pipeline, self.destination, table, id_column, where)
+        return self._lookup(LoadedIds(self._pipeline, self.destination, table, id_column, where))
+
+    def _lookup(self, lookup: LoadedIds) -> LoadedIds:
+        self._lookups.add(lookup)
+        return lookup
+
+    def _release_lookups(self) -> None:
+        """Close the lookups' connections while a part of the run loads (they reopen at their next lookup)."""
+        for lookup in list(self._lookups):
+            lookup.release()
 
     # --- node metadata -----------------------------------------------------------------------------------------
 

@@ -311,6 +311,11 @@ class LoadedIds:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Close the connection now; the next :meth:`lookup` opens another (a run between two of its loads lets the
+        destination go: DuckDB keeps what a load inserted cached while any connection to its file is open)."""
         if self._client is not None:
             self._client.close_connection()
             self._client = None

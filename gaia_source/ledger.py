@@ -172,6 +172,18 @@ class Ledger:
         self.pending_chunk_syncs: Dict[Tuple[str, Optional[str]], Dict[str, List[str]]] = {}
         """(table, model) -> document id -> the keys of all its chunks this run: documents whose old chunks are to
         be deleted once these are loaded (:func:`~gaia_source.destination.apply_chunk_sync`)."""
+        self.load_ids: List[str] = []
+        """The dlt loads of this run so far, in order (:func:`~gaia_source.lifecycle.run_pipeline` adds each as it
+        ends: a run in parts has several, and keeps those done when a later part fails)."""
+        self.row_counts: Dict[str, int] = {}
+        """Rows this run's loads so far normalized, per table (dlt's own tables left out), over all its parts."""
+
+    def add_load(self, load_ids: Sequence[str], row_counts: Mapping[str, int]) -> None:
+        """Count one of this run's loads: its ids and the rows it normalized per table."""
+        self.load_ids.extend(load_ids)
+        for table, count in row_counts.items():
+            if not table.startswith("_dlt"):
+                self.row_counts[table] = self.row_counts.get(table, 0) + count
 
     def record(
         self, resource: str, key: str, outcome: str, attempts: int = 0, error: Optional[str] = None,

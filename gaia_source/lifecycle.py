@@ -21,10 +21,24 @@ import logging
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from functools import partial
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import dlt
 from dlt.common.destination.exceptions import DestinationException
+from dlt.common.runtime import signals
 from dlt.common.storages.load_package import PackageStorage
 from dlt.pipeline.exceptions import PipelineStepFailed
 
@@ -38,6 +52,7 @@ from .destination import (
 from .endpoints import ENDPOINT_BY_NAME
 from .errors import GaiaPipelineStateError
 from .ledger import Ledger
+from .resources import run_context_of
 
 if TYPE_CHECKING:
     from dlt.common.pipeline import LoadInfo
@@ -51,23 +66,34 @@ class RunResult:
     """What :func:`run_pipeline` did.
 
     Attributes:
-        load_info: This run's own load (its source extracted, normalized and loaded).
+        loads: This run's own loads, in order (its source extracted, normalized and loaded): one, or one per part
+            when the run loaded in parts (``rows_per_load``).
         pending: The load of packages an interrupted run left, done first; None when there were none.
         repaired: Load ids whose leftover extracted copy was deleted (a kill at normalize's commit).
     """
 
-    load_info: LoadInfo
+    loads: Tuple[LoadInfo, ...]
     pending: Optional[LoadInfo] = None
     repaired: Tuple[str, ...] = ()
 
     @property
+    def load_info(self) -> LoadInfo:
+        """This run's last load (its only one unless it loaded in parts)."""
+        return self.loads[-1]
+
+    @property
     def load_infos(self) -> List[LoadInfo]:
         """Every load of this run, the pending packages' first."""
-        return [info for info in (self.pending, self.load_info) if info is not None]
+        return [info for info in (self.pending, *self.loads) if info is not None]
+
+    @property
+    def load_ids(self) -> List[str]:
+        """The load ids of every load of this run, the pending packages' first."""
+        return [load_id for info in self.load_infos for load_id in info.loads_ids]
 
     @property
     def has_failed_jobs(self) -> bool:
-        """True when a job failed in either load: the pending packages' or this run's."""
+        """True when a job failed in any load: the pending packages' or this run's."""
         return any(info.has_failed_jobs for info in self.load_infos)
 
     def raise_on_failed_jobs(self) -> None:
@@ -76,14 +102,18 @@ class RunResult:
             info.raise_on_failed_jobs()
 
     def __str__(self) -> str:
+        own = "\n\n".join(f"Part {n} of {len(self.loads)}:\n{info}" if len(self.loads) > 1 else str(info)
+                          for n, info in enumerate(self.loads, 1))
         if self.pending is None:
-            return str(self.load_info)
-        return f"Pending packages of an interrupted run:\n{self.pending}\n\nThis run:\n{self.load_info}"
+            return own
+        return f"Pending packages of an interrupted run:\n{self.pending}\n\nThis run:\n{own}"
 
 
-def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Ledger] = None) -> RunResult:
-    """Run ``source`` through ``pipeline`` after finishing what an interrupted run left; then, once this run's load
-    has no failed job, delete what its loaded rows replace (changed documents' old chunks; on Iceberg, the
+def run_pipeline(
+    pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Ledger] = None, rows_per_load: Optional[int] = None,
+) -> RunResult:
+    """Run ``source`` through ``pipeline`` after finishing what an interrupted run left; then, once this run's loads
+    have no failed job, delete what its loaded rows replace (changed documents' old chunks; on Iceberg, the
     ``failed_requests`` rows of requests that completed since: see
     :func:`~gaia_source.destination.purge_resolved_failures`). DuckDB extensions the destination needs (DuckLake,
     Delta, Iceberg) are installed from their PyPI packages first. A run that loads vectors into DuckDB loads under
@@ -92,28 +122,60 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
     Use it in place of ``pipeline.run(source)``: that call, when packages are pending, loads them and returns without
     extracting ``source``. Here the pending packages load first (one warning says how many), then ``source`` runs.
 
+    With ``rows_per_load``, a ``gaia_source`` run loads in parts (:mod:`gaia_source.parts`): once the rows extracted
+    reach it, they are normalized and loaded, and the run goes on where it stopped. What the destination holds
+    while it loads stays that of one part, whatever the run's size, and the rows of the parts done are in the
+    destination if the run stops later (a re-run sends only what is missing). Each part is a dlt load of its own.
+
     Args:
         pipeline: The pipeline (its destination set).
         source: What this run loads, e.g. ``gaia_source(..., ledger=ledger)``.
         ledger: The :class:`~gaia_source.ledger.Ledger` given to the source: after the load, the documents it found
-            changed lose their old chunks (see :func:`~gaia_source.destination.apply_chunk_sync`).
+            changed lose their old chunks (see :func:`~gaia_source.destination.apply_chunk_sync`); it holds the load
+            ids of the parts loaded so far (:attr:`~gaia_source.ledger.Ledger.load_ids`), also when a later part
+            fails.
+        rows_per_load: Rows (of all tables together) per load; None: one load for the whole run.
 
     Returns:
-        Both loads; ``has_failed_jobs`` covers each.
+        Every load; ``has_failed_jobs`` covers each.
 
     Raises:
         GaiaPipelineStateError: A pending package could not be loaded, or the working directory is in a state this
             module cannot repair safely; nothing of ``source`` was extracted, and the message says what to do.
-        PipelineStepFailed: This run's own extract, normalize or load failed (as from ``pipeline.run``).
+        PipelineStepFailed: This run's own extract, normalize or load failed (as from ``pipeline.run``); the parts
+            loaded before it stay loaded.
     """
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         patch_lancedb_schema_lookup()
     install_duckdb_extensions(capabilities_of(pipeline).duckdb_extensions)  # before a pending package loads
     repaired = repair_interrupted_normalize(pipeline)
     loads_vectors = any(e.vectors for e in map(ENDPOINT_BY_NAME.get, source.selected_resources) if e is not None)
-    with duckdb_load_settings(pipeline) if loads_vectors else nullcontext():
+    load_settings: Callable[[], ContextManager[None]] = (
+        partial(duckdb_load_settings, pipeline) if loads_vectors else nullcontext)
+    with load_settings():
         pending = load_pending(pipeline)
-        result = RunResult(load_info=pipeline.run(source), pending=pending, repaired=tuple(repaired))
+    context = run_context_of(source) if rows_per_load else None
+    loads: List[LoadInfo] = []
+    try:
+        if context is not None:
+            context.parts.start(rows_per_load or 0)
+        with _SignalsBetweenParts(pipeline) as stopping:
+            while not loads or (context is not None and context.parts.next_part()):
+                if stopping.received:  # Ctrl-C while the last part loaded: it is in, the rest is not sent
+                    raise KeyboardInterrupt
+                with load_settings():  # per part: DuckDB lets go of what it cached when its last connection closes
+                    loads.append(pipeline.run(source))
+                if ledger is not None:
+                    normalized = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
+                    ledger.add_load(loads[-1].loads_ids, normalized.row_counts if normalized else {})
+    except BaseException as exc:
+        if context is not None:  # Ctrl-C: leave the requests in flight, as a run in one load does
+            context.parts.close(abandon=isinstance(exc, KeyboardInterrupt) or isinstance(
+                getattr(exc, "exception", None), KeyboardInterrupt))
+        raise
+    if context is not None:
+        context.parts.close()
+    result = RunResult(loads=tuple(loads), pending=pending, repaired=tuple(repaired))
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         purge_lance_tombstones(pipeline)  # dlt's LanceDB merge keeps tombstones as rows
     if not result.has_failed_jobs:
@@ -121,6 +183,42 @@ def run_pipeline(pipeline: dlt.Pipeline, source: DltSource, ledger: Optional[Led
         if ledger is not None:
             apply_chunk_sync(pipeline, ledger)
     return result
+
+
+class _SignalsBetweenParts:
+    """Remembers a Ctrl-C (SIGINT, SIGTERM) that came while dlt normalized or loaded a part of the run.
+
+    dlt 1.31 holds those signals back while it normalizes or loads, so that the jobs running can end, and forgets
+    them when the package completes: a run in parts would go on to its next part after the user pressed Ctrl-C. Here
+    each of the two steps runs inside one interception of dlt's own (its nested ones are no-ops) that notes the
+    signal before dlt clears it; the part then completes, is recorded, and the run stops before the next part
+    (:func:`run_pipeline` raises ``KeyboardInterrupt``). A second Ctrl-C stops at once, as dlt does.
+    """
+
+    def __init__(self, pipeline: dlt.Pipeline) -> None:
+        self.received = False
+        self._pipeline = pipeline
+        self._steps = {name: getattr(pipeline, name) for name in ("normalize", "load")}
+
+    def __enter__(self) -> "_SignalsBetweenParts":
+        if self._pipeline.runtime_config.intercept_signals:
+            for name, step in self._steps.items():
+                setattr(self._pipeline, name, self._noting(step))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in self._steps:
+            self._pipeline.__dict__.pop(name, None)
+
+    def _noting(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with signals.intercepted_signals():
+                try:
+                    return step(*args, **kwargs)
+                finally:
+                    self.received = self.received or signals.was_signal_received()
+
+        return run
 
 
 DUCKDB_LOAD_SETTINGS: Dict[str, str] = {"disabled_compression_methods": "alp,alprd,chimp,patas"}

@@ -19,6 +19,7 @@ from dlt.common.schema.typing import TColumnSchema, TTableFormat, TWriteDisposit
 from dlt.common.schema.utils import new_table
 from dlt.extract.items import DataItemWithMeta
 from dlt.extract.resource import DltResource
+from dlt.extract.source import DltSource
 
 from .client import Reply
 from .context import RunContext
@@ -106,15 +107,24 @@ def merge_disposition(endpoint: Endpoint, plan: Plan) -> TWriteDispositionConfig
 def make_resource(endpoint: Endpoint, plan: Plan, context: RunContext) -> DltResource:
     """The dlt resource of one endpoint for one source run."""
 
-    def rows() -> Iterator[Any]:
-        yield from extract(endpoint, plan, context)
+    def rows() -> Iterator[Any]:  # all the rows, or this part's when the run loads in parts
+        yield from context.parts.items(endpoint.name, lambda: extract(endpoint, plan, context))
 
     rows.__doc__ = endpoint.rows.__doc__
     resource = dlt.resource(rows, name=endpoint.name, write_disposition=write_disposition(endpoint, plan),
                             **table_key(endpoint))
+    resource.gaia_run_context = context  # type: ignore[attr-defined]  # read by run_context_of
     if plan.table_format:  # nested tables and table variants (failed_requests) take it too
         resource.apply_hints(table_format=cast(TTableFormat, plan.table_format))
     return resource
+
+
+def run_context_of(source: DltSource) -> Optional[RunContext]:
+    """The run context behind ``source``'s selected resources (one per ``gaia_source`` call); None for a source of
+    other resources."""
+    contexts = {id(c): c for r in source.selected_resources.values()
+                if (c := getattr(r, "gaia_run_context", None)) is not None}
+    return next(iter(contexts.values())) if len(contexts) == 1 else None
 
 
 def table_key(endpoint: Endpoint) -> Dict[str, Any]:

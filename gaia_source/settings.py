@@ -61,6 +61,13 @@ MAX_RETRY_WAIT: Final = 30.0
 DEFAULT_MAX_RESPONSE_MB: Final = 64.0
 """Response bodies larger than this are refused and recorded as an error, not read into memory."""
 DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
+DUCKDB_ROW_GROUP: Final = 122_880
+"""DuckDB's row group size: the unit it writes a table in (files and parts of this many rows fill whole groups)."""
+DEFAULT_ROWS_PER_LOAD: Final = DUCKDB_ROW_GROUP
+"""The script's ``--rows-per-load``: a larger run loads in parts of this many rows (:mod:`gaia_source.parts`), so
+that what the destination holds while it inserts stays that of one part. A part of whole DuckDB row groups: a
+smaller part leaves the table's last row group partly filled, and DuckDB reads it back to fill it at the next
+part's checkpoint (100,000 vectors in parts of 10,000: 26 % slower and a higher peak than in one load)."""
 """Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
 LONG_TEXT_CHARS: Final = 20_000
 """A text longer than this (about 5,000 tokens) is embedded in a request of its own, after the batches of shorter
@@ -145,7 +152,7 @@ def dlt_defaults(destination: str) -> Dict[str, str]:
     """dlt settings (environment variables) the script sets unless the user set them: measured in bench/.
 
     * no gzip of dlt's intermediate files: it is most of the extract step (dlt compresses every one by default);
-    * files rotate every 122,880 rows (``file_max_items``), DuckDB's row group: a million texts load as nine jobs,
+    * files rotate every 122,880 rows (``file_max_items``), DuckDB's row group: a large part loads as several jobs,
       each retried alone, and each fills whole row groups;
     * where the parquet files are only read into the destination's own storage (DuckDB, DuckLake), no snappy: float32
       vectors do not compress, and snappy costs ~5x the write time of the file (the filesystem destination keeps its
@@ -154,10 +161,11 @@ def dlt_defaults(destination: str) -> Dict[str, str]:
       job on every core, and parallel jobs each hold their rows in memory until they commit (300,000 prompts peaked
       at 930 MB with dlt's 20 workers).
 
-    DuckDB's own memory limit stays at its default (80 % of RAM), though DuckDB keeps what it inserts cached up to it
-    (BENCHMARKS.md, issue 21); README says how to cap it for a large run.
+    DuckDB's own memory limit stays at its default (80 % of RAM): DuckDB keeps what it inserts cached up to it while
+    a connection is open, and the script loads a large run in parts (``--rows-per-load``), each of which closes its
+    connections (BENCHMARKS.md, issue 21).
     """
-    settings = {"DATA_WRITER__DISABLE_COMPRESSION": "true", "DATA_WRITER__FILE_MAX_ITEMS": "122880"}
+    settings = {"DATA_WRITER__DISABLE_COMPRESSION": "true", "DATA_WRITER__FILE_MAX_ITEMS": str(DUCKDB_ROW_GROUP)}
     if destination in LOCAL_LOAD_DESTINATIONS:
         settings["DATA_WRITER__COMPRESSION"] = "none"
     if destination == "duckdb":
