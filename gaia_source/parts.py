@@ -36,6 +36,16 @@ def rows_in(item: Any) -> int:
     return 1
 
 
+def _split(item: Any, room: int) -> Tuple[Any, Any]:
+    """``item`` cut at ``room`` rows: what fits in the part, and the rest (``_NOTHING`` when all of it fits). Rows
+    come in Arrow tables of thousands (vectors) or lists; a part of exactly ``rows_per_load`` rows fills whole
+    row groups of a DuckDB table when that is a multiple of its row group. Items with hints are not cut."""
+    if isinstance(item, (pa.Table, list)) and rows_in(item) > room:
+        return item[:room] if isinstance(item, list) else item.slice(0, room), (
+            item[room:] if isinstance(item, list) else item.slice(room))
+    return item, _NOTHING
+
+
 class LoadParts:
     """Cuts the item streams of one source's resources into parts (see the module's docstring). Not thread-safe: dlt
     pulls every resource of a source from one thread."""
@@ -91,7 +101,7 @@ class LoadParts:
                 for pause in self.on_pause:
                     pause()
                 return
-            item, head = head, _NOTHING
+            item, head = _split(head, self.rows_per_load - self._rows)
             self._streams[name] = (iterator, head)
             self._rows += rows_in(item)
             yield item
