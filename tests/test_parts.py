@@ -219,3 +219,22 @@ def test_failures_found_in_a_later_part_are_deleted_once_their_cells_complete(
     assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(0,)]  # no row left for a completed cell
     assert pipeline.state["sources"]["gaia_source"].get("failed_requests") == {}
 
+
+def test_a_negative_rows_per_load_is_a_clear_error_before_anything_is_sent(make_node, make_pipeline,
+                                                                           tmp_path: Path) -> None:
+    node = make_node("nexus")
+    (tmp_path / "p.txt").write_text("One?\nTwo?\n")
+    run = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions",
+                  "--rows-per-load", "-5", "--progress", "none")
+    assert run.returncode == 2, run.stderr
+    assert "--rows-per-load: must be 0 (one load) or more, got -5" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "gaia_pipeline.duckdb").exists()
+    assert sum(node.stats.values()) == 0
+    pipeline = make_pipeline()
+    source = gaia_source(base_url=node.base_url, prompts=["One?"], resources=["chat_completions"])
+    try:
+        run_pipeline(pipeline, source, rows_per_load=-1)
+        raise AssertionError("a negative rows_per_load was accepted")
+    except ValueError as exc:
+        assert "rows_per_load must be >= 1" in str(exc)
+    assert sum(node.stats.values()) == 0 and not pipeline.has_pending_data
