@@ -238,3 +238,19 @@ def test_a_negative_rows_per_load_is_a_clear_error_before_anything_is_sent(make_
     except ValueError as exc:
         assert "rows_per_load must be >= 1" in str(exc)
     assert sum(node.stats.values()) == 0 and not pipeline.has_pending_data
+
+
+def test_runs_lists_the_status_of_every_part_of_a_run_with_many_parts(make_node, tmp_path: Path) -> None:
+    """``runs`` reads the newest loads to find those no run recorded; a run's own parts are looked up whatever their
+    number (here 12 parts, more than the 4 loads per listed run it reads for orphans)."""
+    node = make_node("nexus")
+    (tmp_path / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(12)))
+    run = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions",
+                  "--rows-per-load", "1", "--progress", "none")
+    assert run.returncode == 0, run.stderr
+    [record] = _runs(tmp_path / "gaia_pipeline.duckdb")
+    assert len(record["load_ids"]) == 12
+    listed = run_cli(tmp_path, "runs", "--json", "--limit", "1")
+    assert listed.returncode == 0, listed.stderr
+    [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert entry["exit_code"] == 0 and entry["loads"] == {load_id: "loaded" for load_id in record["load_ids"]}
