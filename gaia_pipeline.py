@@ -395,6 +395,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return command(argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.rows_per_load < 0:
+        parser.error(f"argument --rows-per-load: must be 0 (one load) or more, got {args.rows_per_load}")
     args.pipeline_name = args.pipeline_name or (DEMO_PIPELINE_NAME if args.demo else PIPELINE_NAME)
     args.dataset_name = args.dataset_name or (DEMO_DATASET_NAME if args.demo else DATASET_NAME)
     try:

@@ -134,17 +134,20 @@ def run_pipeline(
             changed lose their old chunks (see :func:`~gaia_source.destination.apply_chunk_sync`); it holds the load
             ids of the parts loaded so far (:attr:`~gaia_source.ledger.Ledger.load_ids`), also when a later part
             fails.
-        rows_per_load: Rows (of all tables together) per load; None: one load for the whole run.
+        rows_per_load: Rows (of all tables together) per load; None or 0: one load for the whole run.
 
     Returns:
         Every load; ``has_failed_jobs`` covers each.
 
     Raises:
+        ValueError: ``rows_per_load`` is negative (nothing was done).
         GaiaPipelineStateError: A pending package could not be loaded, or the working directory is in a state this
             module cannot repair safely; nothing of ``source`` was extracted, and the message says what to do.
         PipelineStepFailed: This run's own extract, normalize or load failed (as from ``pipeline.run``); the parts
             loaded before it stay loaded.
     """
+    if rows_per_load is not None and rows_per_load < 0:  # before anything is loaded or sent
+        raise ValueError(f"rows_per_load must be >= 1 (0 or None: one load), got {rows_per_load}")
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         patch_lancedb_schema_lookup()
     install_duckdb_extensions(capabilities_of(pipeline).duckdb_extensions)  # before a pending package loads

@@ -160,7 +160,10 @@ earlier sends of it took (rows and failures count every send, and their latency 
 
 
 def _failed_state() -> Dict[str, str]:
-    """Cell keys failing since an earlier run (kept in the source's dlt state; only failures, so it stays small)."""
+    """Cell keys failing since an earlier run (kept in the source's dlt state; only failures, so it stays small).
+
+    Read it anew at each use, never keep it: a run loaded in parts (:mod:`gaia_source.parts`) extracts each part
+    with the state the previous part committed, and a change to an earlier part's dict would never be saved."""
     try:
         return dlt.current.source_state().setdefault("failed_requests", {})  # type: ignore[no-any-return]
     except Exception:  # outside a pipeline (e.g. iterating a resource directly): nothing to reconcile
@@ -208,13 +211,12 @@ def run_requests(
     Yields:
         Rows for the resource's table, and ``failed_requests`` rows and tombstones.
     """
-    failing = _failed_state()
     probes = _Probes(resource, execute, ledger, {} if verdicts is None else verdicts, required)
-    yield from _run_requests(resource, requests, probes, max_workers, ledger, failing, retry_rounds, round_cooldown)
+    yield from _run_requests(resource, requests, probes, max_workers, ledger, retry_rounds, round_cooldown)
     # cells found done (skipped) that were failing: a completed row of another request answers them (a compare run's
     # row for a pool cell, a run with drift off), so their failure rows go too
-    for key in [k for k, r in failing.items() if r == resource and ledger.outcome(resource, k) == SKIPPED]:
-        del failing[key]
+    for key in [k for k, r in _failed_state().items() if r == resource and ledger.outcome(resource, k) == SKIPPED]:
+        _failed_state().pop(key, None)  # the state of the part extracting now (a yield may begin another)
         yield dlt.mark.with_hints({"request_id": key, "resolved": True}, _FAILED_HINTS, create_table_variant=True)
 
 
@@ -290,7 +292,6 @@ def _run_requests(
     probes: _Probes,
     max_workers: int,
     ledger: Ledger,
-    failing: Dict[str, str],
     retry_rounds: int,
     round_cooldown: float,
 ) -> Iterator[Any]:
@@ -311,7 +312,7 @@ def _run_requests(
             if outcome.transient and not last_round and len(held) < MAX_HELD_FOR_ROUND:
                 held.append((outcome.request, (outcome.attempts, outcome.latency_s)))
             else:
-                yield from _emit(resource, outcome, failing, ledger, quiet)
+                yield from _emit(resource, outcome, ledger, quiet)
 
     first = next(iterator, None)
     if first is None:
@@ -330,7 +331,7 @@ def _run_requests(
         yield from settle(again, round_number == retry_rounds)
 
 
-def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledger, quiet: Set[str]) -> Iterator[Any]:
+def _emit(resource: str, outcome: Outcome, ledger: Ledger, quiet: Set[str]) -> Iterator[Any]:
     """The rows of one outcome, a ``failed_requests`` row per cell it failed, a tombstone per cell it completed that
     was failing; and the ledger's record of each of its cells. ``quiet``: the resources that said they log no more
     failures one by one (see :data:`LOGGED_FAILURES`)."""
@@ -357,7 +358,7 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
         ledger.record_many(resource, [key for key, _ in cells], state, outcome.attempts, str(outcome.error),
                            [request.cell if text is None else None for _, text in cells], empty=empty, cut=cut)
         for key, text in cells:
-            failing[key] = resource
+            _failed_state()[key] = resource  # the state of the part extracting now (see _failed_state)
             row = {**failed_request_row(resource, request, outcome.error, key, text, outcome.attempts),
                    "resolved": False}
             yield dlt.mark.with_hints(row, _FAILED_HINTS, create_table_variant=True)
@@ -365,10 +366,10 @@ def _emit(resource: str, outcome: Outcome, failing: Dict[str, str], ledger: Ledg
     ledger.record_many(resource, [key for key, _ in cells], COMPLETED, outcome.attempts,
                        cells=None if request.cell is None else [request.cell if text is None else None
                                                                 for _, text in cells])
-    if not failing:  # nothing failing since an earlier run: no tombstones to send
+    if not _failed_state():  # nothing failing since an earlier run: no tombstones to send
         return
     for key, _ in cells:
-        if failing.pop(key, None) is not None:
+        if _failed_state().pop(key, None) is not None:
             tombstone = {"request_id": key, "resolved": True}
             yield dlt.mark.with_hints(tombstone, _FAILED_HINTS, create_table_variant=True)
 

@@ -157,9 +157,14 @@ def list_runs(pipeline: dlt.Pipeline, limit: int = 20) -> List[Dict[str, Any]]:
             runs = _select(client, f"SELECT * FROM {client.make_qualified_table_name(RUNS_TABLE)} "
                                    f"ORDER BY started_at DESC LIMIT {int(limit)}")
         with contextlib.suppress(DatabaseUndefinedRelation):
-            loads = {r["load_id"]: r for r in _select(
-                client, f"SELECT load_id, status, inserted_at FROM {client.make_qualified_table_name('_dlt_loads')} "
-                        f"ORDER BY inserted_at DESC LIMIT {int(limit) * 4}")}
+            table = f"SELECT load_id, status, inserted_at FROM {client.make_qualified_table_name('_dlt_loads')}"
+            loads = {r["load_id"]: r for r in _select(client, f"{table} ORDER BY inserted_at DESC "
+                                                              f"LIMIT {int(limit) * 4}")}
+            # the listed runs' own loads, however many parts they loaded in (a run in parts can have hundreds)
+            missing = sorted({i for run in runs for i in _json(run.get("load_ids")) or [] if i not in loads})
+            for start in range(0, len(missing), 1_000):
+                listed_ids = ", ".join("'" + str(i).replace("'", "''") + "'" for i in missing[start:start + 1_000])
+                loads.update({r["load_id"]: r for r in _select(client, f"{table} WHERE load_id IN ({listed_ids})")})
     own = {r.pop("_dlt_load_id", None) for r in runs}  # the loads that wrote gaia_runs rows are bookkeeping
     listed: List[Dict[str, Any]] = []
     claimed: set[str] = set()

@@ -184,3 +184,73 @@ def test_documents_whose_chunks_span_two_parts_are_synced_as_one(make_node, make
     assert query(pipeline, "SELECT count(*) FROM embeddings WHERE text LIKE 'a%'") == [(0,)]
     assert query(pipeline, "SELECT count(*) FROM embeddings WHERE document_id = 'doc42' AND text LIKE 'b42w%'") == [
         (60,)]
+
+
+def test_failures_found_in_a_later_part_are_deleted_once_their_cells_complete(
+        make_node, make_pipeline, monkeypatch) -> None:
+    """The cells failing since an earlier run are kept in dlt's source state, which each part's load commits anew:
+    a failure written, or found in the destination, while a later part extracts must reach that part's state, and
+    a cell completed in a later part must delete its failure row."""
+    from gaia_source import destination
+
+    monkeypatch.setattr(destination, "LOOKUP_BATCH", 4)  # lookups a batch of 4 prompts at a time: spread over parts
+    node = make_node("nexus", outage=503)
+    pipeline = make_pipeline()
+    prompts = [f"Question {i}?" for i in range(12)]
+    settings: Dict[str, Any] = {"max_attempts": 1, "retry_rounds": 0, "max_concurrency": 1}
+
+    def run() -> Ledger:
+        ledger = Ledger()
+        source = gaia_source(base_url=node.base_url, prompts=prompts, ledger=ledger, resources=["chat_completions"],
+                             **settings)
+        run_pipeline(pipeline, source, ledger, rows_per_load=3)
+        return ledger
+
+    failed = run()
+    assert failed.tallies()["chat_completions"].outcomes["failed"] == 12
+    assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(12,)]
+    assert sorted(pipeline.state["sources"]["gaia_source"]["failed_requests"]) == sorted(
+        r for (r,) in query(pipeline, "SELECT request_id FROM failed_requests"))  # every part's failures kept
+    node.outage = None
+    fixed = run()
+    assert fixed.tallies()["chat_completions"].outcomes["completed"] == 12
+    assert node.requests_to("/v1/chat/completions") == 24
+    assert query(pipeline, "SELECT count(*), count(DISTINCT cell_id) FROM chat_completions") == [(12, 12)]
+    assert query(pipeline, "SELECT count(*) FROM failed_requests") == [(0,)]  # no row left for a completed cell
+    assert pipeline.state["sources"]["gaia_source"].get("failed_requests") == {}
+
+
+def test_a_negative_rows_per_load_is_a_clear_error_before_anything_is_sent(make_node, make_pipeline,
+                                                                           tmp_path: Path) -> None:
+    node = make_node("nexus")
+    (tmp_path / "p.txt").write_text("One?\nTwo?\n")
+    run = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions",
+                  "--rows-per-load", "-5", "--progress", "none")
+    assert run.returncode == 2, run.stderr
+    assert "--rows-per-load: must be 0 (one load) or more, got -5" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "gaia_pipeline.duckdb").exists()
+    assert sum(node.stats.values()) == 0
+    pipeline = make_pipeline()
+    source = gaia_source(base_url=node.base_url, prompts=["One?"], resources=["chat_completions"])
+    try:
+        run_pipeline(pipeline, source, rows_per_load=-1)
+        raise AssertionError("a negative rows_per_load was accepted")
+    except ValueError as exc:
+        assert "rows_per_load must be >= 1" in str(exc)
+    assert sum(node.stats.values()) == 0 and not pipeline.has_pending_data
+
+
+def test_runs_lists_the_status_of_every_part_of_a_run_with_many_parts(make_node, tmp_path: Path) -> None:
+    """``runs`` reads the newest loads to find those no run recorded; a run's own parts are looked up whatever their
+    number (here 12 parts, more than the 4 loads per listed run it reads for orphans)."""
+    node = make_node("nexus")
+    (tmp_path / "p.txt").write_text("".join(f"Question {i}?\n" for i in range(12)))
+    run = run_cli(tmp_path, "--base-url", node.base_url, "--prompts-file", "p.txt", "--resources", "chat_completions",
+                  "--rows-per-load", "1", "--progress", "none")
+    assert run.returncode == 0, run.stderr
+    [record] = _runs(tmp_path / "gaia_pipeline.duckdb")
+    assert len(record["load_ids"]) == 12
+    listed = run_cli(tmp_path, "runs", "--json", "--limit", "1")
+    assert listed.returncode == 0, listed.stderr
+    [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert entry["exit_code"] == 0 and entry["loads"] == {load_id: "loaded" for load_id in record["load_ids"]}
