@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
 INTERRUPTED = "interrupted (Ctrl-C): the next run loads what this one got to keep and sends the rest again"
+"""What a run stopped by Ctrl-C (SIGINT) or a scheduler's SIGTERM says, and records in gaia_runs."""
 
 # --- the steps, as functions you can copy -------------------------------------------------------------------------
 
@@ -282,8 +284,9 @@ def _print_load_info(load_info: Any, failing: int) -> None:
     print(text)
 
 
-def _print_counts(pipeline: dlt.Pipeline, ledger: Ledger) -> None:
-    """Print rows loaded now (over every part of the run) and rows in each table."""
+def _print_counts(pipeline: dlt.Pipeline, ledger: Optional[Ledger] = None) -> None:
+    """Print rows loaded now (over every part of the run: the ledger's; without one, dlt's last trace) and rows in
+    each table."""
     from gaia_source.commands import run_row_counts
 
     loaded = run_row_counts(pipeline, ledger)
@@ -414,6 +417,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.demo_flavor not in FLAVORS:
             parser.error(f"argument --demo-flavor: invalid choice: {args.demo_flavor!r} (choose from "
                          f"{', '.join(FLAVORS)})")
+    # A scheduler's stop (SIGTERM: cron's timeout, systemd, a CI job cancelled) ends the run as Ctrl-C does: recorded in
+    # gaia_runs with the parts it loaded, exit 130 (killed outright, loaded parts would be loads no run names)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # The heavy imports, now that the arguments are known to be good. Without the collector running over them (~1,500
     # modules' objects, none of them garbage), then frozen: later collections only look at what the run allocates.
     gc.disable()

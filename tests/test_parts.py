@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import duckdb
+import pytest
 from conftest import SCRIPT, query, run_cli, table_rows
 
 from gaia_source import gaia_source
@@ -74,7 +75,9 @@ def test_the_script_loads_a_run_in_parts_and_records_every_part(make_node, tmp_p
     assert set(entries[1]["loads"]) == set(record["load_ids"]) and set(entries[1]["loads"].values()) == {"loaded"}
 
 
-def test_ctrl_c_between_parts_keeps_the_parts_loaded_and_the_next_run_sends_the_rest(make_node, tmp_path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_run_keeps_the_parts_loaded_and_the_next_run_sends_the_rest(make_node, tmp_path, stop) -> None:
+    """Ctrl-C, or a scheduler's SIGTERM, while the run extracts or loads a part."""
     node = make_node("rag", latency_ms=100)  # one request at a time: 40 prompts take 4 s or more
     prompts = [f"Question {i}?" for i in range(40)]
     (tmp_path / "p.txt").write_text("".join(p + "\n" for p in prompts))
@@ -87,7 +90,7 @@ def test_ctrl_c_between_parts_keeps_the_parts_loaded_and_the_next_run_sends_the_
     while node.requests_to("/v1/chat/completions") < 17 and time.monotonic() < deadline:  # parts 1 and 2 loaded
         time.sleep(0.02)
     interrupted = time.monotonic()
-    run.send_signal(signal.SIGINT)
+    run.send_signal(stop)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 130, out + err
     assert time.monotonic() - interrupted < 10
