@@ -257,3 +257,20 @@ def test_runs_lists_the_status_of_every_part_of_a_run_with_many_parts(make_node,
     assert listed.returncode == 0, listed.stderr
     [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert entry["exit_code"] == 0 and entry["loads"] == {load_id: "loaded" for load_id in record["load_ids"]}
+
+
+def test_run_pipeline_leaves_the_pipelines_steps_as_it_found_them(make_node, make_pipeline) -> None:
+    """It notes Ctrl-C around dlt's normalize and load steps, and puts back what was there: a caller's own wrapper."""
+    node = make_node("nexus")
+    pipeline = make_pipeline()
+    normalize, calls = pipeline.normalize, []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return normalize(*args, **kwargs)
+
+    pipeline.normalize = counted  # type: ignore[method-assign]
+    source = gaia_source(base_url=node.base_url, prompts=["a?", "b?", "c?"], resources=["chat_completions"])
+    assert len(run_pipeline(pipeline, source, rows_per_load=2).loads) == 2
+    assert len(calls) == 2 and pipeline.normalize is counted and "load" not in vars(pipeline)
+    assert query(pipeline, "SELECT count(*) FROM chat_completions") == [(3,)]
