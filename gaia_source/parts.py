@@ -72,15 +72,11 @@ class LoadParts:
         self._rows = 0
         return any(stream is not _DONE for stream in self._streams.values())
 
-    @property
-    def active(self) -> bool:
-        """Whether a run in parts is under way."""
-        return self.rows_per_load is not None
-
     def items(self, name: str, make: Callable[[], Iterable[Any]]) -> Iterator[Any]:
         """The items of resource ``name`` for this part: its stream (``make()``, made once per run) from where the
-        last part stopped, until the part holds ``rows_per_load`` rows or the stream ends. The item that finds the
-        part full is held back for the next one, so a part is only begun when it has rows."""
+        last part stopped, until the part holds ``rows_per_load`` rows or the stream ends. What overflows the part (the
+        rest of a cut item, or the item that finds it full) is held back for the next one, so a part is only begun
+        when it has rows."""
         if self.rows_per_load is None:
             yield from make()
             return
