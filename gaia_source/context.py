@@ -81,10 +81,10 @@ class RunContext:
         self._replacing: Set[str] = set()
         self._endpoints: Dict[str, Dict[Optional[str], Optional[EndpointNotAvailable]]] = {}
         self.parts = LoadParts()
-        self._lookups: "weakref.WeakSet[LoadedIds]" = weakref.WeakSet()
-        self.parts.on_pause.append(self._release_lookups)
         """Cuts the run's rows into several dlt loads when :func:`~gaia_source.lifecycle.run_pipeline` asks; the
         context then keeps its state across them (one run, several load ids)."""
+        self._lookups: "weakref.WeakSet[LoadedIds]" = weakref.WeakSet()
+        self.parts.on_pause.append(self._release_lookups)
 
     @contextmanager
     def active(self) -> Iterator["RunContext"]:

