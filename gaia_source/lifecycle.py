@@ -159,6 +159,7 @@ def run_pipeline(
         pending = load_pending(pipeline)
     context = run_context_of(source) if rows_per_load else None
     loads: List[LoadInfo] = []
+    interrupted = False
     try:
         if context is not None:
             context.parts.start(rows_per_load or 0)
@@ -172,12 +173,12 @@ def run_pipeline(
                     normalized = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
                     ledger.add_load(loads[-1].loads_ids, normalized.row_counts if normalized else {})
     except BaseException as exc:
-        if context is not None:  # Ctrl-C: leave the requests in flight, as a run in one load does
-            context.parts.close(abandon=isinstance(exc, KeyboardInterrupt) or isinstance(
-                getattr(exc, "exception", None), KeyboardInterrupt))
+        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(getattr(exc, "exception", None),
+                                                                        KeyboardInterrupt)
         raise
-    if context is not None:
-        context.parts.close()
+    finally:
+        if context is not None:  # Ctrl-C: leave the requests in flight, as a run in one load does
+            context.parts.close(abandon=interrupted)
     result = RunResult(loads=tuple(loads), pending=pending, repaired=tuple(repaired))
     if pipeline.destination is not None and pipeline.destination.destination_name == "lancedb":
         purge_lance_tombstones(pipeline)  # dlt's LanceDB merge keeps tombstones as rows
