@@ -167,8 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--shard", metavar="I/N",
                       help="load partition I of N of the inputs (by request id): N workers share one job, no overlap")
     load.add_argument("--rows-per-load", type=int, default=DEFAULT_ROWS_PER_LOAD, metavar="N",
-                      help="load the run in parts of about N rows, each a dlt load of its own, so that memory stays "
-                      f"that of one part whatever the run's size (default {DEFAULT_ROWS_PER_LOAD:,}; 0: one load)")
+                      help="load the run in parts of N rows, each a dlt load of its own, after which DuckDB lets go "
+                      f"of what it cached (default {DEFAULT_ROWS_PER_LOAD:,}; 0: one load)")
     load.add_argument("--refresh", action="store_true",
                       help="send every prompt and embed every text again, even those already loaded")
     out = parser.add_argument_group("output")

