@@ -41,7 +41,7 @@ def part_gaia(args: Dict[str, Any]) -> None:
     steps: Dict[str, float] = {}
     run = pipeline.run
 
-    def run_part(*a: Any, **k: Any) -> Any:  # each part of the run: its peak and its steps' times
+    def one_part(*a: Any, **k: Any) -> Any:  # each part of the run: its peak and its steps' times
         info = run(*a, **k)
         peaks.append(round(peak_rss_mb()))
         for step in pipeline.last_trace.steps:
@@ -49,7 +49,7 @@ def part_gaia(args: Dict[str, Any]) -> None:
                                      1)
         return info
 
-    pipeline.run = run_part  # type: ignore[method-assign]
+    pipeline.run = one_part  # type: ignore[method-assign]
     with Timer() as t:
         run_pipeline(pipeline, source.with_resources("embeddings"),
                      rows_per_load=args["rows_per_load"] or None).raise_on_failed_jobs()
